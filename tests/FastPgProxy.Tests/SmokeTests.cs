@@ -1,0 +1,9 @@
+using Xunit;
+
+namespace FastPgProxy.Tests;
+
+public class SmokeTests
+{
+    [Fact]
+    public void Builds() => Assert.True(true);
+}
