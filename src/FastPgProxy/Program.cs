@@ -1,8 +1,90 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+using FastPgProxy.Config;
+using FastPgProxy.Server;
+
 namespace FastPgProxy;
 
 /// <summary>Entry point of the <c>fastpgproxy</c> executable.</summary>
 internal static class Program
 {
-    /// <summary>Runs the proxy until SIGTERM or SIGINT.</summary>
-    public static int Main(string[] args) => 0;
+    private const string Usage = "usage: fastpgproxy --config FILE.ini | fastpgproxy FILE.ini | fastpgproxy --version";
+
+    /// <summary>Runs the proxy until SIGTERM or SIGINT; exit code 0 on a clean stop, 1 on a config error.</summary>
+    public static async Task<int> Main(string[] args)
+    {
+        // Socket completions only enqueue work on a loop, so they may run on the runtime's epoll thread
+        // itself instead of hopping through the thread pool (see docs/ARCHITECTURE.md). Must be set before
+        // the first socket exists; an explicit setting in the environment wins.
+        if (Environment.GetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS") is null)
+        {
+            Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1");
+        }
+
+        string? configPath = null;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--config" or "-c" when i + 1 < args.Length:
+                    configPath = args[++i];
+                    break;
+                case "--version" or "-V":
+                    Console.WriteLine($"fastpgproxy {typeof(Program).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "0"}");
+                    return 0;
+                case "--help" or "-h":
+                    Console.WriteLine(Usage);
+                    return 0;
+                default:
+                    if (args[i].StartsWith('-') || configPath is not null)
+                    {
+                        Console.Error.WriteLine($"fastpgproxy: unexpected argument '{args[i]}'\n{Usage}");
+                        return 1;
+                    }
+
+                    configPath = args[i];
+                    break;
+            }
+        }
+
+        if (configPath is null)
+        {
+            Console.Error.WriteLine(Usage);
+            return 1;
+        }
+
+        ProxyServer server;
+        try
+        {
+            ProxyOptions options = ConfigLoader.Load(configPath);
+            Log.SetVerbosity(options.Verbose);
+            server = new ProxyServer(options);
+        }
+        catch (ConfigException e)
+        {
+            Console.Error.WriteLine($"fastpgproxy: {e.Message}");
+            return 1;
+        }
+        catch (System.Net.Sockets.SocketException e)
+        {
+            Console.Error.WriteLine($"fastpgproxy: cannot listen: {e.Message}");
+            return 1;
+        }
+
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true;
+            stop.TrySetResult();
+        }
+
+        using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        server.Start();
+        Log.Write(LogLevel.Warning, $"fastpgproxy started: listening on {server.LocalEndPoint}");
+        await stop.Task.ConfigureAwait(false);
+        Log.Write(LogLevel.Warning, "shutting down");
+        await server.StopAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+        return 0;
+    }
 }

@@ -1,0 +1,309 @@
+using System.Collections.Generic;
+using System.Diagnostics.CodeAnalysis;
+using System.Globalization;
+using System.IO;
+using System.Text;
+
+namespace FastPgProxy.Config;
+
+/// <summary>A config file that cannot be used; the message names file, line and key.</summary>
+internal sealed class ConfigException : Exception
+{
+    /// <summary>Creates the exception with a ready message.</summary>
+    public ConfigException(string message) : base(message)
+    {
+    }
+}
+
+/// <summary>
+/// Reads a PgBouncer-style ini file into <see cref="ProxyOptions"/>. Sections <c>[databases]</c> and
+/// <c>[fastpgproxy]</c> (alias <c>[pgbouncer]</c>); <c>;</c> and <c>#</c> start comments. Every key is
+/// checked: an unknown key or a bad value is an error that names the file, line and key.
+/// </summary>
+internal static class ConfigLoader
+{
+    /// <summary>Loads and validates the file at <paramref name="path"/>.</summary>
+    public static ProxyOptions Load(string path)
+    {
+        string text;
+        try
+        {
+            text = File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ConfigException($"{path}: cannot read config file: {e.Message}");
+        }
+
+        ProxyOptions options = Parse(text, path);
+        options.SourcePath = Path.GetFullPath(path);
+        return options;
+    }
+
+    /// <summary>Parses ini text; <paramref name="source"/> names it in errors.</summary>
+    public static ProxyOptions Parse(string text, string source)
+    {
+        var options = new ProxyOptions();
+        string? section = null;
+        string[] lines = text.Split('\n');
+        for (int i = 0; i < lines.Length; i++)
+        {
+            string line = lines[i].Trim();
+            int lineNo = i + 1;
+            if (line.Length == 0 || line[0] == ';' || line[0] == '#')
+            {
+                continue;
+            }
+
+            if (line[0] == '[')
+            {
+                if (line[^1] != ']')
+                {
+                    throw Error(source, lineNo, null, $"malformed section header '{line}'");
+                }
+
+                section = line[1..^1].Trim().ToLowerInvariant();
+                if (section is not ("databases" or "fastpgproxy" or "pgbouncer" or "users"))
+                {
+                    throw Error(source, lineNo, null, $"unknown section [{section}]");
+                }
+
+                continue;
+            }
+
+            int eq = line.IndexOf('=', StringComparison.Ordinal);
+            if (eq <= 0)
+            {
+                throw Error(source, lineNo, null, "expected 'key = value'");
+            }
+
+            string key = line[..eq].Trim();
+            string value = line[(eq + 1)..].Trim();
+            switch (section)
+            {
+                case null:
+                    throw Error(source, lineNo, key, "key outside of a section");
+                case "databases":
+                    options.Databases.Add(ParseDatabase(key, value, source, lineNo));
+                    break;
+                case "users":
+                    throw Error(source, lineNo, key, "the [users] section is not supported");
+                default:
+                    ApplySetting(options, key.ToLowerInvariant(), Unquote(value), source, lineNo);
+                    break;
+            }
+        }
+
+        Validate(options, source);
+        return options;
+    }
+
+    private static void ApplySetting(ProxyOptions o, string key, string value, string source, int line)
+    {
+        switch (key)
+        {
+            case "listen_addr":
+                if (value != "*" && !System.Net.IPAddress.TryParse(value, out _) && value != "localhost")
+                {
+                    throw Error(source, line, key, $"invalid address '{value}' (an IP address, localhost or *)");
+                }
+
+                o.ListenAddress = value;
+                break;
+            case "listen_port":
+                o.ListenPort = ParseInt(value, 0, 65535, source, line, key);
+                break;
+            case "auth_type":
+                o.AuthType = value.ToLowerInvariant() switch
+                {
+                    "trust" => AuthType.Trust,
+                    "md5" => AuthType.Md5,
+                    "scram-sha-256" => AuthType.ScramSha256,
+                    _ => throw Error(source, line, key, $"invalid value '{value}' (trust, md5 or scram-sha-256)"),
+                };
+                break;
+            case "auth_file":
+                o.AuthFile = value.Length == 0 ? null : value;
+                break;
+            case "pool_mode":
+                o.PoolMode = ParsePoolMode(value, source, line, key);
+                break;
+            case "max_client_conn":
+                o.MaxClientConnections = ParseInt(value, 1, 1_000_000, source, line, key);
+                break;
+            case "loop_threads":
+                o.LoopThreads = ParseInt(value, 0, 256, source, line, key);
+                break;
+            case "client_login_timeout":
+                o.ClientLoginTimeout = ParseDuration(value, source, line, key);
+                break;
+            case "server_connect_timeout":
+                o.ServerConnectTimeout = ParseDuration(value, source, line, key);
+                break;
+            case "cancel_timeout":
+                o.CancelTimeout = ParseDuration(value, source, line, key);
+                break;
+            case "verbose":
+                o.Verbose = ParseInt(value, 0, 3, source, line, key);
+                break;
+            default:
+                throw Error(source, line, key, "unknown setting");
+        }
+    }
+
+    private static PoolMode ParsePoolMode(string value, string source, int line, string key) => value.ToLowerInvariant() switch
+    {
+        "session" => PoolMode.Session,
+        "transaction" => throw Error(source, line, key, "pool_mode 'transaction' is not available yet (session only)"),
+        _ => throw Error(source, line, key, $"invalid value '{value}' (session)"),
+    };
+
+    /// <summary>Parses a libpq-style <c>key=value key='quoted value'</c> database line.</summary>
+    private static DatabaseOptions ParseDatabase(string name, string value, string source, int line)
+    {
+        string host = "127.0.0.1";
+        int port = 5432;
+        string? dbname = null, user = null, password = null;
+        int pos = 0;
+        while (true)
+        {
+            while (pos < value.Length && char.IsWhiteSpace(value[pos]))
+            {
+                pos++;
+            }
+
+            if (pos >= value.Length)
+            {
+                break;
+            }
+
+            int eq = value.IndexOf('=', pos);
+            if (eq < 0)
+            {
+                throw Error(source, line, name, $"expected key=value in database definition near '{value[pos..]}'");
+            }
+
+            string key = value[pos..eq].Trim().ToLowerInvariant();
+            pos = eq + 1;
+            while (pos < value.Length && value[pos] == ' ')
+            {
+                pos++;
+            }
+
+            string item = ReadConnValue(value, ref pos, source, line, name);
+            switch (key)
+            {
+                case "host":
+                    host = item;
+                    break;
+                case "port":
+                    port = ParseInt(item, 1, 65535, source, line, name + ": port");
+                    break;
+                case "dbname":
+                    dbname = item;
+                    break;
+                case "user":
+                    user = item;
+                    break;
+                case "password":
+                    password = item;
+                    break;
+                default:
+                    throw Error(source, line, name, $"unknown database parameter '{key}'");
+            }
+        }
+
+        return new DatabaseOptions { Name = name, Host = host, Port = port, DatabaseName = dbname, User = user, Password = password };
+    }
+
+    private static string ReadConnValue(string s, ref int pos, string source, int line, string key)
+    {
+        if (pos < s.Length && s[pos] == '\'')
+        {
+            var sb = new StringBuilder();
+            pos++;
+            while (true)
+            {
+                if (pos >= s.Length)
+                {
+                    throw Error(source, line, key, "unterminated quoted value");
+                }
+
+                char c = s[pos++];
+                if (c == '\\' && pos < s.Length)
+                {
+                    sb.Append(s[pos++]);
+                }
+                else if (c == '\'')
+                {
+                    return sb.ToString();
+                }
+                else
+                {
+                    sb.Append(c);
+                }
+            }
+        }
+
+        int start = pos;
+        while (pos < s.Length && !char.IsWhiteSpace(s[pos]))
+        {
+            pos++;
+        }
+
+        return s[start..pos];
+    }
+
+    private static string Unquote(string value) =>
+        value.Length >= 2 && ((value[0] == '"' && value[^1] == '"') || (value[0] == '\'' && value[^1] == '\'')) ? value[1..^1] : value;
+
+    private static int ParseInt(string value, int min, int max, string source, int line, string key)
+    {
+        if (!int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) || n < min || n > max)
+        {
+            throw Error(source, line, key, $"invalid value '{value}' (an integer from {min} to {max})");
+        }
+
+        return n;
+    }
+
+    /// <summary>Seconds as a number (fractions allowed), or a number with a unit: ms, s, min, h.</summary>
+    private static TimeSpan ParseDuration(string value, string source, int line, string key)
+    {
+        string number = value;
+        double scale = 1;
+        foreach ((string unit, double factor) in new[] { ("ms", 0.001), ("min", 60.0), ("s", 1.0), ("h", 3600.0) })
+        {
+            if (value.EndsWith(unit, StringComparison.OrdinalIgnoreCase))
+            {
+                number = value[..^unit.Length].Trim();
+                scale = factor;
+                break;
+            }
+        }
+
+        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) || seconds < 0 || seconds * scale > 86400 * 365)
+        {
+            throw Error(source, line, key, $"invalid duration '{value}' (seconds, or a number with ms, s, min or h)");
+        }
+
+        return TimeSpan.FromSeconds(seconds * scale);
+    }
+
+    private static void Validate(ProxyOptions o, string source)
+    {
+        if (o.AuthType != AuthType.Trust && o.AuthFile is null)
+        {
+            throw new ConfigException($"{source}: auth_type {o.AuthType.ToString().ToLowerInvariant()} needs auth_file");
+        }
+
+        if (o.Databases.Count == 0)
+        {
+            throw new ConfigException($"{source}: the [databases] section defines no database");
+        }
+    }
+
+    [SuppressMessage("Design", "CA1863", Justification = "Start-up only.")]
+    private static ConfigException Error(string source, int line, string? key, string message) =>
+        new(key is null ? $"{source}:{line}: {message}" : $"{source}:{line}: {key}: {message}");
+}

@@ -1,0 +1,111 @@
+using System.Collections.Generic;
+
+namespace FastPgProxy.Config;
+
+/// <summary>How the proxy checks a client's password.</summary>
+internal enum AuthType
+{
+    /// <summary>No password; the user must still be listed in auth_file when one is configured.</summary>
+    Trust,
+    /// <summary>MD5 challenge; a user whose auth_file secret is a SCRAM verifier is asked for SCRAM instead, as PostgreSQL does.</summary>
+    Md5,
+    /// <summary>SCRAM-SHA-256 (RFC 5802/7677) without channel binding.</summary>
+    ScramSha256,
+}
+
+/// <summary>When a backend connection is handed back to the pool.</summary>
+internal enum PoolMode
+{
+    /// <summary>The client keeps its backend for its whole session.</summary>
+    Session,
+    /// <summary>The client holds a backend only for the duration of a transaction.</summary>
+    Transaction,
+}
+
+/// <summary>One entry of the [databases] section: where a client database name leads.</summary>
+internal sealed class DatabaseOptions
+{
+    /// <summary>Name clients connect to; <c>*</c> is the fallback for any name.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Host name, IP address, or a directory holding PostgreSQL's Unix socket. Default 127.0.0.1.</summary>
+    public string Host { get; init; } = "127.0.0.1";
+
+    /// <summary>Server port. Default 5432.</summary>
+    public int Port { get; init; } = 5432;
+
+    /// <summary>Database name on the server; null means the name the client asked for.</summary>
+    public string? DatabaseName { get; init; }
+
+    /// <summary>User to log in as on the server; null means the client's user.</summary>
+    public string? User { get; init; }
+
+    /// <summary>Password for <see cref="User"/>; null means the auth_file secret of the client's user.</summary>
+    public string? Password { get; init; }
+}
+
+/// <summary>Everything the server needs to run; the config file is parsed into this, and tests build it directly.</summary>
+internal sealed class ProxyOptions
+{
+    /// <summary>Address to listen on; <c>*</c> for every IPv4 and IPv6 address. Default 127.0.0.1.</summary>
+    public string ListenAddress { get; set; } = "127.0.0.1";
+
+    /// <summary>Port to listen on; 0 picks a free port (tests). Default 6432.</summary>
+    public int ListenPort { get; set; } = 6432;
+
+    /// <summary>Client authentication method. Default md5, as PgBouncer.</summary>
+    public AuthType AuthType { get; set; } = AuthType.Md5;
+
+    /// <summary>Path of the PgBouncer-format user list; required unless auth_type is trust.</summary>
+    public string? AuthFile { get; set; }
+
+    /// <summary>Pool mode. Default session.</summary>
+    public PoolMode PoolMode { get; set; } = PoolMode.Session;
+
+    /// <summary>Most client connections at once; further logins get 53300. Default 100.</summary>
+    public int MaxClientConnections { get; set; } = 100;
+
+    /// <summary>Number of event-loop threads; 0 picks from the processor count. Default 0.</summary>
+    public int LoopThreads { get; set; }
+
+    /// <summary>A client that has not finished logging in by then is closed. Default 60 s.</summary>
+    public TimeSpan ClientLoginTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Longest wait for a backend connection and its login. Default 15 s.</summary>
+    public TimeSpan ServerConnectTimeout { get; set; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>Longest a forwarded cancel may take before its connections are closed. Default 10 s.</summary>
+    public TimeSpan CancelTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Log verbosity: 0 warnings and start-up, 1 connections, 2 debug. Default 0.</summary>
+    public int Verbose { get; set; }
+
+    /// <summary>The [databases] section, in file order.</summary>
+    public List<DatabaseOptions> Databases { get; } = new();
+
+    /// <summary>Where the options came from, for messages; null when built in code.</summary>
+    public string? SourcePath { get; set; }
+
+    /// <summary>The number of loop threads to start: the configured count, or the processor count capped at 4.</summary>
+    public int EffectiveLoopThreads => LoopThreads > 0 ? LoopThreads : Math.Clamp(Environment.ProcessorCount, 1, 4);
+
+    /// <summary>Finds the entry for a client database name: an exact match, else <c>*</c>, else null.</summary>
+    public DatabaseOptions? FindDatabase(string name)
+    {
+        DatabaseOptions? fallback = null;
+        foreach (DatabaseOptions db in Databases)
+        {
+            if (db.Name == name)
+            {
+                return db;
+            }
+
+            if (db.Name == "*")
+            {
+                fallback = db;
+            }
+        }
+
+        return fallback;
+    }
+}

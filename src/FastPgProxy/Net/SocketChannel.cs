@@ -1,0 +1,365 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+
+namespace FastPgProxy.Net;
+
+/// <summary>Callbacks of a <see cref="SocketChannel"/>; all of them run on the channel's loop.</summary>
+internal interface IChannelHandler
+{
+    /// <summary>A receive finished: <paramref name="bytes"/> new bytes sit at the end of the receive window, or 0 at end of stream.</summary>
+    void OnReceive(SocketChannel channel, int bytes, SocketError error);
+
+    /// <summary>The whole of the last send was written, or it failed.</summary>
+    void OnSend(SocketChannel channel, SocketError error);
+
+    /// <summary>A connect finished.</summary>
+    void OnConnect(SocketChannel channel, SocketError error);
+}
+
+/// <summary>The operation a <see cref="LoopSocketArgs"/> carries.</summary>
+internal enum ChannelOperation
+{
+    /// <summary>A receive (or a zero-byte readiness probe).</summary>
+    Receive,
+    /// <summary>A send.</summary>
+    Send,
+    /// <summary>A connect.</summary>
+    Connect,
+}
+
+/// <summary>
+/// Socket operation arguments that route their completion to the owning loop: the runtime's completion
+/// thread only enqueues this object (no allocation), and the loop then runs <see cref="Execute"/>.
+/// </summary>
+internal sealed class LoopSocketArgs : SocketAsyncEventArgs, ILoopWork
+{
+    private readonly SocketChannel _channel;
+
+    /// <summary>Creates arguments bound to one channel.</summary>
+    public LoopSocketArgs(SocketChannel channel) : base(unsafeSuppressExecutionContextFlow: true) => _channel = channel;
+
+    /// <summary>What the pending operation is.</summary>
+    public ChannelOperation Operation { get; set; }
+
+    /// <inheritdoc/>
+    protected override void OnCompleted(SocketAsyncEventArgs e) => _channel.Loop.Post(this);
+
+    /// <summary>Runs the completion on the loop.</summary>
+    public void Execute() => _channel.Complete(this);
+}
+
+/// <summary>
+/// One socket with its receive window and one receive and one send in flight at most. The window is
+/// <c>Buffer[Start..End)</c>: bytes received and not yet consumed by the handler. Sends may point into any
+/// buffer (the relay sends straight out of the peer's receive window: zero copy), and the caller keeps
+/// that buffer alive until <see cref="IChannelHandler.OnSend"/>.
+/// </summary>
+internal sealed class SocketChannel : IDisposable
+{
+    private readonly LoopSocketArgs _receiveArgs;
+    private readonly LoopSocketArgs _sendArgs;
+    private IChannelHandler _handler;
+    private bool _probing;
+    private int _sendEnd;
+
+    /// <summary>Wraps <paramref name="socket"/> (null for a channel that will connect) on <paramref name="loop"/>.</summary>
+    public SocketChannel(EventLoop loop, Socket? socket, IChannelHandler handler)
+    {
+        Loop = loop;
+        Socket = socket;
+        _handler = handler;
+        _receiveArgs = new LoopSocketArgs(this) { Operation = ChannelOperation.Receive };
+        _sendArgs = new LoopSocketArgs(this) { Operation = ChannelOperation.Send };
+    }
+
+    /// <summary>The owning loop.</summary>
+    public EventLoop Loop { get; }
+
+    /// <summary>The socket; null until connected.</summary>
+    public Socket? Socket { get; private set; }
+
+    /// <summary>The receive buffer, rented from the loop's pool; null while idle (see <see cref="IdleWithoutBuffer"/>).</summary>
+    public byte[]? Buffer { get; private set; }
+
+    /// <summary>First unconsumed byte of the receive window.</summary>
+    public int Start { get; set; }
+
+    /// <summary>One past the last received byte.</summary>
+    public int End { get; private set; }
+
+    /// <summary>Bytes received and not consumed.</summary>
+    public int Buffered => End - Start;
+
+    /// <summary>The unconsumed bytes.</summary>
+    public Span<byte> Window => Buffer.AsSpan(Start, End - Start);
+
+    /// <summary>Whether a receive is outstanding.</summary>
+    public bool ReceivePending { get; private set; }
+
+    /// <summary>Whether a send is outstanding.</summary>
+    public bool SendPending { get; private set; }
+
+    /// <summary>Whether <see cref="Close"/> was called.</summary>
+    public bool Closed { get; private set; }
+
+    /// <summary>No operation is outstanding, so every buffer the channel touched may be released.</summary>
+    public bool Quiescent => !ReceivePending && !SendPending;
+
+    /// <summary>
+    /// When the window is empty, wait for readability with a zero-byte receive and hold no buffer
+    /// (an idle client costs no buffer memory); the buffer is rented once bytes are there.
+    /// </summary>
+    public bool IdleWithoutBuffer { get; set; }
+
+    /// <summary>Hands the channel to another handler (for example a backend going from login to relay).</summary>
+    public void SetHandler(IChannelHandler handler) => _handler = handler;
+
+    /// <summary>Starts a receive into the free tail of the window, compacting it first when the tail is full.</summary>
+    public void Receive()
+    {
+        Debug.Assert(Loop.InLoop && !ReceivePending && Socket is not null);
+        if (Closed)
+        {
+            return;
+        }
+
+        if (Start == End)
+        {
+            Start = End = 0;
+            if (IdleWithoutBuffer && Buffer is not null)
+            {
+                ReleaseBuffer();
+            }
+        }
+        else if (End == Buffer!.Length)
+        {
+            Compact();
+        }
+
+        if (Buffer is null)
+        {
+            if (IdleWithoutBuffer)
+            {
+                _probing = true;
+                _receiveArgs.SetBuffer(null, 0, 0);
+                StartReceive();
+                return;
+            }
+
+            Buffer = Loop.Buffers.Rent();
+        }
+
+        _probing = false;
+        _receiveArgs.SetBuffer(Buffer, End, Buffer.Length - End);
+        StartReceive();
+    }
+
+    private void StartReceive()
+    {
+        ReceivePending = true;
+        bool pending;
+        try
+        {
+            pending = Socket!.ReceiveAsync(_receiveArgs);
+        }
+        catch (ObjectDisposedException)
+        {
+            _receiveArgs.SocketError = SocketError.OperationAborted;
+            pending = false;
+        }
+
+        if (!pending)
+        {
+            // Completed at once: run it as the loop's next item rather than recursing, so a fast stream
+            // cannot grow the stack.
+            Loop.Post(_receiveArgs);
+        }
+    }
+
+    /// <summary>Moves the unconsumed bytes to the front of the buffer.</summary>
+    public void Compact()
+    {
+        if (Start == 0 || Buffer is null)
+        {
+            return;
+        }
+
+        Buffer.AsSpan(Start, End - Start).CopyTo(Buffer);
+        End -= Start;
+        Start = 0;
+    }
+
+    /// <summary>Marks <paramref name="count"/> bytes of the window consumed.</summary>
+    public void Consume(int count)
+    {
+        Debug.Assert(count <= End - Start);
+        Start += count;
+    }
+
+    /// <summary>Sends <paramref name="count"/> bytes of <paramref name="buffer"/>; the caller keeps the buffer intact until OnSend.</summary>
+    public void Send(byte[] buffer, int offset, int count)
+    {
+        Debug.Assert(Loop.InLoop && !SendPending && Socket is not null);
+        SendPending = true;
+        _sendEnd = offset + count;
+        _sendArgs.SetBuffer(buffer, offset, count);
+        StartSend();
+    }
+
+    private void StartSend()
+    {
+        bool pending;
+        try
+        {
+            pending = Socket!.SendAsync(_sendArgs);
+        }
+        catch (ObjectDisposedException)
+        {
+            _sendArgs.SocketError = SocketError.OperationAborted;
+            pending = false;
+        }
+
+        if (!pending)
+        {
+            Loop.Post(_sendArgs);
+        }
+    }
+
+    /// <summary>Connects a new socket to <paramref name="endPoint"/>; TCP sockets get TCP_NODELAY.</summary>
+    public void Connect(EndPoint endPoint)
+    {
+        Debug.Assert(Loop.InLoop && Socket is null);
+        Socket = endPoint is UnixDomainSocketEndPoint
+            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+            : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        _receiveArgs.Operation = ChannelOperation.Connect;
+        _receiveArgs.RemoteEndPoint = endPoint;
+        ReceivePending = true;
+        bool pending;
+        try
+        {
+            pending = Socket.ConnectAsync(_receiveArgs);
+        }
+        catch (SocketException e)
+        {
+            _receiveArgs.SocketError = e.SocketErrorCode;
+            pending = false;
+        }
+
+        if (!pending)
+        {
+            Loop.Post(_receiveArgs);
+        }
+    }
+
+    /// <summary>Runs a finished operation on the loop.</summary>
+    internal void Complete(LoopSocketArgs args)
+    {
+        Debug.Assert(Loop.InLoop);
+        SocketError error = args.SocketError;
+        switch (args.Operation)
+        {
+            case ChannelOperation.Connect:
+                ReceivePending = false;
+                args.Operation = ChannelOperation.Receive;
+                args.RemoteEndPoint = null;
+                _handler.OnConnect(this, Closed ? SocketError.OperationAborted : error);
+                break;
+            case ChannelOperation.Receive:
+                ReceivePending = false;
+                if (Closed)
+                {
+                    _handler.OnReceive(this, 0, SocketError.OperationAborted);
+                    return;
+                }
+
+                if (_probing && error == SocketError.Success)
+                {
+                    // Readable (or at end of stream): take a buffer and read for real.
+                    _probing = false;
+                    Buffer = Loop.Buffers.Rent();
+                    Start = End = 0;
+                    _receiveArgs.SetBuffer(Buffer, 0, Buffer.Length);
+                    StartReceive();
+                    return;
+                }
+
+                int bytes = error == SocketError.Success ? args.BytesTransferred : 0;
+                End += bytes;
+                _handler.OnReceive(this, bytes, error);
+                break;
+            case ChannelOperation.Send:
+                if (error == SocketError.Success && !Closed && args.Offset + args.BytesTransferred < _sendEnd)
+                {
+                    // A short write: send the rest from where the kernel stopped.
+                    int next = args.Offset + args.BytesTransferred;
+                    args.SetBuffer(next, _sendEnd - next);
+                    StartSend();
+                    return;
+                }
+
+                SendPending = false;
+                _sendArgs.SetBuffer(null, 0, 0);
+                _handler.OnSend(this, Closed ? SocketError.OperationAborted : error);
+                break;
+        }
+    }
+
+    /// <summary>Closes the socket once; outstanding operations then complete with an error on the loop.</summary>
+    public void Close()
+    {
+        if (Closed)
+        {
+            return;
+        }
+
+        Closed = true;
+        if (Socket is { } socket)
+        {
+            try
+            {
+                socket.Shutdown(SocketShutdown.Both);
+            }
+            catch (SocketException)
+            {
+                // Already reset by the peer: closing is all that is left.
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+
+            socket.Dispose();
+        }
+    }
+
+    /// <summary>Gives the socket to someone else (the cancel path) without closing it; the channel is then closed.</summary>
+    public Socket? DetachSocket()
+    {
+        Debug.Assert(Quiescent);
+        Socket? socket = Socket;
+        Socket = null;
+        Closed = true;
+        return socket;
+    }
+
+    /// <summary>Returns the receive buffer to the pool. Only when no operation of any channel uses it.</summary>
+    public void ReleaseBuffer()
+    {
+        if (Buffer is not null)
+        {
+            Loop.Buffers.Return(Buffer);
+            Buffer = null;
+            Start = End = 0;
+        }
+    }
+
+    /// <summary>Frees everything once closed and quiescent.</summary>
+    public void Dispose()
+    {
+        Debug.Assert(Closed && Quiescent);
+        ReleaseBuffer();
+        _receiveArgs.Dispose();
+        _sendArgs.Dispose();
+    }
+}

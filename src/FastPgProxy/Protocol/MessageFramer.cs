@@ -1,0 +1,115 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+
+namespace FastPgProxy.Protocol;
+
+/// <summary>Why <see cref="MessageFramer.Scan"/> stopped.</summary>
+internal enum FrameStatus
+{
+    /// <summary>Every byte given was accounted for, or the next header or inspected message is incomplete.</summary>
+    NeedMore,
+    /// <summary>A complete message the caller asked to see starts right after the pass-through run.</summary>
+    Inspect,
+    /// <summary>A length word below 4 or above the limit: the stream cannot be framed.</summary>
+    Invalid,
+}
+
+/// <summary>
+/// Frames a stream of typed protocol messages (type byte, int32 length that counts itself, body) in place.
+/// Messages whose type is not in the inspect set are forwarded without being buffered whole: the framer
+/// remembers how many bytes of the current one remain, so a 10 MB DataRow streams through a 32 KiB buffer.
+/// </summary>
+/// <remarks>
+/// The framer never consumes part of an inspected message: it stops before it and reports
+/// <see cref="FrameStatus.NeedMore"/> until the whole message is buffered (protocol 55.2: a message is
+/// acted on only once complete). An inspected message longer than <c>maxInspectLength</c> is forwarded as
+/// pass-through instead, because no message the proxy acts on can legitimately be that long.
+/// </remarks>
+internal struct MessageFramer
+{
+    /// <summary>Size of the header: type byte and length word.</summary>
+    public const int HeaderLength = sizeof(byte) /* type */ + sizeof(int) /* length, counting itself */;
+
+    /// <summary>The largest length word accepted, as PostgreSQL's PQ_LARGE_MESSAGE_LIMIT (1 GB - 1).</summary>
+    public const int MaxMessageLength = 0x3FFF_FFFF;
+
+    private long _passThroughRemaining;
+
+    /// <summary>Bytes of a pass-through message still to come; 0 at a message boundary.</summary>
+    public readonly long PassThroughRemaining => _passThroughRemaining;
+
+    /// <summary>Whether the framer sits between two messages.</summary>
+    public readonly bool AtBoundary => _passThroughRemaining == 0;
+
+    /// <summary>Forgets any partial message, for a stream that starts afresh.</summary>
+    public void Reset() => _passThroughRemaining = 0;
+
+    /// <summary>
+    /// Scans <paramref name="data"/> from its start. <paramref name="passThrough"/> receives the number of
+    /// leading bytes that may be forwarded untouched (whole messages not inspected, and any part of an
+    /// uninspected message). On <see cref="FrameStatus.Inspect"/>, <paramref name="messageLength"/> is the
+    /// whole length (type byte included) of the complete message starting at <paramref name="passThrough"/>;
+    /// the caller handles it and calls again past it.
+    /// </summary>
+    public FrameStatus Scan(ReadOnlySpan<byte> data, MessageTypeSet inspect, int maxInspectLength, out int passThrough, out int messageLength)
+    {
+        messageLength = 0;
+        int pos = 0;
+        if (_passThroughRemaining > 0)
+        {
+            if (_passThroughRemaining >= data.Length)
+            {
+                _passThroughRemaining -= data.Length;
+                passThrough = data.Length;
+                return FrameStatus.NeedMore;
+            }
+
+            pos = (int)_passThroughRemaining;
+            _passThroughRemaining = 0;
+        }
+
+        while (true)
+        {
+            if (data.Length - pos < HeaderLength)
+            {
+                passThrough = pos;
+                return FrameStatus.NeedMore;
+            }
+
+            byte type = data[pos];
+            int length = BinaryPrimitives.ReadInt32BigEndian(data.Slice(pos + 1));
+            if (length < sizeof(int) || length > MaxMessageLength)
+            {
+                passThrough = pos;
+                return FrameStatus.Invalid;
+            }
+
+            int total = length + 1;
+            if (inspect.Contains(type) && total <= maxInspectLength)
+            {
+                passThrough = pos;
+                if (data.Length - pos < total)
+                {
+                    return FrameStatus.NeedMore;
+                }
+
+                messageLength = total;
+                return FrameStatus.Inspect;
+            }
+
+            int available = data.Length - pos;
+            if (total > available)
+            {
+                _passThroughRemaining = total - available;
+                passThrough = data.Length;
+                return FrameStatus.NeedMore;
+            }
+
+            pos += total;
+        }
+    }
+
+    /// <summary>Reads the length word of the message at the start of <paramref name="message"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int ReadLength(ReadOnlySpan<byte> message) => BinaryPrimitives.ReadInt32BigEndian(message.Slice(1));
+}

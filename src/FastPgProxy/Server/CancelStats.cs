@@ -1,0 +1,55 @@
+namespace FastPgProxy.Server;
+
+/// <summary>Counters of every outcome of a CancelRequest; updated from any thread.</summary>
+internal sealed class CancelStats
+{
+    private long _received;
+    private long _forwarded;
+    private long _noBackend;
+    private long _wrongKey;
+    private long _unknownSession;
+    private long _malformed;
+    private long _failed;
+
+    /// <summary>CancelRequest packets read.</summary>
+    public long Received => Volatile.Read(ref _received);
+
+    /// <summary>Cancels sent to PostgreSQL and acknowledged by its closing the connection.</summary>
+    public long Forwarded => Volatile.Read(ref _forwarded);
+
+    /// <summary>Valid cancels for a session that had no backend at that moment.</summary>
+    public long NoBackend => Volatile.Read(ref _noBackend);
+
+    /// <summary>Known session, wrong secret.</summary>
+    public long WrongKey => Volatile.Read(ref _wrongKey);
+
+    /// <summary>No live session with that id.</summary>
+    public long UnknownSession => Volatile.Read(ref _unknownSession);
+
+    /// <summary>Packets of the wrong length.</summary>
+    public long Malformed => Volatile.Read(ref _malformed);
+
+    /// <summary>Forwarding failed (connect refused, timeout).</summary>
+    public long Failed => Volatile.Read(ref _failed);
+
+    /// <summary>Counts a received packet.</summary>
+    public void OnReceived() => Interlocked.Increment(ref _received);
+
+    /// <summary>Counts a forwarded cancel.</summary>
+    public void OnForwarded() => Interlocked.Increment(ref _forwarded);
+
+    /// <summary>Counts a cancel that found no backend.</summary>
+    public void OnNoBackend() => Interlocked.Increment(ref _noBackend);
+
+    /// <summary>Counts a wrong secret.</summary>
+    public void OnWrongKey() => Interlocked.Increment(ref _wrongKey);
+
+    /// <summary>Counts an unknown session id.</summary>
+    public void OnUnknownSession() => Interlocked.Increment(ref _unknownSession);
+
+    /// <summary>Counts a malformed packet.</summary>
+    public void OnMalformed() => Interlocked.Increment(ref _malformed);
+
+    /// <summary>Counts a failed forward.</summary>
+    public void OnFailed() => Interlocked.Increment(ref _failed);
+}

@@ -1,0 +1,528 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using System.Text;
+using FastPgProxy.Auth;
+using FastPgProxy.Config;
+using FastPgProxy.Protocol;
+
+namespace FastPgProxy.Server;
+
+/// <summary>Which authentication message the session waits for.</summary>
+internal enum AuthStage
+{
+    /// <summary>PasswordMessage answering an MD5 challenge.</summary>
+    Md5,
+    /// <summary>SASLInitialResponse with the SCRAM client-first-message.</summary>
+    ScramFirst,
+    /// <summary>SASLResponse with the SCRAM client-final-message.</summary>
+    ScramFinal,
+}
+
+internal sealed partial class ClientSession
+{
+    private List<KeyValuePair<string, string>>? _startupParameters;
+    private List<string>? _unrecognizedOptions;
+    private int _requestedMinor;
+    private DatabaseOptions? _databaseOptions;
+    private UserSecret? _userSecret;
+    private bool _userKnown;
+    private AuthStage _authStage;
+    private byte[]? _md5Salt;
+    private ScramServer? _scramServer;
+    private MessageFramer _authFramer;
+
+    /// <summary>Reads the first packet of the connection (protocol 55.2.1 and 55.2.10-12).</summary>
+    private void ProcessStartup()
+    {
+        StartupParseStatus status = StartupPacketHeader.TryRead(_client.Window, out StartupPacketHeader header);
+        if (status == StartupParseStatus.NeedMore)
+        {
+            _client.Receive();
+            return;
+        }
+
+        if (status == StartupParseStatus.Invalid)
+        {
+            Fatal(SqlState.ProtocolViolation, "invalid length of startup packet");
+            return;
+        }
+
+        ReadOnlySpan<byte> packet = _client.Window.Slice(0, header.Length);
+        switch (header.Code)
+        {
+            case StartupCodes.CancelRequestCode:
+                HandleCancelRequest(packet);
+                return;
+            case StartupCodes.SslRequestCode:
+            case StartupCodes.GssEncRequestCode:
+                if (header.Length != StartupCodes.MinStartupPacketLength)
+                {
+                    Fatal(SqlState.ProtocolViolation, "invalid length of startup packet");
+                    return;
+                }
+
+                _client.Consume(header.Length);
+                if (_client.Buffered > 0)
+                {
+                    // The client may not send anything until it has read the answer (55.2.10).
+                    Fatal(SqlState.ProtocolViolation, "received unencrypted data after SSL request");
+                    return;
+                }
+
+                byte[] output = RentOut();
+                output[0] = (byte)'N';
+                SendOut(1, AfterSend.ReadClient);
+                return;
+        }
+
+        if (header.Major != 3)
+        {
+            Fatal(
+                header.Major == 1234 ? SqlState.ProtocolViolation : SqlState.FeatureNotSupported,
+                $"unsupported frontend protocol {header.Major}.{header.Minor}: server supports 3.0 to 3.0");
+            return;
+        }
+
+        _requestedMinor = header.Minor;
+        var parameters = new List<KeyValuePair<string, string>>();
+        if (!StartupParameters.TryParse(packet.Slice(StartupCodes.MinStartupPacketLength), parameters, out string? error))
+        {
+            Fatal(SqlState.ProtocolViolation, error!);
+            return;
+        }
+
+        _client.Consume(header.Length);
+        HandleStartupMessage(parameters);
+    }
+
+    private void HandleStartupMessage(List<KeyValuePair<string, string>> parameters)
+    {
+        var forwarded = new List<KeyValuePair<string, string>>(parameters.Count);
+        foreach (KeyValuePair<string, string> p in parameters)
+        {
+            switch (p.Key)
+            {
+                case "user":
+                    User = p.Value;
+                    break;
+                case "database":
+                    Database = p.Value;
+                    break;
+                case "replication":
+                    Fatal(SqlState.FeatureNotSupported, "replication connections are not supported by the proxy");
+                    return;
+                default:
+                    if (p.Key.StartsWith("_pq_.", StringComparison.Ordinal))
+                    {
+                        (_unrecognizedOptions ??= new()).Add(p.Key);
+                    }
+                    else
+                    {
+                        forwarded.Add(p);
+                    }
+
+                    break;
+            }
+        }
+
+        _startupParameters = forwarded;
+        if (string.IsNullOrEmpty(User))
+        {
+            Fatal(SqlState.InvalidAuthorization, "no PostgreSQL user name specified in startup packet");
+            return;
+        }
+
+        if (string.IsNullOrEmpty(Database))
+        {
+            Database = User;
+        }
+
+        // Only a session that sent StartupMessage gets an id and a key; both exist before any reply so
+        // that the BackendKeyData sent at the end of login is already valid for cancels.
+        Span<byte> random = stackalloc byte[sizeof(int)];
+        RandomNumberGenerator.Fill(random);
+        Volatile.Write(ref _secret, BinaryPrimitives.ReadInt32BigEndian(random));
+        Id = _proxy.Sessions.Add(this);
+        if (_proxy.Sessions.Count > _proxy.Options.MaxClientConnections)
+        {
+            Fatal(SqlState.TooManyConnections, "sorry, too many clients already");
+            return;
+        }
+
+        _databaseOptions = _proxy.Options.FindDatabase(Database);
+        if (_databaseOptions is null)
+        {
+            Fatal(SqlState.InvalidCatalogName, $"database \"{Database}\" does not exist");
+            return;
+        }
+
+        Log.Write(LogLevel.Info, $"session {Id}: login attempt from {RemoteEndPoint}: db={Database} user={User}");
+        BeginAuthentication();
+    }
+
+    /// <summary>Sends NegotiateProtocolVersion when the client asked for a newer minor version or for _pq_ options (55.2.1).</summary>
+    private void WriteNegotiateIfNeeded(ref PgWriter writer)
+    {
+        if (_requestedMinor == 0 && _unrecognizedOptions is null)
+        {
+            return;
+        }
+
+        writer.BeginMessage((byte)BackendMessage.NegotiateProtocolVersion);
+        writer.WriteInt32(0);
+        writer.WriteInt32(_unrecognizedOptions?.Count ?? 0);
+        foreach (string option in _unrecognizedOptions ?? [])
+        {
+            writer.WriteCString(option);
+        }
+
+        writer.EndMessage();
+    }
+
+    private void BeginAuthentication()
+    {
+        UserList? users = _proxy.Users;
+        _userKnown = users is not null && users.TryGet(User!, out _userSecret);
+        AuthType authType = _proxy.Options.AuthType;
+        var writer = new PgWriter(RentOut());
+        WriteNegotiateIfNeeded(ref writer);
+        if (authType == AuthType.Trust)
+        {
+            if (users is not null && !_userKnown)
+            {
+                ReturnOut();
+                Fatal(SqlState.InvalidAuthorization, $"role \"{User}\" does not exist");
+            }
+            else if (writer.Position > 0)
+            {
+                SendOut(writer.Position, AfterSend.ConnectServer);
+            }
+            else
+            {
+                ReturnOut();
+                ConnectServer();
+            }
+
+            return;
+        }
+
+        // Like PostgreSQL, an md5 setup still uses SCRAM for a user whose only secret is a SCRAM verifier,
+        // and an unknown user goes through a full exchange that fails, so user names cannot be probed.
+        bool scram = authType == AuthType.ScramSha256 || (_userSecret?.Kind == SecretKind.ScramSha256);
+        State = SessionState.Authenticating;
+        if (scram)
+        {
+            ScramVerifier verifier = _proxy.MockVerifier;
+            if (_userKnown && _userSecret!.Kind != SecretKind.Md5 && _userSecret.TryGetScramVerifier(out ScramVerifier? real))
+            {
+                verifier = real;
+            }
+
+            _scramServer = new ScramServer(verifier);
+            _authStage = AuthStage.ScramFirst;
+            writer.WriteAuthenticationSasl();
+        }
+        else
+        {
+            _md5Salt = new byte[Md5Auth.SaltLength];
+            RandomNumberGenerator.Fill(_md5Salt);
+            _authStage = AuthStage.Md5;
+            writer.WriteAuthentication(AuthRequest.Md5Password, _md5Salt);
+        }
+
+        SendOut(writer.Position, AfterSend.ReadClient);
+    }
+
+    /// <summary>Reads the client's next PasswordMessage/SASL message and acts on it.</summary>
+    private void ProcessAuthentication()
+    {
+        Span<byte> window = _client.Window;
+        FrameStatus status = _authFramer.Scan(window, MessageTypeSet.All, _client.Loop.Buffers.BufferSize, out _, out int length);
+        if (status == FrameStatus.NeedMore)
+        {
+            if (!_authFramer.AtBoundary)
+            {
+                Fatal(SqlState.ProtocolViolation, "authentication message too long");
+                return;
+            }
+
+            _client.Receive();
+            return;
+        }
+
+        if (status == FrameStatus.Invalid)
+        {
+            Fatal(SqlState.ProtocolViolation, "invalid message length");
+            return;
+        }
+
+        if (window[0] != (byte)FrontendMessage.Password)
+        {
+            Fatal(SqlState.ProtocolViolation, $"expected password response, got message type {window[0]}");
+            return;
+        }
+
+        ReadOnlySpan<byte> body = window.Slice(MessageFramer.HeaderLength, length - MessageFramer.HeaderLength);
+        _client.Consume(length);
+        switch (_authStage)
+        {
+            case AuthStage.Md5:
+                int end = body.IndexOf((byte)0);
+                ReadOnlySpan<byte> response = end >= 0 ? body.Slice(0, end) : body;
+                if (_userKnown && Md5Auth.Verify(_userSecret!, User!, _md5Salt, response))
+                {
+                    ConnectServer();
+                }
+                else
+                {
+                    PasswordFailed();
+                }
+
+                return;
+            case AuthStage.ScramFirst:
+                HandleSaslInitialResponse(body);
+                return;
+            default:
+                HandleSaslResponse(body);
+                return;
+        }
+    }
+
+    private void HandleSaslInitialResponse(ReadOnlySpan<byte> body)
+    {
+        int nameEnd = body.IndexOf((byte)0);
+        if (nameEnd < 0 || body.Length < nameEnd + 1 + sizeof(int))
+        {
+            Fatal(SqlState.ProtocolViolation, "malformed SASLInitialResponse message");
+            return;
+        }
+
+        if (!body.Slice(0, nameEnd).SequenceEqual(PgWriter.ScramMechanism))
+        {
+            Fatal(SqlState.ProtocolViolation, "client selected an invalid SASL authentication mechanism");
+            return;
+        }
+
+        int dataLength = BinaryPrimitives.ReadInt32BigEndian(body.Slice(nameEnd + 1));
+        ReadOnlySpan<byte> data = body.Slice(nameEnd + 1 + sizeof(int));
+        if (dataLength != data.Length)
+        {
+            Fatal(SqlState.ProtocolViolation, "malformed SASLInitialResponse message");
+            return;
+        }
+
+        if (!_scramServer!.TryHandleClientFirst(data, out byte[]? serverFirst, out string? error))
+        {
+            Fatal(SqlState.ProtocolViolation, $"malformed SCRAM message: {error}");
+            return;
+        }
+
+        _authStage = AuthStage.ScramFinal;
+        var writer = new PgWriter(RentOut());
+        writer.WriteAuthentication(AuthRequest.SaslContinue, serverFirst);
+        SendOut(writer.Position, AfterSend.ReadClient);
+    }
+
+    private void HandleSaslResponse(ReadOnlySpan<byte> body)
+    {
+        if (!_scramServer!.TryHandleClientFinal(body, out byte[]? serverFinal, out _) || !_userKnown || _userSecret!.Kind == SecretKind.Md5)
+        {
+            PasswordFailed();
+            return;
+        }
+
+        var writer = new PgWriter(RentOut());
+        writer.WriteAuthentication(AuthRequest.SaslFinal, serverFinal);
+        SendOut(writer.Position, AfterSend.ConnectServer);
+    }
+
+    private void PasswordFailed()
+    {
+        _proxy.Stats.OnLoginFailed();
+        Fatal(SqlState.InvalidPassword, $"password authentication failed for user \"{User}\"");
+    }
+
+    private void ConnectServer()
+    {
+        State = SessionState.ConnectingServer;
+        DatabaseOptions db = _databaseOptions!;
+        _server = new ServerConnection(Loop, db, db.DatabaseName ?? Database!, BuildCredentials(db), _startupParameters!, _proxy.Options.ServerConnectTimeout);
+        _server.Connect(this);
+    }
+
+    /// <summary>
+    /// The database line's user and password win; otherwise the client's own user with what auth_file
+    /// holds for it: a plaintext password, an md5 hash (enough for md5 logins), or, for a SCRAM verifier,
+    /// the ClientKey recovered from the client's own SCRAM proof.
+    /// </summary>
+    private ServerCredentials BuildCredentials(DatabaseOptions db)
+    {
+        UserSecret? secret = _userSecret;
+        string user = User!;
+        if (db.User is not null)
+        {
+            user = db.User;
+            secret = null;
+            if (db.Password is null && _proxy.Users is not null)
+            {
+                _proxy.Users.TryGet(user, out secret);
+            }
+
+            if (db.Password is not null)
+            {
+                return new ServerCredentials { User = user, Password = db.Password };
+            }
+        }
+        else if (db.Password is not null)
+        {
+            return new ServerCredentials { User = user, Password = db.Password };
+        }
+
+        if (secret is null)
+        {
+            return new ServerCredentials { User = user };
+        }
+
+        byte[]? clientKey = null, serverKey = null;
+        if (secret.Kind == SecretKind.ScramSha256 && db.User is null && _scramServer is not null && secret.TryGetScramVerifier(out ScramVerifier? verifier))
+        {
+            clientKey = _scramServer.ClientKey.ToArray();
+            serverKey = verifier.ServerKey.ToArray();
+        }
+
+        return new ServerCredentials
+        {
+            User = user,
+            Password = secret.Password,
+            Md5Hash = secret.Kind == SecretKind.Md5 ? secret.Raw : null,
+            ScramClientKey = clientKey,
+            ScramServerKey = serverKey,
+        };
+    }
+
+    /// <inheritdoc/>
+    public void OnServerReady(ServerConnection server)
+    {
+        if (State == SessionState.Closed)
+        {
+            return;
+        }
+
+        if (server.HasCancelKey)
+        {
+            Volatile.Write(ref _cancelTarget, new CancelTarget(server.EndPoint, server.BackendPid, server.BackendKey));
+        }
+
+        // AuthenticationOk, the server's ParameterStatus set, the proxy's own BackendKeyData, ReadyForQuery:
+        // the tail of a normal login (55.2.2), with the key replaced by one the proxy can check.
+        var writer = new PgWriter(RentOut());
+        writer.WriteAuthentication(AuthRequest.Ok);
+        foreach (byte[] parameterStatus in server.Parameters.Values)
+        {
+            if (parameterStatus.Length > writer.Remaining - 64)
+            {
+                ReturnOut();
+                Fatal(SqlState.InternalError, "server parameters do not fit in a buffer");
+                return;
+            }
+
+            writer.WriteBytes(parameterStatus);
+        }
+
+        writer.WriteBackendKeyData(Id, Volatile.Read(ref _secret));
+        writer.WriteReadyForQuery(server.TransactionStatus);
+        Log.Write(LogLevel.Info, $"session {Id}: login ok on backend pid {server.BackendPid}");
+        SendOut(writer.Position, AfterSend.StartRelay);
+    }
+
+    /// <inheritdoc/>
+    public void OnServerLoginFailed(ServerConnection server, byte[]? errorResponse, string reason)
+    {
+        if (State == SessionState.Closed)
+        {
+            return;
+        }
+
+        server.Channel.SetHandler(this);
+        Log.Warning($"session {Id}: backend login for user \"{server.User}\" failed: {reason}");
+        if (errorResponse is not null)
+        {
+            ForwardErrorAndClose(errorResponse);
+        }
+        else
+        {
+            Fatal(SqlState.ConnectionFailure, reason);
+        }
+    }
+
+    /// <summary>
+    /// A CancelRequest (55.2.7): look the session up, check the secret in constant time, and hand the
+    /// socket to the forwarder, which keeps it open until PostgreSQL has acted. Every failure is counted,
+    /// logged and answered by closing; nothing is written back.
+    /// </summary>
+    private void HandleCancelRequest(ReadOnlySpan<byte> packet)
+    {
+        CancelStats stats = _proxy.CancelStats;
+        stats.OnReceived();
+        State = SessionState.Closed;
+        int keyLength = packet.Length - (StartupCodes.MinStartupPacketLength + sizeof(int));
+        if (keyLength < StartupCodes.MinCancelKeyLength || keyLength > StartupCodes.MaxCancelKeyLength)
+        {
+            stats.OnMalformed();
+            Log.Debug($"cancel from {RemoteEndPoint}: malformed packet of {packet.Length} bytes");
+            CloseCancelSocket();
+            return;
+        }
+
+        int pid = BinaryPrimitives.ReadInt32BigEndian(packet.Slice(StartupCodes.MinStartupPacketLength));
+        ReadOnlySpan<byte> key = packet.Slice(StartupCodes.MinStartupPacketLength + sizeof(int));
+        if (!_proxy.Sessions.TryGet(pid, out ClientSession? target))
+        {
+            stats.OnUnknownSession();
+            Log.Debug($"cancel from {RemoteEndPoint}: no session {pid}");
+            CloseCancelSocket();
+            return;
+        }
+
+        if (!target.MatchesSecret(key))
+        {
+            stats.OnWrongKey();
+            Log.Info($"cancel from {RemoteEndPoint}: wrong key for session {pid}");
+            CloseCancelSocket();
+            return;
+        }
+
+        CancelTarget? backend = target.CancelTarget;
+        if (backend is null)
+        {
+            stats.OnNoBackend();
+            Log.Debug($"cancel from {RemoteEndPoint}: session {pid} has no backend");
+            CloseCancelSocket();
+            return;
+        }
+
+        Log.Debug($"cancel from {RemoteEndPoint}: session {pid} -> backend pid {backend.ProcessId}");
+        System.Net.Sockets.Socket? socket = _client.DetachSocket();
+        TryFinish();
+        _ = CancelForwarder.ForwardAsync(socket, backend, _proxy.Options.CancelTimeout, stats);
+    }
+
+    private void CloseCancelSocket()
+    {
+        _client.Close();
+        TryFinish();
+    }
+
+    private void ContinueReading()
+    {
+        switch (State)
+        {
+            case SessionState.Startup:
+                ProcessStartup();
+                break;
+            case SessionState.Authenticating:
+                ProcessAuthentication();
+                break;
+        }
+    }
+}

@@ -1,0 +1,322 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using FastPgProxy.Auth;
+using FastPgProxy.Net;
+using FastPgProxy.Protocol;
+
+namespace FastPgProxy.Server;
+
+/// <summary>Where a client session is in its life.</summary>
+internal enum SessionState
+{
+    /// <summary>Waiting for StartupMessage (or SSLRequest, GSSENCRequest, CancelRequest).</summary>
+    Startup,
+    /// <summary>Exchanging authentication messages with the client.</summary>
+    Authenticating,
+    /// <summary>Authenticated; a backend is being connected and logged in.</summary>
+    ConnectingServer,
+    /// <summary>Relaying between client and backend.</summary>
+    Active,
+    /// <summary>Closed or closing.</summary>
+    Closed,
+}
+
+/// <summary>What to do once the proxy's own message to the client has been sent.</summary>
+internal enum AfterSend
+{
+    /// <summary>Read the client's next message.</summary>
+    ReadClient,
+    /// <summary>Connect the backend (authentication finished).</summary>
+    ConnectServer,
+    /// <summary>Start relaying.</summary>
+    StartRelay,
+    /// <summary>Close the session.</summary>
+    Close,
+}
+
+/// <summary>
+/// One client connection and, while it has one, its backend. Owned by one loop: every callback runs there,
+/// and the only state other threads read is the published <see cref="CancelTarget"/> and the secret.
+/// Split by concern: start-up and authentication (ClientSession.Startup.cs), relay (ClientSession.Relay.cs).
+/// </summary>
+internal sealed partial class ClientSession : IChannelHandler, IServerLoginListener, ILoopTimer, ILoopWork
+{
+    private readonly ProxyServer _proxy;
+    private readonly SocketChannel _client;
+    private ServerConnection? _server;
+    private byte[]? _out;
+    private AfterSend _afterSend;
+    private int _secret;
+    private CancelTarget? _cancelTarget;
+    private bool _finished;
+
+    /// <summary>Wraps an accepted socket; <see cref="Execute"/> starts it on <paramref name="loop"/>.</summary>
+    public ClientSession(ProxyServer proxy, EventLoop loop, Socket socket)
+    {
+        _proxy = proxy;
+        Loop = loop;
+        _client = new SocketChannel(loop, socket, this) { IdleWithoutBuffer = true };
+        RemoteEndPoint = socket.RemoteEndPoint as IPEndPoint;
+        ConnectTime = DateTime.UtcNow;
+    }
+
+    /// <summary>The owning loop.</summary>
+    public EventLoop Loop { get; }
+
+    /// <summary>Proxy session id: the pid of the BackendKeyData the client got; 0 until StartupMessage.</summary>
+    public int Id { get; private set; }
+
+    /// <summary>Life-cycle state.</summary>
+    public SessionState State { get; private set; }
+
+    /// <summary>The client's address.</summary>
+    public IPEndPoint? RemoteEndPoint { get; }
+
+    /// <summary>When the client connected (UTC).</summary>
+    public DateTime ConnectTime { get; }
+
+    /// <summary>The user name from StartupMessage.</summary>
+    public string? User { get; private set; }
+
+    /// <summary>The database name from StartupMessage.</summary>
+    public string? Database { get; private set; }
+
+    /// <summary>The backend the client is on now, if any, for cancels from other threads.</summary>
+    public CancelTarget? CancelTarget => Volatile.Read(ref _cancelTarget);
+
+    /// <summary>Starts the session on its loop: arms the login timeout and reads the first packet.</summary>
+    public void Execute()
+    {
+        Debug.Assert(Loop.InLoop);
+        long due = Stopwatch.GetTimestamp() + (long)(_proxy.Options.ClientLoginTimeout.TotalSeconds * Stopwatch.Frequency);
+        Loop.Schedule(this, due);
+        _client.Receive();
+    }
+
+    /// <summary>Compares a cancel key with this session's secret in constant time; any thread.</summary>
+    public bool MatchesSecret(ReadOnlySpan<byte> key)
+    {
+        Span<byte> secret = stackalloc byte[sizeof(int)];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(secret, Volatile.Read(ref _secret));
+        return Id != 0 && CryptographicOperations.FixedTimeEquals(secret, key);
+    }
+
+    /// <inheritdoc/>
+    public void OnTimer(long dueTimestamp)
+    {
+        if (State < SessionState.Active)
+        {
+            Log.Info($"client {RemoteEndPoint} closed: no login within client_login_timeout");
+            Close();
+        }
+    }
+
+    /// <inheritdoc/>
+    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    {
+        if (State == SessionState.Closed)
+        {
+            TryFinish();
+            return;
+        }
+
+        if (channel == _client)
+        {
+            if (bytes == 0)
+            {
+                LogPeerClose("client", error);
+                Close();
+                return;
+            }
+
+            switch (State)
+            {
+                case SessionState.Startup:
+                    ProcessStartup();
+                    break;
+                case SessionState.Authenticating:
+                    ProcessAuthentication();
+                    break;
+                case SessionState.Active:
+                    PumpClient();
+                    break;
+            }
+
+            return;
+        }
+
+        if (bytes == 0)
+        {
+            OnServerClosed(error);
+            return;
+        }
+
+        PumpServer();
+    }
+
+    /// <inheritdoc/>
+    public void OnSend(SocketChannel channel, SocketError error)
+    {
+        if (State == SessionState.Closed)
+        {
+            TryFinish();
+            return;
+        }
+
+        if (error != SocketError.Success)
+        {
+            LogPeerClose(channel == _client ? "client" : "server", error);
+            Close();
+            return;
+        }
+
+        if (channel != _client)
+        {
+            OnClientRunSent();
+            return;
+        }
+
+        if (_out is null)
+        {
+            OnServerRunSent();
+            return;
+        }
+
+        ReturnOut();
+        switch (_afterSend)
+        {
+            case AfterSend.ReadClient:
+                ContinueReading();
+                break;
+            case AfterSend.ConnectServer:
+                ConnectServer();
+                break;
+            case AfterSend.StartRelay:
+                StartRelay();
+                break;
+            default:
+                Close();
+                break;
+        }
+    }
+
+    /// <inheritdoc/>
+    public void OnConnect(SocketChannel channel, SocketError error) => TryFinish();
+
+    /// <summary>Sends what the writer holds in <see cref="_out"/> to the client, then does <paramref name="next"/>.</summary>
+    private void SendOut(int length, AfterSend next)
+    {
+        _afterSend = next;
+        _client.Send(_out!, 0, length);
+    }
+
+    /// <summary>Rents the buffer for the proxy's own messages to the client.</summary>
+    private byte[] RentOut()
+    {
+        Debug.Assert(_out is null);
+        return _out = Loop.Buffers.Rent();
+    }
+
+    private void ReturnOut()
+    {
+        if (_out is not null)
+        {
+            Loop.Buffers.Return(_out);
+            _out = null;
+        }
+    }
+
+    /// <summary>Sends a FATAL ErrorResponse and closes (protocol 55.2: the server may report an error then close).</summary>
+    private void Fatal(string sqlState, string message, string? detail = null)
+    {
+        Log.Write(sqlState == SqlState.InternalError ? LogLevel.Warning : LogLevel.Info, $"client {RemoteEndPoint} session {Id}: {message}");
+        if (_client.SendPending || _out is not null)
+        {
+            // A relay run or another message is on its way; nothing can be put in front of it.
+            Close();
+            return;
+        }
+
+        var writer = new PgWriter(RentOut());
+        writer.WriteError(BackendMessage.ErrorResponse, "FATAL", sqlState, message, detail);
+        SendOut(writer.Position, AfterSend.Close);
+    }
+
+    /// <summary>Forwards PostgreSQL's own ErrorResponse to the client and closes.</summary>
+    private void ForwardErrorAndClose(byte[] errorResponse)
+    {
+        byte[] output = RentOut();
+        if (errorResponse.Length > output.Length)
+        {
+            ReturnOut();
+            Close();
+            return;
+        }
+
+        errorResponse.CopyTo(output, 0);
+        SendOut(errorResponse.Length, AfterSend.Close);
+    }
+
+    /// <summary>Closes once: unregisters, withdraws the cancel target, closes both sockets.</summary>
+    public void Close()
+    {
+        Debug.Assert(Loop.InLoop);
+        if (State == SessionState.Closed)
+        {
+            return;
+        }
+
+        State = SessionState.Closed;
+        Volatile.Write(ref _cancelTarget, null);
+        if (Id != 0)
+        {
+            _proxy.Sessions.Remove(Id);
+        }
+
+        _client.Close();
+        if (_server is not null)
+        {
+            // Completions of a backend still logging in come here from now on, so TryFinish sees them.
+            _server.Channel.SetHandler(this);
+            _server.Close();
+        }
+
+        TryFinish();
+    }
+
+    /// <summary>Releases buffers and socket arguments once no operation of either socket is outstanding.</summary>
+    private void TryFinish()
+    {
+        if (_finished || !_client.Quiescent || (_server is not null && !_server.Channel.Quiescent))
+        {
+            return;
+        }
+
+        _finished = true;
+        ReturnOut();
+        _client.Dispose();
+        _server?.DisposeWhenQuiescent();
+        _server = null;
+    }
+
+    /// <summary>Stops the session for a server shutdown: FATAL 57P01 to the client, then close.</summary>
+    public void Terminate(string message)
+    {
+        if (State == SessionState.Closed)
+        {
+            return;
+        }
+
+        Fatal(SqlState.AdminShutdown, message);
+    }
+
+    private void LogPeerClose(string who, SocketError error)
+    {
+        if (Log.IsEnabled(LogLevel.Debug))
+        {
+            Log.Debug($"session {Id}: {who} closed the connection ({(error == SocketError.Success ? "end of stream" : error.ToString())})");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using FastPgProxy.Auth;
+using FastPgProxy.Config;
+using FastPgProxy.Net;
+
+namespace FastPgProxy.Server;
+
+/// <summary>
+/// The proxy: one listener, a few event loops, the session registry and the counters. Tests build it from
+/// typed <see cref="ProxyOptions"/>; the executable builds it from the config file.
+/// </summary>
+internal sealed class ProxyServer : IAsyncDisposable
+{
+    /// <summary>Size of every pooled buffer: a receive window and the proxy's own outgoing messages.</summary>
+    public const int BufferSize = 32 * 1024;
+
+    private readonly Socket _listener;
+    private readonly CancellationTokenSource _stopping = new();
+    private Task? _acceptLoop;
+    private int _stopped;
+
+    /// <summary>Loads the auth file and binds the listener; throws <see cref="ConfigException"/> for a bad auth file.</summary>
+    public ProxyServer(ProxyOptions options)
+    {
+        Options = options;
+        if (options.AuthFile is not null)
+        {
+            if (!UserList.TryLoad(options.AuthFile, out UserList? users, out string? error))
+            {
+                throw new ConfigException(error);
+            }
+
+            Users = users;
+        }
+
+        // Unknown users still go through a full SCRAM exchange against this throw-away verifier.
+        MockVerifier = ScramVerifier.FromPassword(Convert.ToBase64String(System.Security.Cryptography.RandomNumberGenerator.GetBytes(18)));
+        IPAddress address = options.ListenAddress switch
+        {
+            "*" => IPAddress.IPv6Any,
+            "localhost" => IPAddress.Loopback,
+            _ => IPAddress.Parse(options.ListenAddress),
+        };
+        _listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        if (address.Equals(IPAddress.IPv6Any))
+        {
+            _listener.DualMode = true;
+        }
+
+        _listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+        _listener.Bind(new IPEndPoint(address, options.ListenPort));
+        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+        Loops = new EventLoopGroup(options.EffectiveLoopThreads, BufferSize);
+    }
+
+    /// <summary>The options the server runs with.</summary>
+    public ProxyOptions Options { get; }
+
+    /// <summary>The auth_file contents; null when none is configured.</summary>
+    public UserList? Users { get; }
+
+    /// <summary>The verifier used to fail unknown users in SCRAM without revealing that they are unknown.</summary>
+    public ScramVerifier MockVerifier { get; }
+
+    /// <summary>Where the listener is bound (the real port when 0 was asked).</summary>
+    public IPEndPoint LocalEndPoint { get; }
+
+    /// <summary>The event loops.</summary>
+    public EventLoopGroup Loops { get; }
+
+    /// <summary>Live sessions by proxy session id.</summary>
+    public SessionRegistry Sessions { get; } = new();
+
+    /// <summary>Outcomes of CancelRequests.</summary>
+    public CancelStats CancelStats { get; } = new();
+
+    /// <summary>Other counters.</summary>
+    public ProxyStats Stats { get; } = new();
+
+    /// <summary>Starts accepting clients.</summary>
+    public void Start()
+    {
+        _listener.Listen(1024);
+        _acceptLoop = Task.Run(AcceptLoopAsync);
+        Log.Info($"listening on {LocalEndPoint} with {Loops.Loops.Count} loop threads");
+    }
+
+    private async Task AcceptLoopAsync()
+    {
+        while (!_stopping.IsCancellationRequested)
+        {
+            Socket socket;
+            try
+            {
+                socket = await _listener.AcceptAsync(_stopping.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (ObjectDisposedException)
+            {
+                return;
+            }
+            catch (SocketException e)
+            {
+                // EMFILE and friends: say so and keep accepting rather than dying.
+                Log.Warning($"accept failed: {e.SocketErrorCode}");
+                await Task.Delay(100).ConfigureAwait(false);
+                continue;
+            }
+
+            socket.NoDelay = true;
+            EventLoop loop = Loops.Next();
+            loop.Post(new ClientSession(this, loop, socket));
+        }
+    }
+
+    /// <summary>
+    /// Stops accepting, tells every client the server is going away (FATAL 57P01, as PostgreSQL's fast
+    /// shutdown does), waits up to <paramref name="grace"/> for the sessions to close, then stops the loops.
+    /// </summary>
+    public async Task StopAsync(TimeSpan grace)
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) != 0)
+        {
+            return;
+        }
+
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        _listener.Dispose();
+        if (_acceptLoop is not null)
+        {
+            await _acceptLoop.ConfigureAwait(false);
+        }
+
+        foreach (ClientSession session in Sessions.Snapshot())
+        {
+            session.Loop.Post(() => session.Terminate("terminating connection due to administrator command"));
+        }
+
+        var deadline = Stopwatch.StartNew();
+        while (Sessions.Count > 0 && deadline.Elapsed < grace)
+        {
+            await Task.Delay(20).ConfigureAwait(false);
+        }
+
+        Loops.Stop(TimeSpan.FromSeconds(2));
+        _stopping.Dispose();
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask DisposeAsync() => await StopAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+}

@@ -1,0 +1,20 @@
+namespace FastPgProxy.Server;
+
+/// <summary>Process-wide counters; updated from any thread.</summary>
+internal sealed class ProxyStats
+{
+    private long _loginsFailed;
+    private long _sessionsOpened;
+
+    /// <summary>Client logins refused for a wrong password.</summary>
+    public long LoginsFailed => Volatile.Read(ref _loginsFailed);
+
+    /// <summary>Client sessions that completed login.</summary>
+    public long SessionsOpened => Volatile.Read(ref _sessionsOpened);
+
+    /// <summary>Counts a failed login.</summary>
+    public void OnLoginFailed() => Interlocked.Increment(ref _loginsFailed);
+
+    /// <summary>Counts a completed login.</summary>
+    public void OnSessionOpened() => Interlocked.Increment(ref _sessionsOpened);
+}

@@ -1,0 +1,480 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using FastPgProxy.Auth;
+using FastPgProxy.Config;
+using FastPgProxy.Net;
+using FastPgProxy.Protocol;
+
+namespace FastPgProxy.Server;
+
+/// <summary>Told how a backend login ended; runs on the backend's loop.</summary>
+internal interface IServerLoginListener
+{
+    /// <summary>The backend sent ReadyForQuery after logging in.</summary>
+    void OnServerReady(ServerConnection server);
+
+    /// <summary>
+    /// The login failed. <paramref name="errorResponse"/> is PostgreSQL's own ErrorResponse when it sent one
+    /// (forward it as is); otherwise <paramref name="reason"/> says what went wrong.
+    /// </summary>
+    void OnServerLoginFailed(ServerConnection server, byte[]? errorResponse, string reason);
+}
+
+/// <summary>What the proxy logs in to PostgreSQL with.</summary>
+internal sealed class ServerCredentials
+{
+    /// <summary>Role name on the server.</summary>
+    public required string User { get; init; }
+
+    /// <summary>Plaintext password, when known.</summary>
+    public string? Password { get; init; }
+
+    /// <summary>PostgreSQL's md5 hash ("md5" + hex), usable for md5 logins without the plaintext.</summary>
+    public string? Md5Hash { get; init; }
+
+    /// <summary>SCRAM keys learnt from the client's own SCRAM exchange, for a verifier-only auth_file entry.</summary>
+    public byte[]? ScramClientKey { get; init; }
+
+    /// <summary>The verifier's ServerKey that goes with <see cref="ScramClientKey"/>.</summary>
+    public byte[]? ScramServerKey { get; init; }
+}
+
+/// <summary>The state of a backend connection.</summary>
+internal enum ServerState
+{
+    /// <summary>Opening the TCP or Unix connection.</summary>
+    Connecting,
+    /// <summary>Sent StartupMessage; authenticating and reading parameters.</summary>
+    Login,
+    /// <summary>Logged in and serving a client.</summary>
+    Ready,
+    /// <summary>Closed.</summary>
+    Closed,
+}
+
+/// <summary>
+/// One connection to PostgreSQL. It connects and logs in by itself (as a channel handler), then its channel
+/// is handed to the client session that relays through it. It keeps what the proxy needs from the login:
+/// the backend's own pid and cancel key, and the ParameterStatus messages to replay to a client.
+/// </summary>
+internal sealed class ServerConnection : IChannelHandler, ILoopTimer
+{
+    private readonly DatabaseOptions _database;
+    private readonly ServerCredentials _credentials;
+    private readonly string _databaseName;
+    private readonly IReadOnlyList<KeyValuePair<string, string>> _startupParameters;
+    private readonly TimeSpan _connectTimeout;
+    private IServerLoginListener? _listener;
+    private MessageFramer _framer;
+    private ScramClient? _scram;
+    private byte[]? _out;
+
+    /// <summary>Creates a connection that will log in as <paramref name="credentials"/> to <paramref name="databaseName"/>.</summary>
+    public ServerConnection(
+        EventLoop loop,
+        DatabaseOptions database,
+        string databaseName,
+        ServerCredentials credentials,
+        IReadOnlyList<KeyValuePair<string, string>> startupParameters,
+        TimeSpan connectTimeout)
+    {
+        _database = database;
+        _databaseName = databaseName;
+        _credentials = credentials;
+        _startupParameters = startupParameters;
+        _connectTimeout = connectTimeout;
+        Channel = new SocketChannel(loop, null, this);
+        EndPoint = ResolveEndPoint(database);
+    }
+
+    /// <summary>The socket and receive window.</summary>
+    public SocketChannel Channel { get; }
+
+    /// <summary>Where PostgreSQL listens; also where cancels for this backend go.</summary>
+    public EndPoint EndPoint { get; }
+
+    /// <summary>Current state.</summary>
+    public ServerState State { get; private set; }
+
+    /// <summary>The backend's own pid (BackendKeyData).</summary>
+    public int BackendPid { get; private set; }
+
+    /// <summary>The backend's own cancel key.</summary>
+    public byte[] BackendKey { get; private set; } = [];
+
+    /// <summary>Whether the backend sent BackendKeyData (some servers and poolers do not).</summary>
+    public bool HasCancelKey => BackendKey.Length > 0;
+
+    /// <summary>The last transaction status the backend reported.</summary>
+    public TransactionStatus TransactionStatus { get; set; } = TransactionStatus.Idle;
+
+    /// <summary>ParameterStatus messages as PostgreSQL sent them, by parameter name, for replay to clients.</summary>
+    public Dictionary<string, byte[]> Parameters { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>The user the backend is logged in as.</summary>
+    public string User => _credentials.User;
+
+    /// <summary>Maps a [databases] entry to an endpoint: a directory means PostgreSQL's Unix socket in it.</summary>
+    public static EndPoint ResolveEndPoint(DatabaseOptions database)
+    {
+        if (database.Host.StartsWith('/'))
+        {
+            return new UnixDomainSocketEndPoint(Path.Combine(database.Host, $".s.PGSQL.{database.Port}"));
+        }
+
+        return IPAddress.TryParse(database.Host, out IPAddress? address)
+            ? new IPEndPoint(address, database.Port)
+            : new DnsEndPoint(database.Host, database.Port);
+    }
+
+    /// <summary>Starts connecting; the outcome reaches <paramref name="listener"/> on this loop.</summary>
+    public void Connect(IServerLoginListener listener)
+    {
+        Debug.Assert(Channel.Loop.InLoop);
+        _listener = listener;
+        State = ServerState.Connecting;
+        Channel.Loop.Schedule(this, Stopwatch.GetTimestamp() + (long)(_connectTimeout.TotalSeconds * Stopwatch.Frequency));
+        Channel.Connect(EndPoint);
+    }
+
+    /// <inheritdoc/>
+    public void OnTimer(long dueTimestamp)
+    {
+        if (State is ServerState.Connecting or ServerState.Login)
+        {
+            Fail(null, $"timeout while connecting to server {_database.Host}:{_database.Port} (server_connect_timeout)");
+        }
+    }
+
+    /// <inheritdoc/>
+    public void OnConnect(SocketChannel channel, SocketError error)
+    {
+        if (State != ServerState.Connecting)
+        {
+            return;
+        }
+
+        if (error != SocketError.Success)
+        {
+            Fail(null, $"could not connect to server {_database.Host}:{_database.Port}: {DescribeError(error)}");
+            return;
+        }
+
+        State = ServerState.Login;
+        _out = Channel.Loop.Buffers.Rent();
+        var writer = new PgWriter(_out);
+        writer.BeginStartupPacket();
+        writer.WriteInt32(StartupCodes.Protocol30);
+        writer.WriteCString("user");
+        writer.WriteCString(_credentials.User);
+        writer.WriteCString("database");
+        writer.WriteCString(_databaseName);
+        foreach (KeyValuePair<string, string> p in _startupParameters)
+        {
+            writer.WriteCString(p.Key);
+            writer.WriteCString(p.Value);
+        }
+
+        writer.WriteByte(0);
+        writer.EndMessage();
+        Channel.Send(_out, 0, writer.Position);
+    }
+
+    /// <inheritdoc/>
+    public void OnSend(SocketChannel channel, SocketError error)
+    {
+        ReturnOut();
+        if (State != ServerState.Login)
+        {
+            return;
+        }
+
+        if (error != SocketError.Success)
+        {
+            Fail(null, $"could not send to server: {DescribeError(error)}");
+            return;
+        }
+
+        ProcessLogin();
+    }
+
+    /// <inheritdoc/>
+    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    {
+        if (State != ServerState.Login)
+        {
+            return;
+        }
+
+        if (bytes == 0)
+        {
+            Fail(null, error == SocketError.Success ? "server closed the connection unexpectedly during login" : $"server connection failed: {DescribeError(error)}");
+            return;
+        }
+
+        ProcessLogin();
+    }
+
+    /// <summary>Handles every complete login message buffered; receives more, or waits for a reply to be sent.</summary>
+    private void ProcessLogin()
+    {
+        while (true)
+        {
+            Span<byte> window = Channel.Window;
+            FrameStatus status = _framer.Scan(window, MessageTypeSet.All, window.Length, out _, out int length);
+            if (status == FrameStatus.Invalid)
+            {
+                Fail(null, "server sent an invalid message during login");
+                return;
+            }
+
+            if (status == FrameStatus.NeedMore)
+            {
+                if (Channel.Buffered >= Channel.Loop.Buffers.BufferSize)
+                {
+                    Fail(null, "server sent a login message larger than the buffer");
+                    return;
+                }
+
+                Channel.Receive();
+                return;
+            }
+
+            ReadOnlySpan<byte> message = window.Slice(0, length);
+            bool ready = HandleLoginMessage(message, out bool sent);
+            Channel.Consume(length);
+            if (State == ServerState.Closed)
+            {
+                return;
+            }
+
+            if (ready)
+            {
+                State = ServerState.Ready;
+                IServerLoginListener listener = _listener!;
+                _listener = null;
+                listener.OnServerReady(this);
+                return;
+            }
+
+            if (sent)
+            {
+                // One reply in flight at a time: OnSend resumes with whatever is buffered by then.
+                return;
+            }
+        }
+    }
+
+    private bool HandleLoginMessage(ReadOnlySpan<byte> message, out bool sent)
+    {
+        sent = false;
+        ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
+        switch ((BackendMessage)message[0])
+        {
+            case BackendMessage.Authentication:
+                sent = HandleAuthentication(body);
+                return false;
+            case BackendMessage.ParameterStatus:
+                int nameEnd = body.IndexOf((byte)0);
+                if (nameEnd > 0)
+                {
+                    Parameters[Encoding.UTF8.GetString(body.Slice(0, nameEnd))] = message.ToArray();
+                }
+
+                return false;
+            case BackendMessage.BackendKeyData:
+                if (body.Length < sizeof(int) + StartupCodes.MinCancelKeyLength || body.Length > sizeof(int) + StartupCodes.MaxCancelKeyLength)
+                {
+                    Fail(null, "server sent an invalid BackendKeyData message");
+                    return false;
+                }
+
+                BackendPid = BinaryPrimitives.ReadInt32BigEndian(body);
+                BackendKey = body.Slice(sizeof(int)).ToArray();
+                return false;
+            case BackendMessage.ErrorResponse:
+                Fail(message.ToArray(), "server refused the login");
+                return false;
+            case BackendMessage.ReadyForQuery:
+                TransactionStatus = body.Length == 1 ? (TransactionStatus)body[0] : TransactionStatus.Idle;
+                return true;
+            default:
+                // NoticeResponse and NegotiateProtocolVersion need no action during login.
+                return false;
+        }
+    }
+
+    private bool HandleAuthentication(ReadOnlySpan<byte> body)
+    {
+        if (body.Length < sizeof(int))
+        {
+            Fail(null, "server sent an invalid authentication request");
+            return false;
+        }
+
+        var request = (AuthRequest)BinaryPrimitives.ReadInt32BigEndian(body);
+        ReadOnlySpan<byte> payload = body.Slice(sizeof(int));
+        byte[] output = _out = Channel.Loop.Buffers.Rent();
+        var writer = new PgWriter(output);
+        switch (request)
+        {
+            case AuthRequest.Ok:
+                ReturnOut();
+                return false;
+            case AuthRequest.CleartextPassword:
+                if (_credentials.Password is null)
+                {
+                    ReturnOut();
+                    Fail(null, $"server asked for a cleartext password for user \"{_credentials.User}\" and the proxy has none (auth_file holds a hash)");
+                    return false;
+                }
+
+                writer.WritePassword(Encoding.UTF8.GetBytes(_credentials.Password));
+                break;
+            case AuthRequest.Md5Password:
+                string? hash = _credentials.Md5Hash ?? (_credentials.Password is null ? null : Md5Auth.HashPassword(_credentials.User, _credentials.Password));
+                if (hash is null || payload.Length < Md5Auth.SaltLength)
+                {
+                    ReturnOut();
+                    Fail(null, $"server asked for an md5 password for user \"{_credentials.User}\" and the proxy has none usable");
+                    return false;
+                }
+
+                Span<byte> response = stackalloc byte[Md5Auth.ResponseLength];
+                Md5Auth.ComputeResponse(Encoding.ASCII.GetBytes(hash), payload.Slice(0, Md5Auth.SaltLength), response);
+                writer.WritePassword(response);
+                break;
+            case AuthRequest.Sasl:
+                if (!OffersScram(payload))
+                {
+                    ReturnOut();
+                    Fail(null, "server offered no supported SASL mechanism (SCRAM-SHA-256)");
+                    return false;
+                }
+
+                if (_credentials.Password is not null)
+                {
+                    _scram = new ScramClient(_credentials.Password);
+                }
+                else if (_credentials.ScramClientKey is not null && _credentials.ScramServerKey is not null)
+                {
+                    _scram = new ScramClient(_credentials.ScramClientKey, _credentials.ScramServerKey);
+                }
+                else
+                {
+                    ReturnOut();
+                    Fail(null, $"server asked for SCRAM for user \"{_credentials.User}\" and the proxy has no password or SCRAM keys for it");
+                    return false;
+                }
+
+                writer.WriteSaslInitialResponse(_scram.CreateClientFirst());
+                break;
+            case AuthRequest.SaslContinue:
+                if (_scram is null || !_scram.TryHandleServerFirst(payload, out byte[]? clientFinal, out string? error))
+                {
+                    ReturnOut();
+                    Fail(null, $"SCRAM login to server failed: {(_scram is null ? "unexpected SASLContinue" : "bad server-first-message")}");
+                    return false;
+                }
+
+                _ = error;
+                writer.WriteSaslResponse(clientFinal);
+                break;
+            case AuthRequest.SaslFinal:
+                ReturnOut();
+                if (_scram is null || !_scram.TryVerifyServerFinal(payload, out string? finalError))
+                {
+                    Fail(null, "SCRAM login to server failed: the server's signature did not verify");
+                    return false;
+                }
+
+                _ = finalError;
+                _scram = null;
+                return false;
+            default:
+                ReturnOut();
+                Fail(null, $"server asked for an unsupported authentication method ({(int)request})");
+                return false;
+        }
+
+        Channel.Send(output, 0, writer.Position);
+        return true;
+    }
+
+    private static bool OffersScram(ReadOnlySpan<byte> mechanisms)
+    {
+        while (!mechanisms.IsEmpty && mechanisms[0] != 0)
+        {
+            int end = mechanisms.IndexOf((byte)0);
+            if (end < 0)
+            {
+                return false;
+            }
+
+            if (mechanisms.Slice(0, end).SequenceEqual(PgWriter.ScramMechanism))
+            {
+                return true;
+            }
+
+            mechanisms = mechanisms.Slice(end + 1);
+        }
+
+        return false;
+    }
+
+    private void Fail(byte[]? errorResponse, string reason)
+    {
+        if (State == ServerState.Closed)
+        {
+            return;
+        }
+
+        Close();
+        IServerLoginListener? listener = _listener;
+        _listener = null;
+        listener?.OnServerLoginFailed(this, errorResponse, reason);
+    }
+
+    /// <summary>Closes the connection; buffers are released by <see cref="DisposeWhenQuiescent"/>.</summary>
+    public void Close()
+    {
+        State = ServerState.Closed;
+        Channel.Close();
+    }
+
+    /// <summary>Frees the channel once no operation is outstanding; returns whether it did.</summary>
+    public bool DisposeWhenQuiescent()
+    {
+        if (!Channel.Quiescent)
+        {
+            return false;
+        }
+
+        ReturnOut();
+        Channel.Dispose();
+        return true;
+    }
+
+    private void ReturnOut()
+    {
+        if (_out is not null && !Channel.SendPending)
+        {
+            Channel.Loop.Buffers.Return(_out);
+            _out = null;
+        }
+    }
+
+    /// <summary>Words for a socket error in messages.</summary>
+    public static string DescribeError(SocketError error) => error switch
+    {
+        SocketError.ConnectionRefused => "Connection refused",
+        SocketError.ConnectionReset => "Connection reset by peer",
+        SocketError.TimedOut => "Connection timed out",
+        SocketError.HostNotFound => "Name or service not known",
+        SocketError.OperationAborted => "operation aborted",
+        _ => error.ToString(),
+    };
+}
