@@ -313,7 +313,7 @@ internal sealed partial class ClientSession
 
         if (!_scramServer!.TryHandleClientFirst(data, out byte[]? serverFirst, out string? error))
         {
-            Fatal(SqlState.ProtocolViolation, $"malformed SCRAM message: {error}");
+            Fatal(SqlState.ProtocolViolation, error ?? "malformed SCRAM message");
             return;
         }
 
@@ -325,7 +325,21 @@ internal sealed partial class ClientSession
 
     private void HandleSaslResponse(ReadOnlySpan<byte> body)
     {
-        if (!_scramServer!.TryHandleClientFinal(body, out byte[]? serverFinal, out _) || !_userKnown || _userSecret!.Kind == SecretKind.Md5)
+        if (!_scramServer!.TryHandleClientFinal(body, out byte[]? serverFinal, out string? error))
+        {
+            if (_scramServer.State == ScramServerState.Malformed)
+            {
+                Fatal(SqlState.ProtocolViolation, error ?? "malformed SCRAM message");
+            }
+            else
+            {
+                PasswordFailed();
+            }
+
+            return;
+        }
+
+        if (!_userKnown || _userSecret!.Kind == SecretKind.Md5)
         {
             PasswordFailed();
             return;

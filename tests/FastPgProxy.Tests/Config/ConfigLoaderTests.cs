@@ -1,0 +1,64 @@
+using FastPgProxy.Config;
+using Xunit;
+
+namespace FastPgProxy.Tests.Config;
+
+public class ConfigLoaderTests
+{
+    [Fact]
+    public void Parses_a_pgbouncer_style_file()
+    {
+        const string text = """
+            ; comment
+            [databases]
+            app = host=10.0.0.5 port=5433 dbname=appdb user=svc password='p a\'ss'
+            * = host=/var/run/postgresql
+
+            [pgbouncer]
+            listen_addr = 0.0.0.0
+            listen_port = 7432
+            auth_type = scram-sha-256
+            auth_file = /etc/fpp/userlist.txt
+            pool_mode = session
+            max_client_conn = 500
+            loop_threads = 3
+            client_login_timeout = 1500ms
+            """;
+        ProxyOptions o = ConfigLoader.Parse(text, "x.ini");
+        Assert.Equal("0.0.0.0", o.ListenAddress);
+        Assert.Equal(7432, o.ListenPort);
+        Assert.Equal(AuthType.ScramSha256, o.AuthType);
+        Assert.Equal("/etc/fpp/userlist.txt", o.AuthFile);
+        Assert.Equal(500, o.MaxClientConnections);
+        Assert.Equal(3, o.EffectiveLoopThreads);
+        Assert.Equal(TimeSpan.FromMilliseconds(1500), o.ClientLoginTimeout);
+        DatabaseOptions app = o.FindDatabase("app")!;
+        Assert.Equal(("10.0.0.5", 5433, "appdb", "svc", "p a'ss"), (app.Host, app.Port, app.DatabaseName, app.User, app.Password));
+        DatabaseOptions any = o.FindDatabase("other")!;
+        Assert.Equal(("*", "/var/run/postgresql", 5432), (any.Name, any.Host, any.Port));
+    }
+
+    [Theory]
+    [InlineData("[fastpgproxy]\nlisten_port = 6432\nbogus_key = 1\n[databases]\n* = host=h", "x.ini:3: bogus_key: unknown setting")]
+    [InlineData("[fastpgproxy]\nlisten_port = seventy\n[databases]\n* = host=h", "x.ini:2: listen_port: invalid value 'seventy'")]
+    [InlineData("[fastpgproxy]\nauth_type = ldap\n", "x.ini:2: auth_type: invalid value 'ldap'")]
+    [InlineData("[databases]\napp = host=h colour=blue\n", "x.ini:2: app: unknown database parameter 'colour'")]
+    [InlineData("[databases]\napp = host=h port=0\n", "x.ini:2: app: port: invalid value '0'")]
+    [InlineData("[nope]\n", "x.ini:1: unknown section [nope]")]
+    [InlineData("listen_port = 1\n", "x.ini:1: listen_port: key outside of a section")]
+    [InlineData("[fastpgproxy]\nclient_login_timeout = soon\n", "x.ini:2: client_login_timeout: invalid duration 'soon'")]
+    [InlineData("[fastpgproxy]\nauth_type = md5\n[databases]\n* = host=h\n", "x.ini: auth_type md5 needs auth_file")]
+    [InlineData("[fastpgproxy]\nauth_type = trust\n", "x.ini: the [databases] section defines no database")]
+    public void Errors_name_file_line_and_key(string text, string expected)
+    {
+        var e = Assert.Throws<ConfigException>(() => ConfigLoader.Parse(text, "x.ini"));
+        Assert.StartsWith(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Missing_file_is_an_error_naming_it()
+    {
+        var e = Assert.Throws<ConfigException>(() => ConfigLoader.Load("/nonexistent/fpp.ini"));
+        Assert.StartsWith("/nonexistent/fpp.ini: cannot read config file", e.Message, StringComparison.Ordinal);
+    }
+}

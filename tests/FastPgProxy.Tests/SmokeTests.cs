@@ -1,9 +1,0 @@
-using Xunit;
-
-namespace FastPgProxy.Tests;
-
-public class SmokeTests
-{
-    [Fact]
-    public void Builds() => Assert.True(true);
-}
