@@ -19,26 +19,44 @@ internal interface ILoopTimer
 }
 
 /// <summary>
-/// One event-loop thread. Sessions are owned by exactly one loop; every state change of a session happens
-/// here. Socket completions, which .NET raises on its own epoll threads, only enqueue the finished operation
-/// (an <see cref="ILoopWork"/>) on the owning loop; other threads (the listener, the cancel path, shutdown)
-/// post work the same way. The loop drains its queue, runs due timers, and sleeps on a semaphore when idle.
+/// One event loop: a serial execution domain that owns its sessions, buffers and timers. Exactly one thread
+/// runs a loop at a time (the owner, recorded in <c>_owner</c>); every state change of a session happens
+/// while its loop is owned. Work reaches a loop through <see cref="Post(ILoopWork)"/>: a finished socket
+/// operation (an <see cref="ILoopWork"/>, so posting allocates nothing), a new session, a cancel.
 /// </summary>
+/// <remarks>
+/// A poster that finds the loop free runs the work at once on its own thread and drains the queue
+/// (the runtime's epoll thread, with inline socket completions, thus acts as the loop: no thread hop, no
+/// wake-up). A poster that finds the loop owned only enqueues; the owner drains before it lets go, and
+/// re-checks the queue after letting go so nothing is stranded. The loop's own thread runs timers and
+/// takes over a backlog longer than one drain budget, so one busy loop cannot hold a completion thread
+/// for long. See docs/ARCHITECTURE.md.
+/// </remarks>
 internal sealed class EventLoop : IDisposable
 {
+    // Items one inline drain may run before it hands the rest to the loop thread.
+    private const int InlineDrainBudget = 256;
+
     private readonly ConcurrentQueue<ILoopWork> _queue = new();
     private readonly SemaphoreSlim _wake = new(0);
     private readonly PriorityQueue<ILoopTimer, long> _timers = new();
     private readonly Thread _thread;
     private volatile bool _stopping;
 
-    // 1 while the loop is about to sleep or sleeping; a poster that swaps it to 0 owes one Release.
+    // Managed thread id of the thread running the loop now; 0 while nobody does.
+    private int _owner;
+
+    // 1 while the loop thread is about to sleep or sleeping; a waker that swaps it to 0 owes one Release.
     private int _sleeping;
 
+    // Stopwatch timestamp the loop thread sleeps until; an earlier timer wakes it.
+    private long _sleepDeadline = long.MaxValue;
+
     /// <summary>Creates the loop; <see cref="Start"/> starts its thread.</summary>
-    public EventLoop(int index, int bufferSize)
+    public EventLoop(int index, int bufferSize, bool inlineExecution = true)
     {
         Index = index;
+        InlineExecution = inlineExecution;
         Buffers = new BufferPool(bufferSize, maxRetained: 1024);
         _thread = new Thread(Run) { IsBackground = true, Name = $"fpp-loop-{index}" };
     }
@@ -46,81 +64,148 @@ internal sealed class EventLoop : IDisposable
     /// <summary>Position of this loop in its group.</summary>
     public int Index { get; }
 
-    /// <summary>Buffers owned by this loop; only its thread rents and returns them.</summary>
+    /// <summary>Whether posters may run the loop on their own thread when it is free (default) or must always hand work to the loop thread.</summary>
+    public bool InlineExecution { get; }
+
+    /// <summary>Buffers owned by this loop; only its owner rents and returns them.</summary>
     public BufferPool Buffers { get; }
 
-    /// <summary>Whether the caller runs on this loop's thread.</summary>
-    public bool InLoop => Thread.CurrentThread == _thread;
+    /// <summary>Whether the caller is the loop's current owner.</summary>
+    public bool InLoop => Volatile.Read(ref _owner) == Environment.CurrentManagedThreadId;
 
     /// <summary>Starts the thread.</summary>
     public void Start() => _thread.Start();
 
-    /// <summary>Queues work for the loop; callable from any thread.</summary>
+    /// <summary>Queues work for the loop, running it at once when the loop is free; callable from any thread.</summary>
     public void Post(ILoopWork work)
     {
         _queue.Enqueue(work);
-        if (Volatile.Read(ref _sleeping) == 1 && Interlocked.Exchange(ref _sleeping, 0) == 1)
+        if (InLoop)
         {
-            _wake.Release();
+            // The owner's drain picks it up: no recursion, however deep the chain of completions.
+            return;
+        }
+
+        if (InlineExecution)
+        {
+            RunInline();
+        }
+        else
+        {
+            Wake();
         }
     }
 
     /// <summary>Queues a delegate; allocates, so only for rare paths (shutdown, administration).</summary>
     public void Post(Action action) => Post(new ActionWork(action));
 
-    /// <summary>Calls <paramref name="timer"/> on this loop at or after <paramref name="dueTimestamp"/> (<see cref="Stopwatch"/> ticks). Loop thread only.</summary>
+    /// <summary>Calls <paramref name="timer"/> on this loop at or after <paramref name="dueTimestamp"/> (<see cref="Stopwatch"/> ticks). Owner only.</summary>
     public void Schedule(ILoopTimer timer, long dueTimestamp)
     {
         Debug.Assert(InLoop);
         _timers.Enqueue(timer, dueTimestamp);
+        if (dueTimestamp < Volatile.Read(ref _sleepDeadline))
+        {
+            Wake();
+        }
     }
 
     /// <summary>Asks the thread to finish after the work already queued, and waits for it.</summary>
     public void Stop(TimeSpan timeout)
     {
         _stopping = true;
-        Post(NopWork.Instance);
+        Wake();
         _thread.Join(timeout);
     }
 
     /// <summary>Releases the wake-up semaphore; call after <see cref="Stop"/>.</summary>
     public void Dispose() => _wake.Dispose();
 
-    private void Run()
+    private void RunInline()
     {
-        while (true)
+        int me = Environment.CurrentManagedThreadId;
+        while (!_queue.IsEmpty && Interlocked.CompareExchange(ref _owner, me, 0) == 0)
         {
-            while (_queue.TryDequeue(out ILoopWork? work))
+            bool drained = Drain(InlineDrainBudget);
+            Interlocked.Exchange(ref _owner, 0);
+            if (!drained)
             {
-                RunSafely(work);
-            }
-
-            int sleepMs = RunTimers();
-            if (_stopping && _queue.IsEmpty)
-            {
+                Wake();
                 return;
             }
+        }
+    }
 
-            Interlocked.Exchange(ref _sleeping, 1);
-            if (!_queue.IsEmpty)
+    /// <summary>Runs queued work; true when the queue was emptied within <paramref name="budget"/> items.</summary>
+    private bool Drain(int budget)
+    {
+        for (int i = 0; i < budget; i++)
+        {
+            if (!_queue.TryDequeue(out ILoopWork? work))
             {
-                // Work arrived between the drain and the flag: take the flag back, and if a poster took it
+                return true;
+            }
+
+            RunSafely(work);
+        }
+
+        return _queue.IsEmpty;
+    }
+
+    private void Wake()
+    {
+        if (Volatile.Read(ref _sleeping) == 1 && Interlocked.Exchange(ref _sleeping, 0) == 1)
+        {
+            _wake.Release();
+        }
+    }
+
+    private void Run()
+    {
+        int me = Environment.CurrentManagedThreadId;
+        while (true)
+        {
+            // When another thread owns the loop, it drains the queue; look again in 1 ms (or when woken
+            // because it left a backlog) so timers stay on time.
+            int sleepMs = 1;
+            bool owned = Interlocked.CompareExchange(ref _owner, me, 0) == 0;
+            if (owned)
+            {
+                Drain(int.MaxValue);
+                sleepMs = RunTimers();
+                Interlocked.Exchange(ref _owner, 0);
+                if (_stopping && _queue.IsEmpty)
+                {
+                    return;
+                }
+
+                if (!_queue.IsEmpty)
+                {
+                    continue;
+                }
+            }
+
+            Volatile.Write(ref _sleepDeadline, Stopwatch.GetTimestamp() + (sleepMs * Stopwatch.Frequency / 1000));
+            Interlocked.Exchange(ref _sleeping, 1);
+            if (owned && (!_queue.IsEmpty || _stopping))
+            {
+                // Work arrived between the drain and the flag: take the flag back, and if a waker took it
                 // first, consume the Release it made so the semaphore count stays at zero.
                 if (Interlocked.Exchange(ref _sleeping, 0) == 0)
                 {
                     _wake.Wait();
                 }
 
+                Volatile.Write(ref _sleepDeadline, long.MaxValue);
                 continue;
             }
 
-            if (!_wake.Wait(sleepMs))
+            if (!_wake.Wait(sleepMs) && Interlocked.Exchange(ref _sleeping, 0) == 0)
             {
-                if (Interlocked.Exchange(ref _sleeping, 0) == 0)
-                {
-                    _wake.Wait();
-                }
+                _wake.Wait();
             }
+
+            Volatile.Write(ref _sleepDeadline, long.MaxValue);
         }
     }
 
@@ -144,6 +229,9 @@ internal sealed class EventLoop : IDisposable
             {
                 Log.Error($"loop {Index}: timer failed: {e}");
             }
+
+            // A timer may post work (a close); run it before the next timer.
+            Drain(int.MaxValue);
         }
 
         return 1000;
@@ -166,15 +254,6 @@ internal sealed class EventLoop : IDisposable
     {
         public void Execute() => action();
     }
-
-    private sealed class NopWork : ILoopWork
-    {
-        public static readonly NopWork Instance = new();
-
-        public void Execute()
-        {
-        }
-    }
 }
 
 /// <summary>The loops of a server; new sessions are spread over them round-robin.</summary>
@@ -184,12 +263,12 @@ internal sealed class EventLoopGroup
     private int _next = -1;
 
     /// <summary>Creates and starts <paramref name="count"/> loops.</summary>
-    public EventLoopGroup(int count, int bufferSize)
+    public EventLoopGroup(int count, int bufferSize, bool inlineExecution = true)
     {
         _loops = new EventLoop[count];
         for (int i = 0; i < count; i++)
         {
-            _loops[i] = new EventLoop(i, bufferSize);
+            _loops[i] = new EventLoop(i, bufferSize, inlineExecution);
             _loops[i].Start();
         }
     }
