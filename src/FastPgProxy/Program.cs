@@ -85,6 +85,7 @@ internal static class Program
         await stop.Task.ConfigureAwait(false);
         Log.Write(LogLevel.Warning, "shutting down");
         await server.StopAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+        Log.Write(LogLevel.Warning, $"stopped: {server.Stats.SessionsOpened} sessions served, {GC.GetTotalAllocatedBytes(precise: true)} bytes allocated since start, {GC.CollectionCount(0)} gen0 collections");
         return 0;
     }
 }
