@@ -425,6 +425,22 @@ for target in direct fastpgproxy pgbouncer; do
     run_target "$target"
 done
 
+# FastPgProxy logs its managed allocations at shutdown: stop it now and read them, so the table can
+# show whether relaying allocates per transaction (it should not: the total stays at start-up size).
+alloc_line=""
+if [ "${state[fastpgproxy]}" = ok ] && [ -n "$proxy_pid" ]; then
+    stop_pid "$proxy_pid"
+    proxy_pid=""
+    allocated="$(sed -n 's/.* \([0-9][0-9]*\) bytes allocated since start.*/\1/p' "$work/fastpgproxy/fastpgproxy.log" | tail -n 1)"
+    if [ -n "$allocated" ]; then
+        alloc_line="$(awk -v a="$allocated" -v n="${txns[fastpgproxy]}" \
+            'BEGIN { printf "FastPgProxy managed allocations, whole process life (start-up and logins included): %d bytes over %d transactions = %.1f bytes/txn", a, n, a / n }')"
+    fi
+fi
+
 print_table
+if [ -n "$alloc_line" ]; then
+    echo "$alloc_line"
+fi
 
 [ "${state[fastpgproxy]}" = ok ]
