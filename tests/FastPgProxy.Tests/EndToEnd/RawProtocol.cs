@@ -25,7 +25,13 @@ internal static class RawProtocol
         return Packet(16, 80877102, rest);
     }
 
-    public static byte[] Startup(params (string Name, string Value)[] parameters)
+    public static byte[] Startup(params (string Name, string Value)[] parameters) => StartupWithVersion(3 << 16, parameters);
+
+    /// <summary>An SSLRequest: length 8 and code 1234.5679.</summary>
+    public static byte[] SslRequest() => Packet(8, 80877103);
+
+    /// <summary>A StartupMessage announcing protocol <paramref name="version"/> (major in the high 16 bits).</summary>
+    public static byte[] StartupWithVersion(int version, params (string Name, string Value)[] parameters)
     {
         var body = new List<byte>();
         foreach ((string name, string value) in parameters)
@@ -37,7 +43,62 @@ internal static class RawProtocol
         }
 
         body.Add(0);
-        return Packet(8 + body.Count, 3 << 16, body.ToArray());
+        return Packet(8 + body.Count, version, body.ToArray());
+    }
+
+    /// <summary>
+    /// Reads one typed message (type byte, int32 length, body) within <paramref name="timeout"/>; null when the
+    /// peer closes first. A timeout throws, so a proxy that goes silent fails the test instead of hanging it.
+    /// </summary>
+    public static async Task<(byte Type, byte[] Body)?> ReadMessageAsync(Socket socket, TimeSpan timeout)
+    {
+        using var cts = new CancellationTokenSource(timeout);
+        var header = new byte[5];
+        if (!await ReadExactlyAsync(socket, header, cts.Token))
+        {
+            return null;
+        }
+
+        int length = BinaryPrimitives.ReadInt32BigEndian(header.AsSpan(1));
+        if (length < 4 || length > 1 << 20)
+        {
+            throw new InvalidDataException($"message '{(char)header[0]}' has an invalid length {length}");
+        }
+
+        var body = new byte[length - 4];
+        if (!await ReadExactlyAsync(socket, body, cts.Token))
+        {
+            return null;
+        }
+
+        return (header[0], body);
+    }
+
+    /// <summary>Fills <paramref name="buffer"/>; false when the peer closes (or resets) first.</summary>
+    public static async Task<bool> ReadExactlyAsync(Socket socket, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        int read = 0;
+        while (read < buffer.Length)
+        {
+            int n;
+            try
+            {
+                n = await socket.ReceiveAsync(buffer[read..], SocketFlags.None, cancellationToken);
+            }
+            catch (SocketException)
+            {
+                return false;
+            }
+
+            if (n == 0)
+            {
+                return false;
+            }
+
+            read += n;
+        }
+
+        return true;
     }
 
     /// <summary>Reads until the peer closes or <paramref name="timeout"/> passes; returns the bytes and whether it closed.</summary>

@@ -1,0 +1,205 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net.Sockets;
+using FastPgProxy.Tests.Infrastructure;
+using Npgsql;
+using Xunit;
+
+namespace FastPgProxy.Tests.EndToEnd;
+
+/// <summary>
+/// The real <c>fastpgproxy</c> executable: config errors name file, line and key and fail the start; a good
+/// config serves clients until SIGTERM or SIGINT, which end it cleanly with exit code 0.
+/// </summary>
+[Collection(PostgresCollection.Name)]
+public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
+{
+    private static readonly TimeSpan ConfigErrorTimeout = TimeSpan.FromSeconds(30);
+    private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(30);
+    private static readonly TimeSpan ExitTimeout = TimeSpan.FromSeconds(20);
+
+    private readonly PostgresServer _pg = fixture.Server;
+    private readonly string _dir = Directory.CreateTempSubdirectory("fpp-exe-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    /// <summary>The proxy assembly the project reference copies next to the tests.</summary>
+    private static string ProxyDll
+    {
+        get
+        {
+            string dll = Path.Combine(AppContext.BaseDirectory, "fastpgproxy.dll");
+            Assert.True(File.Exists(dll), $"{dll} is missing");
+            return dll;
+        }
+    }
+
+    /// <summary>The dotnet host: the one running the tests when the SDK says so, else the one on PATH.</summary>
+    private static string DotnetHost =>
+        Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host)
+            ? host
+            : ProcessRunner.FindOnPath("dotnet") ?? throw new InvalidOperationException("dotnet is not on PATH");
+
+    private string WriteConfig(params string[] lines)
+    {
+        string path = Path.Combine(_dir, "fastpgproxy.ini");
+        File.WriteAllText(path, string.Join('\n', lines) + "\n");
+        return path;
+    }
+
+    private static Task<(int ExitCode, string StdOut, string StdErr)> RunToExitAsync(string configPath) =>
+        ProcessRunner.RunAsync(DotnetHost, [ProxyDll, "--config", configPath], ConfigErrorTimeout);
+
+    [Fact]
+    public async Task Unknown_key_fails_the_start_naming_file_line_and_key()
+    {
+        string path = WriteConfig(
+            "[fastpgproxy]",
+            "listen_port = 0",
+            "bogus_key = 1",
+            "[databases]",
+            $"* = host=127.0.0.1 port={_pg.Port}");
+        var (exitCode, _, stderr) = await RunToExitAsync(path);
+        Assert.NotEqual(0, exitCode);
+        Assert.Contains($"{path}:3: bogus_key: unknown setting", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Bad_value_fails_the_start_naming_file_line_and_key()
+    {
+        string path = WriteConfig(
+            "[fastpgproxy]",
+            "listen_addr = 127.0.0.1",
+            "listen_port = not-a-port",
+            "[databases]",
+            $"* = host=127.0.0.1 port={_pg.Port}");
+        var (exitCode, _, stderr) = await RunToExitAsync(path);
+        Assert.NotEqual(0, exitCode);
+        Assert.Contains($"{path}:3: listen_port:", stderr, StringComparison.Ordinal);
+        Assert.Contains("not-a-port", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Missing_config_file_fails_the_start_naming_the_file()
+    {
+        string path = Path.Combine(_dir, "no-such.ini");
+        var (exitCode, _, stderr) = await RunToExitAsync(path);
+        Assert.NotEqual(0, exitCode);
+        Assert.Contains(path, stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("TERM")]
+    [InlineData("INT")]
+    public async Task Signal_tells_clients_57P01_and_exits_with_code_0(string signal)
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        string path = WriteConfig(
+            "[fastpgproxy]",
+            "listen_addr = 127.0.0.1",
+            $"listen_port = {port}",
+            "auth_type = trust",
+            "loop_threads = 2",
+            "[databases]",
+            $"* = host=127.0.0.1 port={_pg.Port}");
+
+        var start = new ProcessStartInfo(DotnetHost)
+        {
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+        };
+        start.ArgumentList.Add(ProxyDll);
+        start.ArgumentList.Add("--config");
+        start.ArgumentList.Add(path);
+        using Process process = Process.Start(start)!;
+        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
+        Task<string> stderr = process.StandardError.ReadToEndAsync();
+        try
+        {
+            await WaitListeningAsync(process, port, stderr);
+
+            var builder = new NpgsqlConnectionStringBuilder(_pg.ConnectionString(port: port)) { CommandTimeout = 60 };
+            await using var client = new NpgsqlConnection(builder.ConnectionString);
+            await client.OpenAsync();
+            await using (var query = new NpgsqlCommand("SELECT 6 * 7", client))
+            {
+                Assert.Equal(42, await query.ExecuteScalarAsync());
+            }
+
+            // A query is in flight when the signal arrives: the proxy must tell the client, not leave it hanging.
+            string marker = $"exe-{signal}-{Guid.NewGuid():N}";
+            await using var sleeping = new NpgsqlCommand($"SELECT pg_sleep(5) /* {marker} */", client);
+            Task<object?> running = sleeping.ExecuteScalarAsync();
+            await WaitRunningAsync(marker);
+
+            var (killCode, _, killErr) = await ProcessRunner.RunAsync(
+                "kill", [$"-{signal}", process.Id.ToString(CultureInfo.InvariantCulture)], TimeSpan.FromSeconds(10));
+            Assert.True(killCode == 0, killErr);
+
+            Exception e = await Assert.ThrowsAnyAsync<Exception>(() => running.WaitAsync(ExitTimeout));
+            Exception cause = e is OperationCanceledException && e.InnerException is not null ? e.InnerException : e;
+            if (cause is PostgresException pg)
+            {
+                Assert.Equal("57P01", pg.SqlState);
+            }
+            else
+            {
+                // The proxy may close before the error reaches the client; a broken connection is acceptable.
+                Assert.IsAssignableFrom<NpgsqlException>(cause);
+            }
+
+            using var exit = new CancellationTokenSource(ExitTimeout);
+            await process.WaitForExitAsync(exit.Token);
+            string log = await stderr.WaitAsync(ExitTimeout);
+            Assert.True(process.ExitCode == 0, $"exit code {process.ExitCode}; stderr:\n{log}");
+            _ = await stdout.WaitAsync(ExitTimeout);
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+                process.WaitForExit(5_000);
+            }
+        }
+    }
+
+    /// <summary>Polls a TCP connect to the proxy until it accepts, failing early if the process exits.</summary>
+    private static async Task WaitListeningAsync(Process process, int port, Task<string> stderr)
+    {
+        var deadline = Stopwatch.StartNew();
+        while (true)
+        {
+            if (process.HasExited)
+            {
+                Assert.Fail($"fastpgproxy exited with {process.ExitCode} before listening: {await stderr.WaitAsync(ExitTimeout)}");
+            }
+
+            using var probe = new Socket(SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+                await probe.ConnectAsync("127.0.0.1", port, cts.Token);
+                return;
+            }
+            catch (Exception ex) when (ex is SocketException or OperationCanceledException)
+            {
+                Assert.True(deadline.Elapsed < ReadyTimeout, $"fastpgproxy did not listen on port {port} within {ReadyTimeout.TotalSeconds} s");
+                await Task.Delay(50);
+            }
+        }
+    }
+
+    private async Task WaitRunningAsync(string marker)
+    {
+        var deadline = Stopwatch.StartNew();
+        while (await _pg.ScalarAsync<long>(
+            $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()") == 0)
+        {
+            Assert.True(deadline.Elapsed < ReadyTimeout, $"query {marker} did not start");
+            await Task.Delay(20);
+        }
+    }
+}
