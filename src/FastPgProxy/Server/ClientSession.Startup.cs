@@ -30,6 +30,8 @@ internal sealed partial class ClientSession
     private byte[]? _md5Salt;
     private ScramServer? _scramServer;
     private MessageFramer _authFramer;
+    private bool _sslAnswered;
+    private bool _gssAnswered;
 
     /// <summary>Reads the first packet of the connection (protocol 55.2.1 and 55.2.10-12).</summary>
     private void ProcessStartup()
@@ -59,6 +61,24 @@ internal sealed partial class ClientSession
                 {
                     Fatal(SqlState.ProtocolViolation, "invalid length of startup packet");
                     return;
+                }
+
+                // Each negotiation may be tried once (PostgreSQL's ssl_done/gss_done); a repeat is treated
+                // as the unknown protocol version its code reads as, so a client cannot loop here.
+                bool ssl = header.Code == StartupCodes.SslRequestCode;
+                if (ssl ? _sslAnswered : _gssAnswered)
+                {
+                    Fatal(SqlState.FeatureNotSupported, $"unsupported frontend protocol {header.Major}.{header.Minor}: server supports 3.0 to 3.0");
+                    return;
+                }
+
+                if (ssl)
+                {
+                    _sslAnswered = true;
+                }
+                else
+                {
+                    _gssAnswered = true;
                 }
 
                 _client.Consume(header.Length);
