@@ -143,6 +143,37 @@ internal static class ConfigLoader
             case "cancel_timeout":
                 o.CancelTimeout = ParseDuration(value, source, line, key);
                 break;
+            case "default_pool_size":
+                o.DefaultPoolSize = ParseInt(value, 1, 100_000, source, line, key);
+                break;
+            case "min_pool_size":
+                o.MinPoolSize = ParseInt(value, 0, 100_000, source, line, key);
+                break;
+            case "max_db_connections":
+                o.MaxDbConnections = ParseInt(value, 0, 1_000_000, source, line, key);
+                break;
+            case "server_idle_timeout":
+                o.ServerIdleTimeout = ParseDuration(value, source, line, key);
+                break;
+            case "server_lifetime":
+                o.ServerLifetime = ParseDuration(value, source, line, key);
+                break;
+            case "query_wait_timeout":
+                o.QueryWaitTimeout = ParseDuration(value, source, line, key);
+                break;
+            case "server_reset_query":
+                o.ServerResetQuery = value;
+                break;
+            case "max_prepared_statements":
+                o.MaxPreparedStatements = ParseInt(value, 0, 100_000, source, line, key);
+                break;
+            case "ignore_startup_parameters":
+                foreach (string name in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                {
+                    o.IgnoreStartupParameters.Add(name);
+                }
+
+                break;
             case "verbose":
                 o.Verbose = ParseInt(value, 0, 3, source, line, key);
                 break;
@@ -154,8 +185,9 @@ internal static class ConfigLoader
     private static PoolMode ParsePoolMode(string value, string source, int line, string key) => value.ToLowerInvariant() switch
     {
         "session" => PoolMode.Session,
-        "transaction" => throw Error(source, line, key, "pool_mode 'transaction' is not available yet (session only)"),
-        _ => throw Error(source, line, key, $"invalid value '{value}' (session)"),
+        "transaction" => PoolMode.Transaction,
+        "statement" => throw Error(source, line, key, "pool_mode 'statement' is not supported (session or transaction)"),
+        _ => throw Error(source, line, key, $"invalid value '{value}' (session or transaction)"),
     };
 
     /// <summary>Parses a libpq-style <c>key=value key='quoted value'</c> database line.</summary>
@@ -164,6 +196,8 @@ internal static class ConfigLoader
         string host = "127.0.0.1";
         int port = 5432;
         string? dbname = null, user = null, password = null;
+        PoolMode? poolMode = null;
+        int? poolSize = null;
         int pos = 0;
         while (true)
         {
@@ -208,12 +242,18 @@ internal static class ConfigLoader
                 case "password":
                     password = item;
                     break;
+                case "pool_mode":
+                    poolMode = ParsePoolMode(item, source, line, name + ": pool_mode");
+                    break;
+                case "pool_size":
+                    poolSize = ParseInt(item, 1, 100_000, source, line, name + ": pool_size");
+                    break;
                 default:
                     throw Error(source, line, name, $"unknown database parameter '{key}'");
             }
         }
 
-        return new DatabaseOptions { Name = name, Host = host, Port = port, DatabaseName = dbname, User = user, Password = password };
+        return new DatabaseOptions { Name = name, Host = host, Port = port, DatabaseName = dbname, User = user, Password = password, PoolMode = poolMode, PoolSize = poolSize };
     }
 
     private static string ReadConnValue(string s, ref int pos, string source, int line, string key)

@@ -42,6 +42,12 @@ internal sealed class DatabaseOptions
 
     /// <summary>Password for <see cref="User"/>; null means the auth_file secret of the client's user.</summary>
     public string? Password { get; init; }
+
+    /// <summary>Pool mode for this database; null means the global <c>pool_mode</c>.</summary>
+    public PoolMode? PoolMode { get; init; }
+
+    /// <summary>Pool size for this database; null means the global <c>default_pool_size</c>.</summary>
+    public int? PoolSize { get; init; }
 }
 
 /// <summary>Everything the server needs to run; the config file is parsed into this, and tests build it directly.</summary>
@@ -76,6 +82,33 @@ internal sealed class ProxyOptions
 
     /// <summary>Longest a forwarded cancel may take before its connections are closed. Default 10 s.</summary>
     public TimeSpan CancelTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Backends per (database, user) pool. Default 20.</summary>
+    public int DefaultPoolSize { get; set; } = 20;
+
+    /// <summary>Backends each pool keeps open even when idle. Default 0.</summary>
+    public int MinPoolSize { get; set; }
+
+    /// <summary>Most backends per database over all its users; 0 means no limit. Default 0.</summary>
+    public int MaxDbConnections { get; set; }
+
+    /// <summary>An idle backend unused this long is closed (down to min_pool_size); zero disables. Default 600 s.</summary>
+    public TimeSpan ServerIdleTimeout { get; set; } = TimeSpan.FromSeconds(600);
+
+    /// <summary>A backend older than this is closed when it next becomes idle; zero disables. Default 3600 s.</summary>
+    public TimeSpan ServerLifetime { get; set; } = TimeSpan.FromSeconds(3600);
+
+    /// <summary>A client waiting longer than this for a backend gets an error and is closed; zero disables. Default 120 s.</summary>
+    public TimeSpan QueryWaitTimeout { get; set; } = TimeSpan.FromSeconds(120);
+
+    /// <summary>Run on a backend before it goes back to the pool in session mode; empty disables. Default DISCARD ALL.</summary>
+    public string ServerResetQuery { get; set; } = "DISCARD ALL";
+
+    /// <summary>Named prepared statements kept per backend in transaction mode (least recently used are closed); 0 turns tracking off. Default 200.</summary>
+    public int MaxPreparedStatements { get; set; } = 200;
+
+    /// <summary>Start-up parameters accepted from clients and not applied to backends (PgBouncer's ignore_startup_parameters).</summary>
+    public HashSet<string> IgnoreStartupParameters { get; } = new(StringComparer.OrdinalIgnoreCase);
 
     /// <summary>Log verbosity: 0 warnings and start-up, 1 connections, 2 debug. Default 0.</summary>
     public int Verbose { get; set; }

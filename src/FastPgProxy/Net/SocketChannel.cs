@@ -73,8 +73,33 @@ internal sealed class SocketChannel : IDisposable
         _sendArgs = new LoopSocketArgs(this) { Operation = ChannelOperation.Send };
     }
 
-    /// <summary>The owning loop.</summary>
-    public EventLoop Loop { get; }
+    /// <summary>The owning loop; changes only through <see cref="MoveTo"/>.</summary>
+    public EventLoop Loop { get; private set; }
+
+    /// <summary>
+    /// Moves an idle channel (nothing outstanding, no buffer) to another loop; its next operations
+    /// complete there. The caller owns the current loop and hands the session over by posting to the new one.
+    /// </summary>
+    public void MoveTo(EventLoop loop)
+    {
+        Debug.Assert(Quiescent && Buffer is null);
+        Loop = loop;
+    }
+
+    /// <summary>Puts <paramref name="bytes"/> back as the unconsumed window (after a move); the caller owns the loop.</summary>
+    public void Restore(ReadOnlySpan<byte> bytes)
+    {
+        Debug.Assert(Buffer is null && bytes.Length <= Loop.Buffers.BufferSize);
+        if (bytes.IsEmpty)
+        {
+            return;
+        }
+
+        Buffer = Loop.Buffers.Rent();
+        bytes.CopyTo(Buffer);
+        Start = 0;
+        End = bytes.Length;
+    }
 
     /// <summary>The socket; null until connected.</summary>
     public Socket? Socket { get; private set; }

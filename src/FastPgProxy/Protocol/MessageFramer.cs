@@ -34,6 +34,27 @@ internal struct MessageFramer
     public const int MaxMessageLength = 0x3FFF_FFFF;
 
     private long _passThroughRemaining;
+    private MessageTypeSet _countSet;
+    private int _counted;
+    private byte _lastType;
+
+    /// <summary>Types to count as their headers go by, inspected or not (for example the messages that each earn a ReadyForQuery).</summary>
+    public MessageTypeSet CountSet
+    {
+        readonly get => _countSet;
+        set => _countSet = value;
+    }
+
+    /// <summary>Type of the last message whose header was read.</summary>
+    public readonly byte LastType => _lastType;
+
+    /// <summary>Returns how many headers of <see cref="CountSet"/> types went by since the last call, and starts again from zero.</summary>
+    public int TakeCounted()
+    {
+        int counted = _counted;
+        _counted = 0;
+        return counted;
+    }
 
     /// <summary>Bytes of a pass-through message still to come; 0 at a message boundary.</summary>
     public readonly long PassThroughRemaining => _passThroughRemaining;
@@ -42,7 +63,12 @@ internal struct MessageFramer
     public readonly bool AtBoundary => _passThroughRemaining == 0;
 
     /// <summary>Forgets any partial message, for a stream that starts afresh.</summary>
-    public void Reset() => _passThroughRemaining = 0;
+    public void Reset()
+    {
+        _passThroughRemaining = 0;
+        _counted = 0;
+        _lastType = 0;
+    }
 
     /// <summary>
     /// Scans <paramref name="data"/> from its start. <paramref name="passThrough"/> receives the number of
@@ -94,8 +120,11 @@ internal struct MessageFramer
                 }
 
                 messageLength = total;
+                Count(type);
                 return FrameStatus.Inspect;
             }
+
+            Count(type);
 
             int available = data.Length - pos;
             if (total > available)
@@ -106,6 +135,16 @@ internal struct MessageFramer
             }
 
             pos += total;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Count(byte type)
+    {
+        _lastType = type;
+        if (_countSet.Contains(type))
+        {
+            _counted++;
         }
     }
 

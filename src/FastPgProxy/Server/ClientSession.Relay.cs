@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Net.Sockets;
-using System.Text;
 using FastPgProxy.Protocol;
 
 namespace FastPgProxy.Server;
@@ -19,36 +18,69 @@ internal sealed partial class ClientSession
         .With((byte)BackendMessage.ParameterStatus)
         .With((byte)BackendMessage.ErrorResponse);
 
-    private MessageFramer _clientFramer;
+    // Client messages that each earn one ReadyForQuery: Query, Sync, FunctionCall.
+    private static readonly MessageTypeSet s_readyForQueryEarners = MessageTypeSet.None
+        .With((byte)FrontendMessage.Query)
+        .With((byte)'S')
+        .With((byte)'F');
+
+    private MessageFramer _clientFramer = new() { CountSet = s_readyForQueryEarners };
     private MessageFramer _serverFramer;
+    private int _expectedReadyForQuery;
+    private bool _openExtended;
     private int _clientRun;
     private int _serverRun;
     private bool _terminateAfterRun;
     private bool _serverSentError;
 
-    /// <summary>Login is complete on both sides: relay whatever each side has buffered, then read both.</summary>
+    /// <summary>The login tail is out: relay from now on. A backend held only for the login goes back in transaction mode.</summary>
     private void StartRelay()
     {
-        Debug.Assert(_server is not null);
         State = SessionState.Active;
         _proxy.Stats.OnSessionOpened();
-        _server.Channel.SetHandler(this);
         _authFramer.Reset();
-        PumpServer();
-        if (State == SessionState.Active)
+        if (_server is null || TryReleaseServer())
         {
             PumpClient();
+            return;
         }
+
+        StartServerWork();
     }
 
     /// <summary>
     /// Frames what the client sent and forwards the run of complete (or streaming) messages to the backend
     /// with one send straight out of the client's receive buffer. Called when the previous run was sent.
+    /// In transaction mode a client without a backend asks the pool for one when its next message arrives.
     /// </summary>
     private void PumpClient()
     {
-        Debug.Assert(Loop.InLoop && !_server!.Channel.SendPending && !_client.ReceivePending);
+        Debug.Assert(Loop.InLoop && !_client.ReceivePending);
         Span<byte> window = _client.Window;
+        if (_server is null)
+        {
+            if (window.IsEmpty)
+            {
+                _client.Receive();
+            }
+            else if (window[0] == (byte)FrontendMessage.Terminate)
+            {
+                Log.Write(LogLevel.Info, $"session {Id}: client sent Terminate");
+                Close();
+            }
+            else if (WaitNode is null)
+            {
+                RequestServer();
+            }
+
+            return;
+        }
+
+        if (_syncingParameters || _server.Channel.SendPending)
+        {
+            return;
+        }
+
         int run = 0;
         while (true)
         {
@@ -70,10 +102,12 @@ internal sealed partial class ClientSession
             break;
         }
 
+        _expectedReadyForQuery += _clientFramer.TakeCounted();
+        _openExtended = _clientFramer.LastType is (byte)'P' or (byte)'B' or (byte)'E' or (byte)'D' or (byte)'C' or (byte)'H';
         if (run > 0)
         {
             _clientRun = run;
-            _server!.Channel.Send(_client.Buffer!, _client.Start, run);
+            _server.Channel.Send(_client.Buffer!, _client.Start, run);
             return;
         }
 
@@ -99,6 +133,7 @@ internal sealed partial class ClientSession
             return;
         }
 
+        TryReleaseServer();
         PumpClient();
     }
 
@@ -108,7 +143,7 @@ internal sealed partial class ClientSession
     /// </summary>
     private void PumpServer()
     {
-        Debug.Assert(Loop.InLoop && !_client.SendPending);
+        Debug.Assert(Loop.InLoop && !_client.SendPending && _server is not null);
         Net.SocketChannel channel = _server!.Channel;
         Debug.Assert(!channel.ReceivePending);
         Span<byte> window = channel.Window;
@@ -154,17 +189,26 @@ internal sealed partial class ClientSession
                     _server!.TransactionStatus = (TransactionStatus)message[MessageFramer.HeaderLength];
                 }
 
+                if (_expectedReadyForQuery > 0)
+                {
+                    _expectedReadyForQuery--;
+                }
+
                 _serverSentError = false;
                 break;
             case BackendMessage.ErrorResponse:
                 _serverSentError = true;
                 break;
             default:
-                ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
-                int nameEnd = body.IndexOf((byte)0);
-                if (nameEnd > 0)
+                // ParameterStatus: the client saw it, and the backend has it; both are remembered so the
+                // next backend this client gets can be brought in line.
+                if (ParameterStatus.TryParse(message) is { } p)
                 {
-                    _server!.Parameters[Encoding.UTF8.GetString(body.Slice(0, nameEnd))] = message.ToArray();
+                    _server!.Parameters[p.Name] = p.Status;
+                    if (_clientParameters is not null)
+                    {
+                        _clientParameters[p.Name] = p.Status;
+                    }
                 }
 
                 break;
@@ -176,6 +220,16 @@ internal sealed partial class ClientSession
     {
         _server!.Channel.Consume(_serverRun);
         _serverRun = 0;
+        if (TryReleaseServer())
+        {
+            if (!_client.ReceivePending)
+            {
+                PumpClient();
+            }
+
+            return;
+        }
+
         PumpServer();
     }
 
@@ -186,6 +240,7 @@ internal sealed partial class ClientSession
     private void OnServerClosed(SocketError error)
     {
         Log.Write(LogLevel.Info, $"session {Id}: backend pid {_server?.BackendPid} closed ({(error == SocketError.Success ? "end of stream" : error.ToString())})");
+        _server!.Close();
         if (_serverSentError)
         {
             Close();

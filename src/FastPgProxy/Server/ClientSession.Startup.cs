@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using FastPgProxy.Auth;
 using FastPgProxy.Config;
+using FastPgProxy.Net;
 using FastPgProxy.Protocol;
 
 namespace FastPgProxy.Server;
@@ -30,6 +31,7 @@ internal sealed partial class ClientSession
     private byte[]? _md5Salt;
     private ScramServer? _scramServer;
     private MessageFramer _authFramer;
+    private Dictionary<string, ParameterStatus>? _clientParameters;
     private bool _sslAnswered;
     private bool _gssAnswered;
 
@@ -117,7 +119,10 @@ internal sealed partial class ClientSession
 
     private void HandleStartupMessage(List<KeyValuePair<string, string>> parameters)
     {
-        var forwarded = new List<KeyValuePair<string, string>>(parameters.Count);
+        // Backends are shared, so only the parameters the proxy keeps in step on every backend it hands
+        // out (the ones PostgreSQL reports with ParameterStatus) are honoured; others must be listed in
+        // ignore_startup_parameters, as with PgBouncer.
+        var tracked = new List<KeyValuePair<string, string>>();
         foreach (KeyValuePair<string, string> p in parameters)
         {
             switch (p.Key)
@@ -136,16 +141,21 @@ internal sealed partial class ClientSession
                     {
                         (_unrecognizedOptions ??= new()).Add(p.Key);
                     }
-                    else
+                    else if (TrackedParameters.Find(p.Key) is { } name)
                     {
-                        forwarded.Add(p);
+                        tracked.Add(new KeyValuePair<string, string>(name, p.Value));
+                    }
+                    else if (!_proxy.Options.IgnoreStartupParameters.Contains(p.Key))
+                    {
+                        Fatal(SqlState.ProtocolViolation, $"unsupported startup parameter: {p.Key}");
+                        return;
                     }
 
                     break;
             }
         }
 
-        _startupParameters = forwarded;
+        _startupParameters = tracked;
         if (string.IsNullOrEmpty(User))
         {
             Fatal(SqlState.InvalidAuthorization, "no PostgreSQL user name specified in startup packet");
@@ -177,7 +187,39 @@ internal sealed partial class ClientSession
         }
 
         Log.Write(LogLevel.Info, $"session {Id}: login attempt from {RemoteEndPoint}: db={Database} user={User}");
+        _userKnown = _proxy.Users is { } users && users.TryGet(User, out _userSecret);
+        ServerCredentials credentials = BuildCredentials(_databaseOptions);
+        _pool = _proxy.Pools.Get(Database, credentials.User, _databaseOptions, credentials);
+        if (_pool.Loop != Loop)
+        {
+            MoveTo(_pool.Loop);
+            return;
+        }
+
         BeginAuthentication();
+    }
+
+    /// <summary>
+    /// Hands the session to its pool's loop, so the client, the pool and its backends share one owner.
+    /// Nothing is outstanding on the client socket here; unread bytes travel along.
+    /// </summary>
+    private void MoveTo(EventLoop target)
+    {
+        byte[] pending = _client.Window.ToArray();
+        _client.ReleaseBuffer();
+        _client.MoveTo(target);
+        Loop = target;
+        target.Post(() =>
+        {
+            if (State == SessionState.Closed)
+            {
+                TryFinish();
+                return;
+            }
+
+            _client.Restore(pending);
+            BeginAuthentication();
+        });
     }
 
     /// <summary>Sends NegotiateProtocolVersion when the client asked for a newer minor version or for _pq_ options (55.2.1).</summary>
@@ -202,7 +244,6 @@ internal sealed partial class ClientSession
     private void BeginAuthentication()
     {
         UserList? users = _proxy.Users;
-        _userKnown = users is not null && users.TryGet(User!, out _userSecret);
         AuthType authType = _proxy.Options.AuthType;
         var writer = new PgWriter(RentOut());
         WriteNegotiateIfNeeded(ref writer);
@@ -220,7 +261,7 @@ internal sealed partial class ClientSession
             else
             {
                 ReturnOut();
-                ConnectServer();
+                OnAuthenticated();
             }
 
             return;
@@ -291,7 +332,7 @@ internal sealed partial class ClientSession
                 ReadOnlySpan<byte> response = end >= 0 ? body.Slice(0, end) : body;
                 if (_userKnown && Md5Auth.Verify(_userSecret!, User!, _md5Salt, response))
                 {
-                    ConnectServer();
+                    OnAuthenticated();
                 }
                 else
                 {
@@ -376,12 +417,24 @@ internal sealed partial class ClientSession
         Fatal(SqlState.InvalidPassword, $"password authentication failed for user \"{User}\"");
     }
 
-    private void ConnectServer()
+    /// <summary>
+    /// The client is who it says. In transaction mode, once the pool knows the server's parameters, the
+    /// login completes without a backend; otherwise the session waits for one (session mode keeps it).
+    /// </summary>
+    private void OnAuthenticated()
     {
+        _pool!.UpdateCredentials(BuildCredentials(_databaseOptions!));
+        if (_pool.Mode == PoolMode.Transaction && _pool.Welcome is { } welcome)
+        {
+            SendLoginTail(welcome);
+            return;
+        }
+
         State = SessionState.ConnectingServer;
-        DatabaseOptions db = _databaseOptions!;
-        _server = new ServerConnection(Loop, db, db.DatabaseName ?? Database!, BuildCredentials(db), _startupParameters!, _proxy.Options.ServerConnectTimeout);
-        _server.Connect(this);
+        if (_pool.Acquire(this) is { } server)
+        {
+            OnServerAssigned(server);
+        }
     }
 
     /// <summary>
@@ -434,59 +487,37 @@ internal sealed partial class ClientSession
         };
     }
 
-    /// <inheritdoc/>
-    public void OnServerReady(ServerConnection server)
+    /// <summary>
+    /// AuthenticationOk, the server's ParameterStatus set with the client's own start-up values on top,
+    /// the proxy's BackendKeyData and ReadyForQuery: the tail of a normal login (55.2.2), with the key
+    /// replaced by one the proxy can check.
+    /// </summary>
+    private void SendLoginTail(IReadOnlyDictionary<string, ParameterStatus> serverParameters)
     {
-        if (State == SessionState.Closed)
+        _clientParameters = new Dictionary<string, ParameterStatus>(serverParameters, StringComparer.OrdinalIgnoreCase);
+        foreach (KeyValuePair<string, string> p in _startupParameters!)
         {
-            return;
+            _clientParameters[p.Key] = ParameterStatus.Create(p.Key, p.Value);
         }
 
-        if (server.HasCancelKey)
-        {
-            Volatile.Write(ref _cancelTarget, new CancelTarget(server.EndPoint, server.BackendPid, server.BackendKey));
-        }
-
-        // AuthenticationOk, the server's ParameterStatus set, the proxy's own BackendKeyData, ReadyForQuery:
-        // the tail of a normal login (55.2.2), with the key replaced by one the proxy can check.
         var writer = new PgWriter(RentOut());
         writer.WriteAuthentication(AuthRequest.Ok);
-        foreach (byte[] parameterStatus in server.Parameters.Values)
+        foreach (ParameterStatus parameter in _clientParameters.Values)
         {
-            if (parameterStatus.Length > writer.Remaining - 64)
+            if (parameter.Message.Length > writer.Remaining - 64)
             {
                 ReturnOut();
                 Fatal(SqlState.InternalError, "server parameters do not fit in a buffer");
                 return;
             }
 
-            writer.WriteBytes(parameterStatus);
+            writer.WriteBytes(parameter.Message);
         }
 
         writer.WriteBackendKeyData(Id, Volatile.Read(ref _secret));
-        writer.WriteReadyForQuery(server.TransactionStatus);
-        Log.Write(LogLevel.Info, $"session {Id}: login ok on backend pid {server.BackendPid}");
+        writer.WriteReadyForQuery(TransactionStatus.Idle);
+        Log.Write(LogLevel.Info, $"session {Id}: login ok ({_pool!.Mode.ToString().ToLowerInvariant()} mode{(_server is null ? "" : $", backend pid {_server.BackendPid}")})");
         SendOut(writer.Position, AfterSend.StartRelay);
-    }
-
-    /// <inheritdoc/>
-    public void OnServerLoginFailed(ServerConnection server, byte[]? errorResponse, string reason)
-    {
-        if (State == SessionState.Closed)
-        {
-            return;
-        }
-
-        server.Channel.SetHandler(this);
-        Log.Warning($"session {Id}: backend login for user \"{server.User}\" failed: {reason}");
-        if (errorResponse is not null)
-        {
-            ForwardErrorAndClose(errorResponse);
-        }
-        else
-        {
-            Fatal(SqlState.ConnectionFailure, reason);
-        }
     }
 
     /// <summary>

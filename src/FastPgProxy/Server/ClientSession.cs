@@ -41,11 +41,12 @@ internal enum AfterSend
 /// and the only state other threads read is the published <see cref="CancelTarget"/> and the secret.
 /// Split by concern: start-up and authentication (ClientSession.Startup.cs), relay (ClientSession.Relay.cs).
 /// </summary>
-internal sealed partial class ClientSession : IChannelHandler, IServerLoginListener, ILoopTimer, ILoopWork
+internal sealed partial class ClientSession : IChannelHandler, IInternalQueryListener, ILoopTimer, ILoopWork
 {
     private readonly ProxyServer _proxy;
     private readonly SocketChannel _client;
     private ServerConnection? _server;
+    private ServerPool? _pool;
     private byte[]? _out;
     private AfterSend _afterSend;
     private int _secret;
@@ -56,14 +57,26 @@ internal sealed partial class ClientSession : IChannelHandler, IServerLoginListe
     public ClientSession(ProxyServer proxy, EventLoop loop, Socket socket)
     {
         _proxy = proxy;
-        Loop = loop;
+        _loop = loop;
         _client = new SocketChannel(loop, socket, this) { IdleWithoutBuffer = true };
         RemoteEndPoint = socket.RemoteEndPoint as IPEndPoint;
         ConnectTime = DateTime.UtcNow;
     }
 
-    /// <summary>The owning loop.</summary>
-    public EventLoop Loop { get; }
+    /// <summary>The owning loop: the accepting loop until StartupMessage, then the loop of the session's pool.</summary>
+    public EventLoop Loop
+    {
+        get => Volatile.Read(ref _loop);
+        private set => Volatile.Write(ref _loop, value);
+    }
+
+    private EventLoop _loop;
+
+    /// <summary>Where the session sits in its pool's waiting queue; null when not waiting.</summary>
+    public LinkedListNode<ClientSession>? WaitNode { get; set; }
+
+    /// <summary>When the session started waiting for a backend (<see cref="Stopwatch"/> ticks).</summary>
+    public long WaitStarted { get; set; }
 
     /// <summary>Proxy session id: the pid of the BackendKeyData the client got; 0 until StartupMessage.</summary>
     public int Id { get; private set; }
@@ -106,6 +119,13 @@ internal sealed partial class ClientSession : IChannelHandler, IServerLoginListe
     /// <inheritdoc/>
     public void OnTimer(long dueTimestamp)
     {
+        if (!Loop.InLoop)
+        {
+            // The session moved to its pool's loop after the timer was armed on the accepting one.
+            Loop.Post(() => OnTimer(dueTimestamp));
+            return;
+        }
+
         if (State < SessionState.Active)
         {
             Log.Info($"client {RemoteEndPoint} closed: no login within client_login_timeout");
@@ -147,6 +167,13 @@ internal sealed partial class ClientSession : IChannelHandler, IServerLoginListe
             return;
         }
 
+        if (_server is null || channel != _server.Channel)
+        {
+            // A backend already handed back or closed: only its last completions come here.
+            TryFinish();
+            return;
+        }
+
         if (bytes == 0)
         {
             OnServerClosed(error);
@@ -174,7 +201,11 @@ internal sealed partial class ClientSession : IChannelHandler, IServerLoginListe
 
         if (channel != _client)
         {
-            OnClientRunSent();
+            if (_server is not null && channel == _server.Channel)
+            {
+                OnClientRunSent();
+            }
+
             return;
         }
 
@@ -191,7 +222,7 @@ internal sealed partial class ClientSession : IChannelHandler, IServerLoginListe
                 ContinueReading();
                 break;
             case AfterSend.ConnectServer:
-                ConnectServer();
+                OnAuthenticated();
                 break;
             case AfterSend.StartRelay:
                 StartRelay();
@@ -268,6 +299,7 @@ internal sealed partial class ClientSession : IChannelHandler, IServerLoginListe
             return;
         }
 
+        bool wasActive = State == SessionState.Active;
         State = SessionState.Closed;
         Volatile.Write(ref _cancelTarget, null);
         if (Id != 0)
@@ -275,12 +307,25 @@ internal sealed partial class ClientSession : IChannelHandler, IServerLoginListe
             _proxy.Sessions.Remove(Id);
         }
 
+        _pool?.RemoveWaiter(this);
         _client.Close();
         if (_server is not null)
         {
-            // Completions of a backend still logging in come here from now on, so TryFinish sees them.
-            _server.Channel.SetHandler(this);
-            _server.Close();
+            if (wasActive && ServerIsClean())
+            {
+                // Nothing of this client is in flight on the backend: it goes back to the pool (after
+                // server_reset_query in session mode).
+                ServerConnection server = _server;
+                _server = null;
+                _pool!.Release(server, clean: true, reset: _pool.Mode == Config.PoolMode.Session);
+            }
+            else
+            {
+                // Mid-transaction, mid-COPY or a send outstanding: close it. Its completions come here
+                // until it is quiescent (a send may still read this client's buffer), then the pool forgets it.
+                _server.Channel.SetHandler(this);
+                _server.Close();
+            }
         }
 
         TryFinish();
@@ -297,8 +342,19 @@ internal sealed partial class ClientSession : IChannelHandler, IServerLoginListe
         _finished = true;
         ReturnOut();
         _client.Dispose();
-        _server?.DisposeWhenQuiescent();
-        _server = null;
+        if (_server is not null)
+        {
+            if (_pool is not null)
+            {
+                _pool.Release(_server, clean: false, reset: false);
+            }
+            else
+            {
+                _server.DisposeWhenQuiescent();
+            }
+
+            _server = null;
+        }
     }
 
     /// <summary>Stops the session for a server shutdown: FATAL 57P01 to the client, then close.</summary>

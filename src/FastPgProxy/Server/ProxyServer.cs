@@ -53,7 +53,11 @@ internal sealed class ProxyServer : IAsyncDisposable
         _listener.Bind(new IPEndPoint(address, options.ListenPort));
         LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
         Loops = new EventLoopGroup(options.EffectiveLoopThreads, BufferSize);
+        Pools = new PoolManager(this);
     }
+
+    /// <summary>The backend pools.</summary>
+    public PoolManager Pools { get; }
 
     /// <summary>The options the server runs with.</summary>
     public ProxyOptions Options { get; }

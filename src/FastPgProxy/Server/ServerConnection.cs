@@ -23,6 +23,49 @@ internal interface IServerLoginListener
     void OnServerLoginFailed(ServerConnection server, byte[]? errorResponse, string reason);
 }
 
+/// <summary>Told when a query the proxy itself ran on a backend (reset, SET) has finished; runs on the backend's loop.</summary>
+internal interface IInternalQueryListener
+{
+    /// <summary>The backend answered ReadyForQuery; <paramref name="ok"/> is false when it reported an error or failed.</summary>
+    void OnInternalQueryDone(ServerConnection server, bool ok);
+}
+
+/// <summary>One ParameterStatus as the backend reported it: the value, and the message to replay to clients.</summary>
+internal sealed record ParameterStatus(string Value, byte[] Message)
+{
+    /// <summary>Parses a whole ParameterStatus message (type byte included); null when malformed.</summary>
+    public static (string Name, ParameterStatus Status)? TryParse(ReadOnlySpan<byte> message)
+    {
+        ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
+        int nameEnd = body.IndexOf((byte)0);
+        if (nameEnd <= 0)
+        {
+            return null;
+        }
+
+        ReadOnlySpan<byte> rest = body.Slice(nameEnd + 1);
+        int valueEnd = rest.IndexOf((byte)0);
+        if (valueEnd < 0)
+        {
+            return null;
+        }
+
+        return (Encoding.UTF8.GetString(body.Slice(0, nameEnd)), new ParameterStatus(Encoding.UTF8.GetString(rest.Slice(0, valueEnd)), message.ToArray()));
+    }
+
+    /// <summary>Builds the message for a value the proxy reports itself.</summary>
+    public static ParameterStatus Create(string name, string value)
+    {
+        byte[] buffer = new byte[MessageFramer.HeaderLength + Encoding.UTF8.GetByteCount(name) + Encoding.UTF8.GetByteCount(value) + 2];
+        var writer = new PgWriter(buffer);
+        writer.BeginMessage((byte)BackendMessage.ParameterStatus);
+        writer.WriteCString(name);
+        writer.WriteCString(value);
+        writer.EndMessage();
+        return new ParameterStatus(value, buffer);
+    }
+}
+
 /// <summary>What the proxy logs in to PostgreSQL with.</summary>
 internal sealed class ServerCredentials
 {
@@ -49,8 +92,10 @@ internal enum ServerState
     Connecting,
     /// <summary>Sent StartupMessage; authenticating and reading parameters.</summary>
     Login,
-    /// <summary>Logged in and serving a client.</summary>
+    /// <summary>Logged in; idle in the pool or serving a client.</summary>
     Ready,
+    /// <summary>Running a query of the proxy's own (reset, SET) and reading its answer.</summary>
+    InternalQuery,
     /// <summary>Closed.</summary>
     Closed,
 }
@@ -71,6 +116,9 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     private MessageFramer _framer;
     private ScramClient? _scram;
     private byte[]? _out;
+    private IInternalQueryListener? _queryListener;
+    private bool _queryFailed;
+    private static int s_lastId;
 
     /// <summary>Creates a connection that will log in as <paramref name="credentials"/> to <paramref name="databaseName"/>.</summary>
     public ServerConnection(
@@ -86,9 +134,25 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         _credentials = credentials;
         _startupParameters = startupParameters;
         _connectTimeout = connectTimeout;
-        Channel = new SocketChannel(loop, null, this);
+        Channel = new SocketChannel(loop, null, this) { IdleWithoutBuffer = true };
         EndPoint = ResolveEndPoint(database);
+        Id = Interlocked.Increment(ref s_lastId);
+        CreatedAt = Stopwatch.GetTimestamp();
+        LastUsed = CreatedAt;
     }
+
+    /// <summary>Proxy-wide number of this backend connection, for logs and the admin console.</summary>
+    public int Id { get; }
+
+    /// <summary>When the connection was opened (<see cref="Stopwatch"/> ticks).</summary>
+    public long CreatedAt { get; }
+
+    /// <summary>When the connection last went back to the pool (<see cref="Stopwatch"/> ticks).</summary>
+    public long LastUsed { get; set; }
+
+    /// <summary>The pool that owns this connection; set by the pool.</summary>
+    public ServerPool? Pool { get; set; }
+
 
     /// <summary>The socket and receive window.</summary>
     public SocketChannel Channel { get; }
@@ -111,8 +175,17 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// <summary>The last transaction status the backend reported.</summary>
     public TransactionStatus TransactionStatus { get; set; } = TransactionStatus.Idle;
 
-    /// <summary>ParameterStatus messages as PostgreSQL sent them, by parameter name, for replay to clients.</summary>
-    public Dictionary<string, byte[]> Parameters { get; } = new(StringComparer.Ordinal);
+    /// <summary>ParameterStatus values as PostgreSQL reported them, by parameter name, with the messages for replay to clients.</summary>
+    public Dictionary<string, ParameterStatus> Parameters { get; } = new(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>Records a ParameterStatus message the backend sent.</summary>
+    public void OnParameterStatus(ReadOnlySpan<byte> message)
+    {
+        if (ParameterStatus.TryParse(message) is { } p)
+        {
+            Parameters[p.Name] = p.Status;
+        }
+    }
 
     /// <summary>The user the backend is logged in as.</summary>
     public string User => _credentials.User;
@@ -187,7 +260,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     public void OnSend(SocketChannel channel, SocketError error)
     {
         ReturnOut();
-        if (State != ServerState.Login)
+        if (State is not (ServerState.Login or ServerState.InternalQuery))
         {
             return;
         }
@@ -198,28 +271,51 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
             return;
         }
 
-        ProcessLogin();
+        if (!Channel.ReceivePending)
+        {
+            ProcessControl();
+        }
     }
 
     /// <inheritdoc/>
     public void OnReceive(SocketChannel channel, int bytes, SocketError error)
     {
-        if (State != ServerState.Login)
+        if (State is not (ServerState.Login or ServerState.InternalQuery))
         {
             return;
         }
 
         if (bytes == 0)
         {
-            Fail(null, error == SocketError.Success ? "server closed the connection unexpectedly during login" : $"server connection failed: {DescribeError(error)}");
+            Fail(null, error == SocketError.Success ? "server closed the connection unexpectedly" : $"server connection failed: {DescribeError(error)}");
             return;
         }
 
-        ProcessLogin();
+        ProcessControl();
     }
 
-    /// <summary>Handles every complete login message buffered; receives more, or waits for a reply to be sent.</summary>
-    private void ProcessLogin()
+    /// <summary>
+    /// Runs <paramref name="sql"/> (one Simple Query) on this idle backend for the proxy itself, reading
+    /// the answer here rather than relaying it; ParameterStatus changes are recorded.
+    /// </summary>
+    public void RunInternalQuery(string sql, IInternalQueryListener listener)
+    {
+        Debug.Assert(Channel.Loop.InLoop && State == ServerState.Ready && !Channel.SendPending);
+        State = ServerState.InternalQuery;
+        _queryListener = listener;
+        _queryFailed = false;
+        Channel.SetHandler(this);
+        _framer.Reset();
+        _out = Channel.Loop.Buffers.Rent();
+        var writer = new PgWriter(_out);
+        writer.BeginMessage((byte)FrontendMessage.Query);
+        writer.WriteCString(sql);
+        writer.EndMessage();
+        Channel.Send(_out, 0, writer.Position);
+    }
+
+    /// <summary>Handles every complete message buffered during login or an internal query; receives more, or waits for a reply to be sent.</summary>
+    private void ProcessControl()
     {
         while (true)
         {
@@ -244,6 +340,22 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
             }
 
             ReadOnlySpan<byte> message = window.Slice(0, length);
+            if (State == ServerState.InternalQuery)
+            {
+                bool done = HandleInternalQueryMessage(message);
+                Channel.Consume(length);
+                if (done)
+                {
+                    State = ServerState.Ready;
+                    IInternalQueryListener queryListener = _queryListener!;
+                    _queryListener = null;
+                    queryListener.OnInternalQueryDone(this, !_queryFailed);
+                    return;
+                }
+
+                continue;
+            }
+
             bool ready = HandleLoginMessage(message, out bool sent);
             Channel.Consume(length);
             if (State == ServerState.Closed)
@@ -268,6 +380,25 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         }
     }
 
+    private bool HandleInternalQueryMessage(ReadOnlySpan<byte> message)
+    {
+        switch ((BackendMessage)message[0])
+        {
+            case BackendMessage.ParameterStatus:
+                OnParameterStatus(message);
+                return false;
+            case BackendMessage.ErrorResponse:
+                _queryFailed = true;
+                Log.Warning($"server {Id} (pid {BackendPid}): internal query failed");
+                return false;
+            case BackendMessage.ReadyForQuery:
+                TransactionStatus = message.Length > MessageFramer.HeaderLength ? (TransactionStatus)message[MessageFramer.HeaderLength] : TransactionStatus.Idle;
+                return true;
+            default:
+                return false;
+        }
+    }
+
     private bool HandleLoginMessage(ReadOnlySpan<byte> message, out bool sent)
     {
         sent = false;
@@ -278,12 +409,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                 sent = HandleAuthentication(body);
                 return false;
             case BackendMessage.ParameterStatus:
-                int nameEnd = body.IndexOf((byte)0);
-                if (nameEnd > 0)
-                {
-                    Parameters[Encoding.UTF8.GetString(body.Slice(0, nameEnd))] = message.ToArray();
-                }
-
+                OnParameterStatus(message);
                 return false;
             case BackendMessage.BackendKeyData:
                 if (body.Length < sizeof(int) + StartupCodes.MinCancelKeyLength || body.Length > sizeof(int) + StartupCodes.MaxCancelKeyLength)
@@ -436,6 +562,13 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         IServerLoginListener? listener = _listener;
         _listener = null;
         listener?.OnServerLoginFailed(this, errorResponse, reason);
+        IInternalQueryListener? queryListener = _queryListener;
+        _queryListener = null;
+        if (queryListener is not null)
+        {
+            Log.Warning($"server {Id} (pid {BackendPid}): {reason}");
+            queryListener.OnInternalQueryDone(this, false);
+        }
     }
 
     /// <summary>Closes the connection; buffers are released by <see cref="DisposeWhenQuiescent"/>.</summary>
@@ -445,18 +578,26 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         Channel.Close();
     }
 
-    /// <summary>Frees the channel once no operation is outstanding; returns whether it did.</summary>
+    /// <summary>Frees the channel once no operation is outstanding; returns whether it did. Idempotent.</summary>
     public bool DisposeWhenQuiescent()
     {
+        if (_disposed)
+        {
+            return true;
+        }
+
         if (!Channel.Quiescent)
         {
             return false;
         }
 
+        _disposed = true;
         ReturnOut();
         Channel.Dispose();
         return true;
     }
+
+    private bool _disposed;
 
     private void ReturnOut()
     {

@@ -24,7 +24,7 @@ internal sealed class ProxyHarness : IAsyncDisposable
     /// <summary>Starts a proxy; <paramref name="userList"/> lines become the auth_file.</summary>
     public static ProxyHarness Start(PostgresServer pg, Action<ProxyOptions>? configure = null, string? userList = null)
     {
-        var options = new ProxyOptions { ListenAddress = "127.0.0.1", ListenPort = 0, AuthType = AuthType.Trust, LoopThreads = 2 };
+        var options = new ProxyOptions { ListenAddress = "127.0.0.1", ListenPort = 0, AuthType = AuthType.Trust, LoopThreads = 2, DefaultPoolSize = 100 };
         options.Databases.Add(new DatabaseOptions { Name = "*", Host = pg.Host, Port = pg.Port });
         string? dir = null;
         if (userList is not null)

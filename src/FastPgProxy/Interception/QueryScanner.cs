@@ -1,0 +1,662 @@
+using System.Runtime.CompilerServices;
+using System.Text.Unicode;
+
+namespace FastPgProxy.Interception;
+
+/// <summary>
+/// Recognises, in the SQL text of a Query or Parse message, the few statements the proxy answers itself:
+/// <c>SELECT pg_backend_pid()</c>, <c>SELECT pg_cancel_backend(pid)</c> and
+/// <c>SELECT pg_terminate_backend(pid[, timeout])</c>, each alone in its message.
+/// </summary>
+/// <remarks>
+/// <para>
+/// A hand-written scanner over UTF-8 bytes that follows PostgreSQL's lexer (scan.l) for the tokens it
+/// accepts and gives up at the first byte that cannot belong to an accepted form, so an ordinary query
+/// costs a few nanoseconds. It allocates nothing. The accepted grammar, tokens separated by any amount of
+/// whitespace (space, tab, CR, LF, FF, VT), <c>--</c> line comments and nesting <c>/* */</c> comments:
+/// </para>
+/// <code>
+/// statement := SELECT call [alias] {';'} end
+/// call      := [schema '.'] pg_backend_pid '(' ')'
+///            | [schema '.'] pg_cancel_backend '(' arg ')'
+///            | [schema '.'] pg_terminate_backend '(' arg [',' arg] ')'
+/// schema    := pg_catalog | "pg_catalog"
+/// arg       := value [cast] | '(' value [cast] ')' [cast]          (at most one cast)
+/// value     := ['+' | '-'] digits | NULL | '$' digits
+/// cast      := '::' (int | integer | int4 | bigint | int8)
+/// alias     := AS (identifier | keyword | quoted) | identifier-not-AS_LABEL-keyword | quoted
+/// </code>
+/// <para>
+/// Keywords and unquoted names match in any letter case; a quoted name (<c>"pg_cancel_backend"</c>) must
+/// match exactly. Whatever the scanner does not accept goes to the server unchanged, so it errs on the
+/// side of "no match": integer literals must fit in int64, <c>$n</c> must be 1..65535, an alias longer
+/// than 63 bytes (which PostgreSQL would truncate, with a NOTICE) is not accepted, and neither is text
+/// that is not valid UTF-8 (PostgreSQL rejects it with 22021). A bare alias may be any identifier or
+/// keyword except those PostgreSQL 14+ only accepts after AS (kwlist.h AS_LABEL: FROM, WHERE, UNION,
+/// ORDER, ...), since those mean the statement continues.
+/// </para>
+/// </remarks>
+internal static class QueryScanner
+{
+    /// <summary>The longest identifier PostgreSQL keeps: NAMEDATALEN - 1 bytes.</summary>
+    public const int MaxIdentifierLength = 63;
+
+    /// <summary>The highest parameter number accepted: a Bind message counts its parameters in an int16.</summary>
+    public const int MaxParameterIndex = ushort.MaxValue;
+
+    // The keywords PostgreSQL 14+ marks AS_LABEL in kwlist.h: usable as a column label only after AS.
+    // Each is framed by spaces so that a lookup is one IndexOf of " word ".
+    private static ReadOnlySpan<byte> AsLabelKeywords =>
+        " array as char character create day except fetch filter for from grant group having hour intersect into isnull limit minute month notnull offset on order over overlaps precision returning second to union varying where window with within without year "u8;
+
+    // The longest AS_LABEL keyword ("character", "intersect", "precision", "returning").
+    private const int LongestAsLabelKeyword = 9;
+
+    /// <summary>
+    /// Whether <paramref name="sql"/> is exactly one of the accepted statements. On success
+    /// <paramref name="call"/> describes it; on failure it is default and the text must go to the server.
+    /// </summary>
+    public static bool TryMatch(ReadOnlySpan<byte> sql, out InterceptedCall call)
+    {
+        call = default;
+        int i = 0;
+        if (!SkipTrivia(sql, ref i) || !TryKeyword(sql, ref i, "select"u8) || !SkipTrivia(sql, ref i))
+        {
+            return false;
+        }
+
+        if (!TryFunctionName(sql, ref i, out InterceptedFunction function)
+            || !TryPunctuation(sql, ref i, (byte)'('))
+        {
+            return false;
+        }
+
+        CallArgument argument = default;
+        CallArgument timeout = default;
+        if (function != InterceptedFunction.BackendPid)
+        {
+            if (!TryArgument(sql, ref i, out argument))
+            {
+                return false;
+            }
+
+            if (function == InterceptedFunction.TerminateBackend && i < sql.Length && sql[i] == (byte)',')
+            {
+                i++;
+                if (!SkipTrivia(sql, ref i) || !TryArgument(sql, ref i, out timeout))
+                {
+                    return false;
+                }
+            }
+        }
+
+        if (!TryPunctuation(sql, ref i, (byte)')')
+            || !TryAlias(sql, ref i, out int aliasStart, out int aliasLength, out bool aliasQuoted))
+        {
+            return false;
+        }
+
+        // Empty statements after the call are dropped by PostgreSQL's parser: "SELECT ...;;" is one statement.
+        while (i < sql.Length && sql[i] == (byte)';')
+        {
+            i++;
+            if (!SkipTrivia(sql, ref i))
+            {
+                return false;
+            }
+        }
+
+        // Every token accepted above is ASCII; only comments and the alias can hold other bytes, and
+        // PostgreSQL rejects the whole message if they are not valid UTF-8.
+        if (i != sql.Length || !Utf8.IsValid(sql))
+        {
+            return false;
+        }
+
+        call = new InterceptedCall(function, argument, timeout, aliasStart, aliasLength, aliasQuoted);
+        return true;
+    }
+
+    /// <summary>
+    /// Skips whitespace and comments from <paramref name="i"/>. False only for a block comment that does
+    /// not end, which PostgreSQL reports as an error.
+    /// </summary>
+    private static bool SkipTrivia(ReadOnlySpan<byte> s, ref int i)
+    {
+        while (i < s.Length)
+        {
+            byte b = s[i];
+            if (IsSpace(b))
+            {
+                i++;
+            }
+            else if (b == (byte)'-' && i + 1 < s.Length && s[i + 1] == (byte)'-')
+            {
+                // A line comment runs to the next LF or CR (scan.l: comment = "--"{non_newline}*).
+                int end = s.Slice(i + 2).IndexOfAny((byte)'\n', (byte)'\r');
+                i = end < 0 ? s.Length : i + 2 + end;
+            }
+            else if (b == (byte)'/' && i + 1 < s.Length && s[i + 1] == (byte)'*')
+            {
+                if (!SkipBlockComment(s, ref i))
+                {
+                    return false;
+                }
+            }
+            else
+            {
+                break;
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>Skips a block comment starting at <paramref name="i"/>; block comments nest, as in PostgreSQL (scan.l xc).</summary>
+    private static bool SkipBlockComment(ReadOnlySpan<byte> s, ref int i)
+    {
+        int depth = 1;
+        i += 2;
+        while (true)
+        {
+            int next = s.Slice(i).IndexOfAny((byte)'*', (byte)'/');
+            if (next < 0)
+            {
+                return false;
+            }
+
+            i += next;
+            if (i + 1 >= s.Length)
+            {
+                return false;
+            }
+
+            if (s[i] == (byte)'/' && s[i + 1] == (byte)'*')
+            {
+                depth++;
+                i += 2;
+            }
+            else if (s[i] == (byte)'*' && s[i + 1] == (byte)'/')
+            {
+                i += 2;
+                if (--depth == 0)
+                {
+                    return true;
+                }
+            }
+            else
+            {
+                i++;
+            }
+        }
+    }
+
+    /// <summary>Consumes the unquoted keyword <paramref name="lowerKeyword"/> (whole identifier, any case).</summary>
+    private static bool TryKeyword(ReadOnlySpan<byte> s, ref int i, ReadOnlySpan<byte> lowerKeyword)
+    {
+        if (i >= s.Length || !IsIdentStart(s[i]))
+        {
+            return false;
+        }
+
+        int end = IdentifierEnd(s, i);
+        if (!EqualsFolded(s.Slice(i, end - i), lowerKeyword))
+        {
+            return false;
+        }
+
+        i = end;
+        return true;
+    }
+
+    /// <summary>Consumes <paramref name="punctuation"/> and the trivia after it.</summary>
+    private static bool TryPunctuation(ReadOnlySpan<byte> s, ref int i, byte punctuation)
+    {
+        if (i >= s.Length || s[i] != punctuation)
+        {
+            return false;
+        }
+
+        i++;
+        return SkipTrivia(s, ref i);
+    }
+
+    /// <summary>
+    /// Consumes an optionally schema-qualified function name and the trivia after it. Fails at the first
+    /// byte unless it is <c>p</c>, <c>P</c> or a quote, which is where ordinary queries stop.
+    /// </summary>
+    private static bool TryFunctionName(ReadOnlySpan<byte> s, ref int i, out InterceptedFunction function)
+    {
+        function = default;
+        if (i >= s.Length || ((s[i] | 0x20) != (byte)'p' && s[i] != (byte)'"'))
+        {
+            return false;
+        }
+
+        if (!TryName(s, ref i, out int start, out int length, out bool quoted) || !SkipTrivia(s, ref i))
+        {
+            return false;
+        }
+
+        // PostgreSQL allows whitespace and comments around the dot of a qualified name.
+        if (i < s.Length && s[i] == (byte)'.')
+        {
+            if (!NameEquals(s.Slice(start, length), quoted, "pg_catalog"u8))
+            {
+                return false;
+            }
+
+            i++;
+            if (!SkipTrivia(s, ref i)
+                || !TryName(s, ref i, out start, out length, out quoted)
+                || !SkipTrivia(s, ref i))
+            {
+                return false;
+            }
+        }
+
+        ReadOnlySpan<byte> name = s.Slice(start, length);
+        switch (length)
+        {
+            case 14 when NameEquals(name, quoted, "pg_backend_pid"u8):
+                function = InterceptedFunction.BackendPid;
+                return true;
+            case 17 when NameEquals(name, quoted, "pg_cancel_backend"u8):
+                function = InterceptedFunction.CancelBackend;
+                return true;
+            case 20 when NameEquals(name, quoted, "pg_terminate_backend"u8):
+                function = InterceptedFunction.TerminateBackend;
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    /// <summary>
+    /// Consumes an identifier, unquoted or double-quoted. For a quoted one, the span is its content as
+    /// written (doubled quotes still doubled).
+    /// </summary>
+    private static bool TryName(ReadOnlySpan<byte> s, ref int i, out int start, out int length, out bool quoted)
+    {
+        if (i < s.Length && s[i] == (byte)'"')
+        {
+            quoted = true;
+            return TryQuotedIdentifier(s, ref i, out start, out length);
+        }
+
+        quoted = false;
+        start = i;
+        length = 0;
+        if (i >= s.Length || !IsIdentStart(s[i]))
+        {
+            return false;
+        }
+
+        i = IdentifierEnd(s, i);
+        length = i - start;
+        return true;
+    }
+
+    /// <summary>
+    /// Consumes a double-quoted identifier at <paramref name="i"/>. Fails when it does not end, is empty
+    /// (PostgreSQL: zero-length delimited identifier) or is longer than PostgreSQL keeps once unescaped.
+    /// </summary>
+    private static bool TryQuotedIdentifier(ReadOnlySpan<byte> s, ref int i, out int start, out int length)
+    {
+        start = i + 1;
+        length = 0;
+        int pos = start;
+        int unescaped = 0;
+        while (true)
+        {
+            int quote = s.Slice(pos).IndexOf((byte)'"');
+            if (quote < 0)
+            {
+                return false;
+            }
+
+            unescaped += quote;
+            pos += quote + 1;
+            if (pos < s.Length && s[pos] == (byte)'"')
+            {
+                // A doubled quote stands for one quote character.
+                unescaped++;
+                pos++;
+                continue;
+            }
+
+            break;
+        }
+
+        if (unescaped == 0 || unescaped > MaxIdentifierLength)
+        {
+            return false;
+        }
+
+        length = pos - 1 - start;
+        i = pos;
+        return true;
+    }
+
+    /// <summary>Whether a name as written equals <paramref name="lowerName"/>: exactly when quoted, in any letter case when not.</summary>
+    private static bool NameEquals(ReadOnlySpan<byte> name, bool quoted, ReadOnlySpan<byte> lowerName)
+        => quoted ? name.SequenceEqual(lowerName) : EqualsFolded(name, lowerName);
+
+    /// <summary>
+    /// Consumes one argument and the trivia after it: a value with an optional cast, or the same in one
+    /// pair of parentheses with the cast inside or after them.
+    /// </summary>
+    private static bool TryArgument(ReadOnlySpan<byte> s, ref int i, out CallArgument argument)
+    {
+        argument = default;
+        bool parenthesized = i < s.Length && s[i] == (byte)'(';
+        if (parenthesized)
+        {
+            i++;
+            if (!SkipTrivia(s, ref i))
+            {
+                return false;
+            }
+        }
+
+        if (!TryValue(s, ref i, out ArgumentKind kind, out long value, out int parameterIndex, out bool signed)
+            || !SkipTrivia(s, ref i)
+            || !TryCast(s, ref i, out ArgumentCast cast))
+        {
+            return false;
+        }
+
+        // A cast binds tighter than a sign: "-2147483648::int" is -(2147483648::int), which overflows.
+        // Whatever cast applies must hold the literal's magnitude, or PostgreSQL raises 22003.
+        if (kind == ArgumentKind.Integer && cast != ArgumentCast.None && !FitsCast(value, signed, cast))
+        {
+            return false;
+        }
+
+        if (parenthesized)
+        {
+            if (!TryPunctuation(s, ref i, (byte)')'))
+            {
+                return false;
+            }
+
+            if (cast == ArgumentCast.None)
+            {
+                // "(-2147483648)::int" casts the folded constant: the sign counts here.
+                if (!TryCast(s, ref i, out cast)
+                    || (kind == ArgumentKind.Integer && cast != ArgumentCast.None && !FitsCast(value, signed: false, cast)))
+                {
+                    return false;
+                }
+            }
+        }
+
+        argument = new CallArgument(kind, value, parameterIndex, cast);
+        return true;
+    }
+
+    /// <summary>Consumes an integer literal (with one optional sign, reported in <paramref name="signed"/>), <c>NULL</c> or <c>$n</c>.</summary>
+    private static bool TryValue(ReadOnlySpan<byte> s, ref int i, out ArgumentKind kind, out long value, out int parameterIndex, out bool signed)
+    {
+        kind = ArgumentKind.None;
+        value = 0;
+        parameterIndex = 0;
+        signed = false;
+        if (i >= s.Length)
+        {
+            return false;
+        }
+
+        byte b = s[i];
+        if (b == (byte)'$')
+        {
+            // scan.l param: '$' digits; digits followed by identifier characters are "trailing junk".
+            int start = ++i;
+            int n = 0;
+            while (i < s.Length && IsDigit(s[i]))
+            {
+                n = (n * 10) + (s[i++] - '0');
+                if (n > MaxParameterIndex)
+                {
+                    return false;
+                }
+            }
+
+            if (i == start || n == 0 || (i < s.Length && IsIdentCont(s[i])))
+            {
+                return false;
+            }
+
+            kind = ArgumentKind.Parameter;
+            parameterIndex = n;
+            return true;
+        }
+
+        if ((b | 0x20) == (byte)'n')
+        {
+            if (!TryKeyword(s, ref i, "null"u8))
+            {
+                return false;
+            }
+
+            kind = ArgumentKind.Null;
+            return true;
+        }
+
+        // A sign is a separate operator token: PostgreSQL allows whitespace and comments after it and
+        // folds it into the constant (gram.y doNegate), so "- 2147483648" is still an int4.
+        bool negative = false;
+        if (b == (byte)'-' || b == (byte)'+')
+        {
+            negative = b == (byte)'-';
+            signed = true;
+            i++;
+            if (!SkipTrivia(s, ref i))
+            {
+                return false;
+            }
+        }
+
+        if (i >= s.Length || !IsDigit(s[i]))
+        {
+            return false;
+        }
+
+        // Accumulate the magnitude; long.MinValue's magnitude is one more than long.MaxValue.
+        ulong limit = negative ? 1UL << 63 : long.MaxValue;
+        ulong magnitude = 0;
+        while (i < s.Length && IsDigit(s[i]))
+        {
+            uint digit = (uint)(s[i++] - '0');
+            if (magnitude > (limit - digit) / 10)
+            {
+                return false;
+            }
+
+            magnitude = (magnitude * 10) + digit;
+        }
+
+        // "1.5", "1e3" (numeric), "1_000" and "0x10" (PostgreSQL 16 integer syntax), "1abc" (junk).
+        if (i < s.Length && (IsIdentCont(s[i]) || s[i] == (byte)'.'))
+        {
+            return false;
+        }
+
+        kind = ArgumentKind.Integer;
+        value = negative ? (long)(0UL - magnitude) : (long)magnitude;
+        return true;
+    }
+
+    /// <summary>
+    /// Consumes an optional <c>::type</c> and the trivia after it. True with <see cref="ArgumentCast.None"/>
+    /// when there is no cast; false for a cast to any type but int4 or int8.
+    /// </summary>
+    private static bool TryCast(ReadOnlySpan<byte> s, ref int i, out ArgumentCast cast)
+    {
+        cast = ArgumentCast.None;
+        if (i + 1 >= s.Length || s[i] != (byte)':' || s[i + 1] != (byte)':')
+        {
+            return true;
+        }
+
+        i += 2;
+        if (!SkipTrivia(s, ref i) || i >= s.Length || !IsIdentStart(s[i]))
+        {
+            return false;
+        }
+
+        int end = IdentifierEnd(s, i);
+        ReadOnlySpan<byte> type = s.Slice(i, end - i);
+        if (EqualsFolded(type, "int"u8) || EqualsFolded(type, "integer"u8) || EqualsFolded(type, "int4"u8))
+        {
+            cast = ArgumentCast.Int4;
+        }
+        else if (EqualsFolded(type, "bigint"u8) || EqualsFolded(type, "int8"u8))
+        {
+            cast = ArgumentCast.Int8;
+        }
+        else
+        {
+            return false;
+        }
+
+        i = end;
+        return SkipTrivia(s, ref i);
+    }
+
+    /// <summary>
+    /// Whether an integer literal survives a cast: its value, or when a sign was written outside the cast
+    /// the literal's magnitude, must fit the cast's type.
+    /// </summary>
+    private static bool FitsCast(long value, bool signed, ArgumentCast cast)
+    {
+        long max = cast == ArgumentCast.Int4 ? int.MaxValue : long.MaxValue;
+        long min = cast == ArgumentCast.Int4 ? int.MinValue : long.MinValue;
+        if (!signed)
+        {
+            return value >= min && value <= max;
+        }
+
+        // The sign applies after the cast, to the unsigned literal: its magnitude must fit.
+        return value != long.MinValue && Math.Abs(value) <= max;
+    }
+
+    /// <summary>
+    /// Consumes an optional alias and the trivia after it. True with <paramref name="start"/> -1 when the
+    /// text continues with <c>;</c> or ends; false when what follows cannot be an alias.
+    /// </summary>
+    private static bool TryAlias(ReadOnlySpan<byte> s, ref int i, out int start, out int length, out bool quoted)
+    {
+        start = -1;
+        length = 0;
+        quoted = false;
+        if (i == s.Length || s[i] == (byte)';')
+        {
+            return true;
+        }
+
+        if (s[i] != (byte)'"')
+        {
+            if (!IsIdentStart(s[i]))
+            {
+                return false;
+            }
+
+            int end = IdentifierEnd(s, i);
+            ReadOnlySpan<byte> word = s.Slice(i, end - i);
+            if (EqualsFolded(word, "as"u8))
+            {
+                // After AS any identifier or keyword is a column label (gram.y ColLabel).
+                i = end;
+                if (!SkipTrivia(s, ref i))
+                {
+                    return false;
+                }
+            }
+            else if (IsAsLabelKeyword(word))
+            {
+                return false;
+            }
+        }
+
+        if (!TryName(s, ref i, out start, out length, out quoted) || (!quoted && length > MaxIdentifierLength))
+        {
+            start = -1;
+            length = 0;
+            quoted = false;
+            return false;
+        }
+
+        return SkipTrivia(s, ref i);
+    }
+
+    /// <summary>Whether an unquoted word is one PostgreSQL only accepts as a column label after AS.</summary>
+    private static bool IsAsLabelKeyword(ReadOnlySpan<byte> word)
+    {
+        if (word.Length > LongestAsLabelKeyword)
+        {
+            return false;
+        }
+
+        // " word " in lower case, looked up in the space-separated list.
+        Span<byte> framed = stackalloc byte[LongestAsLabelKeyword + 2];
+        framed[0] = (byte)' ';
+        for (int k = 0; k < word.Length; k++)
+        {
+            byte b = word[k];
+            framed[k + 1] = (uint)(b - 'A') <= 'Z' - 'A' ? (byte)(b | 0x20) : b;
+        }
+
+        framed[word.Length + 1] = (byte)' ';
+        return AsLabelKeywords.IndexOf(framed.Slice(0, word.Length + 2)) >= 0;
+    }
+
+    /// <summary>
+    /// Compares an identifier's bytes with a lower-case ASCII word. Both sides hold identifier characters
+    /// only, and among those <c>| 0x20</c> maps nothing but an upper-case letter onto its lower case.
+    /// </summary>
+    private static bool EqualsFolded(ReadOnlySpan<byte> identifier, ReadOnlySpan<byte> lowerWord)
+    {
+        if (identifier.Length != lowerWord.Length)
+        {
+            return false;
+        }
+
+        for (int k = 0; k < identifier.Length; k++)
+        {
+            if ((identifier[k] | 0x20) != (lowerWord[k] | 0x20))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>The offset just past the identifier starting at <paramref name="i"/>.</summary>
+    private static int IdentifierEnd(ReadOnlySpan<byte> s, int i)
+    {
+        i++;
+        while (i < s.Length && IsIdentCont(s[i]))
+        {
+            i++;
+        }
+
+        return i;
+    }
+
+    // scan.l space: [ \t\n\r\f\v].
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool IsSpace(byte b) => b == (byte)' ' || (uint)(b - '\t') <= '\r' - '\t';
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool IsDigit(byte b) => (uint)(b - '0') <= 9;
+
+    // scan.l ident_start: [A-Za-z\200-\377_].
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool IsIdentStart(byte b) => (uint)((b | 0x20) - 'a') <= 'z' - 'a' || b == (byte)'_' || b >= 0x80;
+
+    // scan.l ident_cont: [A-Za-z\200-\377_0-9\$].
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool IsIdentCont(byte b) => IsIdentStart(b) || IsDigit(b) || b == (byte)'$';
+}

@@ -1,0 +1,160 @@
+using System.Diagnostics;
+using FastPgProxy.Config;
+using FastPgProxy.Protocol;
+
+namespace FastPgProxy.Server;
+
+internal sealed partial class ClientSession
+{
+    private bool _syncingParameters;
+
+    /// <summary>
+    /// The pool hands this session a backend: at login, or for the transaction the client just started.
+    /// Before relaying, the backend's tracked parameters are brought in line with what the client has seen.
+    /// </summary>
+    public void OnServerAssigned(ServerConnection server)
+    {
+        Debug.Assert(Loop.InLoop);
+        if (State == SessionState.Closed)
+        {
+            _pool!.Release(server, clean: true, reset: _pool.Mode == PoolMode.Session);
+            TryFinish();
+            return;
+        }
+
+        _server = server;
+        server.Channel.SetHandler(this);
+        _serverFramer.Reset();
+        _expectedReadyForQuery = 0;
+        _openExtended = false;
+        _serverSentError = false;
+        if (server.HasCancelKey)
+        {
+            Volatile.Write(ref _cancelTarget, new CancelTarget(server.EndPoint, server.BackendPid, server.BackendKey));
+        }
+
+        if (State == SessionState.ConnectingServer)
+        {
+            SendLoginTail(server.Parameters);
+            return;
+        }
+
+        StartServerWork();
+    }
+
+    /// <summary>No backend could be had: PostgreSQL refused the login (its error is forwarded) or could not be reached.</summary>
+    public void OnServerUnavailable(byte[]? errorResponse, string reason)
+    {
+        if (State == SessionState.Closed)
+        {
+            return;
+        }
+
+        if (errorResponse is not null)
+        {
+            ForwardErrorAndClose(errorResponse);
+        }
+        else
+        {
+            Fatal(SqlState.ConnectionFailure, reason);
+        }
+    }
+
+    /// <summary>Waited longer than query_wait_timeout for a backend.</summary>
+    public void OnWaitTimeout()
+    {
+        Log.Warning($"session {Id}: no backend within query_wait_timeout");
+        Fatal(SqlState.ProtocolViolation, "query_wait_timeout");
+    }
+
+    /// <summary>Asks the pool for a backend for the client's next transaction.</summary>
+    private void RequestServer()
+    {
+        if (_pool!.Acquire(this) is { } server)
+        {
+            OnServerAssigned(server);
+        }
+    }
+
+    /// <summary>With a backend attached: sync parameters if needed, then relay both ways.</summary>
+    private void StartServerWork()
+    {
+        ServerConnection server = _server!;
+        string? sync = _clientParameters is null ? null : TrackedParameters.BuildSync(_clientParameters, server.Parameters);
+        if (sync is not null)
+        {
+            _syncingParameters = true;
+            server.RunInternalQuery(sync, this);
+            return;
+        }
+
+        ResumeRelay();
+    }
+
+    /// <inheritdoc/>
+    public void OnInternalQueryDone(ServerConnection server, bool ok)
+    {
+        _syncingParameters = false;
+        if (State == SessionState.Closed)
+        {
+            TryFinish();
+            return;
+        }
+
+        if (!ok)
+        {
+            Log.Warning($"session {Id}: could not set the client's parameters on backend pid {server.BackendPid}");
+        }
+
+        server.Channel.SetHandler(this);
+        ResumeRelay();
+    }
+
+    private void ResumeRelay()
+    {
+        if (!_server!.Channel.ReceivePending && !_client.SendPending)
+        {
+            PumpServer();
+        }
+
+        if (State == SessionState.Active && _server is not null && !_server.Channel.SendPending && !_client.ReceivePending)
+        {
+            PumpClient();
+        }
+    }
+
+    /// <summary>
+    /// Whether the attached backend holds nothing of this client: idle (ReadyForQuery 'I'), every
+    /// ReadyForQuery the client's messages earn has arrived, no extended-protocol batch left open
+    /// without Sync, nothing half-sent or half-received in either direction.
+    /// </summary>
+    private bool ServerIsClean()
+    {
+        ServerConnection? server = _server;
+        return server is not null
+            && !_syncingParameters
+            && server.State == ServerState.Ready
+            && server.TransactionStatus == TransactionStatus.Idle
+            && _expectedReadyForQuery == 0
+            && !_openExtended
+            && !server.Channel.SendPending
+            && server.Channel.Buffered == 0
+            && _serverFramer.AtBoundary
+            && _clientFramer.AtBoundary;
+    }
+
+    /// <summary>In transaction mode, gives the backend back as soon as the client's transaction is over.</summary>
+    private bool TryReleaseServer()
+    {
+        if (_pool!.Mode != PoolMode.Transaction || _client.SendPending || !ServerIsClean())
+        {
+            return false;
+        }
+
+        ServerConnection server = _server!;
+        _server = null;
+        Volatile.Write(ref _cancelTarget, null);
+        _pool.Release(server, clean: true, reset: false);
+        return true;
+    }
+}

@@ -1,0 +1,380 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using FastPgProxy.Config;
+using FastPgProxy.Net;
+using FastPgProxy.Protocol;
+
+namespace FastPgProxy.Server;
+
+/// <summary>
+/// The backends of one (database, user) pair. A pool lives on one loop, and so do all its backends and
+/// all its clients (a client moves to its pool's loop right after StartupMessage), so handing a backend
+/// from one client to the next is a plain method call on one thread.
+/// </summary>
+/// <remarks>
+/// Idle backends wait with a zero-byte receive, holding no buffer, so a backend that PostgreSQL closes
+/// while idle (restart, <c>pg_terminate_backend</c>) is noticed and dropped at once. Clients that find no
+/// idle backend and no room to open one wait in FIFO order; each released backend goes to the head of the
+/// queue. A one-second tick closes backends idle longer than <c>server_idle_timeout</c>, keeps
+/// <c>min_pool_size</c> open, and times waiting clients out after <c>query_wait_timeout</c>.
+/// </remarks>
+internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInternalQueryListener, ILoopTimer
+{
+    private readonly ProxyServer _proxy;
+    private readonly Stack<ServerConnection> _idle = new();
+    private readonly LinkedList<ClientSession> _waiters = new();
+    private readonly HashSet<ServerConnection> _all = new();
+    private ServerCredentials _credentials;
+    private int _connecting;
+    private bool _tickScheduled;
+
+    /// <summary>Creates an empty pool on <paramref name="loop"/>.</summary>
+    public ServerPool(ProxyServer proxy, EventLoop loop, string database, string user, DatabaseOptions options, ServerCredentials credentials)
+    {
+        _proxy = proxy;
+        Loop = loop;
+        Database = database;
+        User = user;
+        Options = options;
+        _credentials = credentials;
+        Mode = options.PoolMode ?? proxy.Options.PoolMode;
+        Size = options.PoolSize ?? proxy.Options.DefaultPoolSize;
+    }
+
+    /// <summary>The loop that owns the pool, its backends and its clients.</summary>
+    public EventLoop Loop { get; }
+
+    /// <summary>The database name clients use.</summary>
+    public string Database { get; }
+
+    /// <summary>The user backends log in as.</summary>
+    public string User { get; }
+
+    /// <summary>The [databases] entry.</summary>
+    public DatabaseOptions Options { get; }
+
+    /// <summary>Session or transaction pooling.</summary>
+    public PoolMode Mode { get; }
+
+    /// <summary>Most backends this pool opens.</summary>
+    public int Size { get; private set; }
+
+    /// <summary>The ParameterStatus set of the first backend that logged in, sent to clients that log in while no backend is needed (transaction mode).</summary>
+    public Dictionary<string, ParameterStatus>? Welcome { get; private set; }
+
+    /// <summary>Backends open or opening.</summary>
+    public int Total => _all.Count;
+
+    /// <summary>Backends idle in the pool.</summary>
+    public int IdleCount => _idle.Count;
+
+    /// <summary>Backends being opened.</summary>
+    public int ConnectingCount => _connecting;
+
+    /// <summary>Clients waiting for a backend.</summary>
+    public int WaitingCount => _waiters.Count;
+
+    /// <summary>Uses the newest credentials a client brought (a SCRAM pass-through key, for example).</summary>
+    public void UpdateCredentials(ServerCredentials credentials) => _credentials = credentials;
+
+    /// <summary>
+    /// Finds a backend for <paramref name="client"/>: an idle one at once (returned), or null after queueing
+    /// the client, which then gets <see cref="ClientSession.OnServerAssigned"/> or
+    /// <see cref="ClientSession.OnServerUnavailable"/> later.
+    /// </summary>
+    public ServerConnection? Acquire(ClientSession client)
+    {
+        Debug.Assert(Loop.InLoop);
+        EnsureTick();
+        while (_idle.TryPop(out ServerConnection? server))
+        {
+            if (server.State == ServerState.Ready && !server.Channel.Closed)
+            {
+                return server;
+            }
+
+            Drop(server);
+        }
+
+        client.WaitNode = _waiters.AddLast(client);
+        client.WaitStarted = Stopwatch.GetTimestamp();
+        LaunchForWaiters();
+        return null;
+    }
+
+    /// <summary>Takes a client out of the waiting queue (it closed, or timed out).</summary>
+    public void RemoveWaiter(ClientSession client)
+    {
+        if (client.WaitNode is { } node)
+        {
+            _waiters.Remove(node);
+            client.WaitNode = null;
+        }
+    }
+
+    /// <summary>
+    /// A client is done with <paramref name="server"/>. A backend that is not clean (mid-transaction,
+    /// mid-COPY, a send outstanding) is closed; in session mode a clean one runs <c>server_reset_query</c>
+    /// first; then it serves the next waiting client or goes idle.
+    /// </summary>
+    public void Release(ServerConnection server, bool clean, bool reset)
+    {
+        Debug.Assert(Loop.InLoop);
+        server.Channel.SetHandler(this);
+        if (!clean || server.State != ServerState.Ready || server.Channel.SendPending)
+        {
+            Drop(server);
+            LaunchForWaiters();
+            return;
+        }
+
+        string resetQuery = _proxy.Options.ServerResetQuery;
+        if (reset && resetQuery.Length > 0)
+        {
+            server.RunInternalQuery(resetQuery, this);
+            return;
+        }
+
+        MakeAvailable(server);
+    }
+
+    /// <inheritdoc/>
+    public void OnInternalQueryDone(ServerConnection server, bool ok)
+    {
+        server.Channel.SetHandler(this);
+        if (!ok || server.TransactionStatus != TransactionStatus.Idle)
+        {
+            Drop(server);
+            LaunchForWaiters();
+            return;
+        }
+
+        MakeAvailable(server);
+    }
+
+    private void MakeAvailable(ServerConnection server)
+    {
+        long now = Stopwatch.GetTimestamp();
+        server.LastUsed = now;
+        TimeSpan lifetime = _proxy.Options.ServerLifetime;
+        if (lifetime > TimeSpan.Zero && Stopwatch.GetElapsedTime(server.CreatedAt, now) > lifetime)
+        {
+            Drop(server);
+            LaunchForWaiters();
+            return;
+        }
+
+        while (_waiters.First is { } first)
+        {
+            ClientSession client = first.Value;
+            _waiters.RemoveFirst();
+            client.WaitNode = null;
+            if (client.State == SessionState.Closed)
+            {
+                continue;
+            }
+
+            client.OnServerAssigned(server);
+            return;
+        }
+
+        _idle.Push(server);
+        server.Channel.SetHandler(this);
+        if (!server.Channel.ReceivePending && !server.Channel.Closed)
+        {
+            // Watch the idle backend: anything it sends now (a FATAL at shutdown, end of stream) means it is gone.
+            server.Channel.Receive();
+        }
+    }
+
+    /// <summary>Opens backends while clients wait for more than are being opened, within the pool and database limits.</summary>
+    private void LaunchForWaiters()
+    {
+        while (_waiters.Count > _connecting && Total < Size && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        {
+            Launch();
+        }
+    }
+
+    private void Launch()
+    {
+        var server = new ServerConnection(Loop, Options, Options.DatabaseName ?? Database, _credentials, [], _proxy.Options.ServerConnectTimeout)
+        {
+            Pool = this,
+        };
+        _all.Add(server);
+        _connecting++;
+        server.Connect(this);
+    }
+
+    /// <inheritdoc/>
+    public void OnServerReady(ServerConnection server)
+    {
+        _connecting--;
+        Welcome ??= new Dictionary<string, ParameterStatus>(server.Parameters, StringComparer.OrdinalIgnoreCase);
+        Log.Write(LogLevel.Info, $"pool {Database}/{User}: server {server.Id} logged in (pid {server.BackendPid})");
+        MakeAvailable(server);
+    }
+
+    /// <inheritdoc/>
+    public void OnServerLoginFailed(ServerConnection server, byte[]? errorResponse, string reason)
+    {
+        _connecting--;
+        server.Channel.SetHandler(this);
+        Forget(server);
+        Log.Warning($"pool {Database}/{User}: backend login failed: {reason}");
+
+        // The first waiter gets PostgreSQL's own answer; the others keep waiting for the next attempt.
+        if (_waiters.First is { } first)
+        {
+            ClientSession client = first.Value;
+            _waiters.RemoveFirst();
+            client.WaitNode = null;
+            client.OnServerUnavailable(errorResponse, reason);
+        }
+
+        LaunchForWaiters();
+    }
+
+    /// <inheritdoc/>
+    public void OnReceive(SocketChannel channel, int bytes, SocketError error) => OnIdleEvent(channel);
+
+    /// <inheritdoc/>
+    public void OnSend(SocketChannel channel, SocketError error) => OnIdleEvent(channel);
+
+    /// <inheritdoc/>
+    public void OnConnect(SocketChannel channel, SocketError error) => OnIdleEvent(channel);
+
+    /// <summary>An idle (or closing) backend's socket finished an operation: anything but a close is unexpected.</summary>
+    private void OnIdleEvent(SocketChannel channel)
+    {
+        foreach (ServerConnection server in _all)
+        {
+            if (server.Channel == channel)
+            {
+                if (server.State != ServerState.Closed)
+                {
+                    Log.Write(LogLevel.Info, $"pool {Database}/{User}: idle server {server.Id} (pid {server.BackendPid}) closed or sent data; dropping it");
+                    RemoveIdle(server);
+                    Drop(server);
+                    LaunchForWaiters();
+                }
+                else
+                {
+                    server.DisposeWhenQuiescent();
+                }
+
+                return;
+            }
+        }
+
+        // A backend already forgotten: its last completion.
+        if (channel.Closed && channel.Quiescent)
+        {
+            channel.Dispose();
+        }
+    }
+
+    private void RemoveIdle(ServerConnection server)
+    {
+        if (!_idle.Contains(server))
+        {
+            return;
+        }
+
+        var keep = _idle.Where(s => s != server).Reverse().ToArray();
+        _idle.Clear();
+        foreach (ServerConnection s in keep)
+        {
+            _idle.Push(s);
+        }
+    }
+
+    /// <summary>Closes a backend and forgets it; its socket is released once quiescent.</summary>
+    public void Drop(ServerConnection server)
+    {
+        server.Channel.SetHandler(this);
+        server.Close();
+        Forget(server);
+        server.DisposeWhenQuiescent();
+    }
+
+    private void Forget(ServerConnection server)
+    {
+        if (_all.Remove(server))
+        {
+            _proxy.Pools.ReleaseDatabaseConnection(Options);
+        }
+    }
+
+    private void EnsureTick()
+    {
+        if (!_tickScheduled)
+        {
+            _tickScheduled = true;
+            Loop.Schedule(this, Stopwatch.GetTimestamp() + Stopwatch.Frequency);
+        }
+    }
+
+    /// <summary>Once a second: idle timeout, lifetime, min_pool_size, waiting timeout, retries for waiters.</summary>
+    public void OnTimer(long dueTimestamp)
+    {
+        long now = Stopwatch.GetTimestamp();
+        ProxyOptions o = _proxy.Options;
+        if (_idle.Count > 0 && Total > o.MinPoolSize)
+        {
+            var keep = new List<ServerConnection>();
+            var expired = new List<ServerConnection>();
+            foreach (ServerConnection server in _idle.Reverse())
+            {
+                bool idleTooLong = o.ServerIdleTimeout > TimeSpan.Zero && Stopwatch.GetElapsedTime(server.LastUsed, now) > o.ServerIdleTimeout;
+                bool tooOld = o.ServerLifetime > TimeSpan.Zero && Stopwatch.GetElapsedTime(server.CreatedAt, now) > o.ServerLifetime;
+                if ((idleTooLong || tooOld) && Total - expired.Count > o.MinPoolSize)
+                {
+                    expired.Add(server);
+                }
+                else
+                {
+                    keep.Add(server);
+                }
+            }
+
+            if (expired.Count > 0)
+            {
+                _idle.Clear();
+                foreach (ServerConnection server in keep)
+                {
+                    _idle.Push(server);
+                }
+
+                foreach (ServerConnection server in expired)
+                {
+                    Log.Write(LogLevel.Info, $"pool {Database}/{User}: closing idle server {server.Id}");
+                    Drop(server);
+                }
+            }
+        }
+
+        if (o.QueryWaitTimeout > TimeSpan.Zero)
+        {
+            while (_waiters.First is { } first && Stopwatch.GetElapsedTime(first.Value.WaitStarted, now) > o.QueryWaitTimeout)
+            {
+                ClientSession client = first.Value;
+                _waiters.RemoveFirst();
+                client.WaitNode = null;
+                client.OnWaitTimeout();
+            }
+        }
+
+        while (Total < Math.Min(o.MinPoolSize, Size) && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        {
+            Launch();
+        }
+
+        LaunchForWaiters();
+        Loop.Schedule(this, now + Stopwatch.Frequency);
+    }
+
+    /// <summary>Changes the pool size (RELOAD); takes effect for new backends.</summary>
+    public void Resize(int size) => Size = size;
+}
