@@ -1,4 +1,6 @@
+using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
+using System.Text;
 using System.Text.Unicode;
 
 namespace FastPgProxy.Interception;
@@ -13,10 +15,11 @@ namespace FastPgProxy.Interception;
 /// A hand-written scanner over UTF-8 bytes that follows PostgreSQL's lexer (scan.l) for the tokens it
 /// accepts and gives up at the first byte that cannot belong to an accepted form, so an ordinary query
 /// costs a few nanoseconds. It allocates nothing. The accepted grammar, tokens separated by any amount of
-/// whitespace (space, tab, CR, LF, FF, VT), <c>--</c> line comments and nesting <c>/* */</c> comments:
+/// whitespace (space, tab, CR, LF, FF, and VT as PostgreSQL 17+ reads it; older servers reject VT as a
+/// syntax error), <c>--</c> line comments and nesting <c>/* */</c> comments:
 /// </para>
 /// <code>
-/// statement := SELECT call [alias] {';'} end
+/// statement := {';'} SELECT call [alias] {';'} end
 /// call      := [schema '.'] pg_backend_pid '(' ')'
 ///            | [schema '.'] pg_cancel_backend '(' arg ')'
 ///            | [schema '.'] pg_terminate_backend '(' arg [',' arg] ')'
@@ -59,8 +62,29 @@ internal static class QueryScanner
     public static bool TryMatch(ReadOnlySpan<byte> sql, out InterceptedCall call)
     {
         call = default;
-        int i = 0;
-        if (!SkipTrivia(sql, ref i) || !TryKeyword(sql, ref i, "select"u8) || !SkipTrivia(sql, ref i))
+
+        // Nearly every statement a client sends is not one of these, and is told apart by its first
+        // bytes: most start with their keyword, and only SELECT (one 8-byte compare) gets further.
+        int i;
+        if (StartsWithSelect(sql))
+        {
+            i = SelectKeyword.Length;
+        }
+        else
+        {
+            // Whitespace, comments or empty statements first: PostgreSQL's parser drops the empty
+            // statements, so "; SELECT ..." is still a single statement.
+            i = 0;
+            if (sql.IsEmpty || !(IsTriviaStart(sql[0]) || sql[0] == (byte)';') || !SkipSemicolons(sql, ref i)
+                || !TryKeyword(sql, ref i, SelectKeyword))
+            {
+                return false;
+            }
+        }
+
+        // Every accepted function name starts with 'p' (pg_catalog, pg_...) or a quote: an ordinary
+        // SELECT stops here, at the first byte of its select list.
+        if (!SkipTrivia(sql, ref i) || i >= sql.Length || ((sql[i] | 0x20) != (byte)'p' && sql[i] != (byte)'"'))
         {
             return false;
         }
@@ -96,19 +120,15 @@ internal static class QueryScanner
             return false;
         }
 
-        // Empty statements after the call are dropped by PostgreSQL's parser: "SELECT ...;;" is one statement.
-        while (i < sql.Length && sql[i] == (byte)';')
+        // Empty statements after the call are dropped as well: "SELECT ...;;" is one statement.
+        if (!SkipSemicolons(sql, ref i))
         {
-            i++;
-            if (!SkipTrivia(sql, ref i))
-            {
-                return false;
-            }
+            return false;
         }
 
         // Every token accepted above is ASCII; only comments and the alias can hold other bytes, and
         // PostgreSQL rejects the whole message if they are not valid UTF-8.
-        if (i != sql.Length || !Utf8.IsValid(sql))
+        if (i != sql.Length || !(Ascii.IsValid(sql) || Utf8.IsValid(sql)))
         {
             return false;
         }
@@ -118,10 +138,36 @@ internal static class QueryScanner
     }
 
     /// <summary>
+    /// Whether the text starts with the keyword SELECT in any case followed by a byte that ends it. The
+    /// six letters are folded and compared in one 64-bit load; among all bytes, <c>| 0x20</c> maps only
+    /// the upper-case form of a letter onto its lower case.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool StartsWithSelect(ReadOnlySpan<byte> s)
+    {
+        const ulong sixLetters = 0x0000_FFFF_FFFF_FFFF;
+        const ulong caseBits = 0x0000_2020_2020_2020;
+        const ulong select = 0x0000_7463_656C_6573; // "select", little-endian
+        return s.Length >= sizeof(ulong)
+            && ((BinaryPrimitives.ReadUInt64LittleEndian(s) | caseBits) & sixLetters) == select
+            && !IsIdentCont(s[SelectKeyword.Length]);
+    }
+
+    private static ReadOnlySpan<byte> SelectKeyword => "select"u8;
+
+    /// <summary>Whether whitespace or a comment may start at a byte: control characters and space, '-', '/'.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool IsTriviaStart(byte b) => b <= (byte)' ' || b == (byte)'-' || b == (byte)'/';
+
+    /// <summary>
     /// Skips whitespace and comments from <paramref name="i"/>. False only for a block comment that does
     /// not end, which PostgreSQL reports as an error.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static bool SkipTrivia(ReadOnlySpan<byte> s, ref int i)
+        => i >= s.Length || !IsTriviaStart(s[i]) || SkipTriviaLoop(s, ref i);
+
+    private static bool SkipTriviaLoop(ReadOnlySpan<byte> s, ref int i)
     {
         while (i < s.Length)
         {
@@ -150,6 +196,22 @@ internal static class QueryScanner
         }
 
         return true;
+    }
+
+    /// <summary>Skips trivia and semicolons (empty statements) from <paramref name="i"/>; false only for an unterminated block comment.</summary>
+    private static bool SkipSemicolons(ReadOnlySpan<byte> s, ref int i)
+    {
+        while (SkipTrivia(s, ref i))
+        {
+            if (i == s.Length || s[i] != (byte)';')
+            {
+                return true;
+            }
+
+            i++;
+        }
+
+        return false;
     }
 
     /// <summary>Skips a block comment starting at <paramref name="i"/>; block comments nest, as in PostgreSQL (scan.l xc).</summary>
@@ -221,18 +283,10 @@ internal static class QueryScanner
         return SkipTrivia(s, ref i);
     }
 
-    /// <summary>
-    /// Consumes an optionally schema-qualified function name and the trivia after it. Fails at the first
-    /// byte unless it is <c>p</c>, <c>P</c> or a quote, which is where ordinary queries stop.
-    /// </summary>
+    /// <summary>Consumes an optionally schema-qualified function name and the trivia after it.</summary>
     private static bool TryFunctionName(ReadOnlySpan<byte> s, ref int i, out InterceptedFunction function)
     {
         function = default;
-        if (i >= s.Length || ((s[i] | 0x20) != (byte)'p' && s[i] != (byte)'"'))
-        {
-            return false;
-        }
-
         if (!TryName(s, ref i, out int start, out int length, out bool quoted) || !SkipTrivia(s, ref i))
         {
             return false;
@@ -645,7 +699,7 @@ internal static class QueryScanner
         return i;
     }
 
-    // scan.l space: [ \t\n\r\f\v].
+    // scan.l space: [ \t\n\r\f\v] (\v since PostgreSQL 17).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static bool IsSpace(byte b) => b == (byte)' ' || (uint)(b - '\t') <= '\r' - '\t';
 

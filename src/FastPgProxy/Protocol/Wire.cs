@@ -122,6 +122,8 @@ internal static class SqlState
     public const string AdminShutdown = "57P01";
     /// <summary>query_canceled.</summary>
     public const string QueryCanceled = "57014";
+    /// <summary>program_limit_exceeded.</summary>
+    public const string ProgramLimitExceeded = "54000";
     /// <summary>internal_error.</summary>
     public const string InternalError = "XX000";
 }

@@ -23,8 +23,14 @@ internal sealed partial class ClientSession
         }
 
         _server = server;
+        if (Log.IsEnabled(LogLevel.Debug))
+        {
+            Log.Debug($"session {Id}: assigned server {server.Id}");
+        }
+
         server.Channel.SetHandler(this);
         _serverFramer.Reset();
+        _replyActions.Clear();
         _expectedReadyForQuery = 0;
         _openExtended = false;
         _serverSentError = false;
@@ -153,6 +159,11 @@ internal sealed partial class ClientSession
 
         ServerConnection server = _server!;
         _server = null;
+        if (Log.IsEnabled(LogLevel.Debug))
+        {
+            Log.Debug($"session {Id}: released server {server.Id}");
+        }
+
         Volatile.Write(ref _cancelTarget, null);
         _pool.Release(server, clean: true, reset: false);
         return true;

@@ -24,7 +24,7 @@ internal sealed partial class ClientSession
         .With((byte)'S')
         .With((byte)'F');
 
-    private MessageFramer _clientFramer = new() { CountSet = s_readyForQueryEarners };
+    private MessageFramer _clientFramer;
     private MessageFramer _serverFramer;
     private int _expectedReadyForQuery;
     private bool _openExtended;
@@ -39,6 +39,7 @@ internal sealed partial class ClientSession
         State = SessionState.Active;
         _proxy.Stats.OnSessionOpened();
         _authFramer.Reset();
+        ConfigureTracking();
         if (_server is null || TryReleaseServer())
         {
             PumpClient();
@@ -68,6 +69,10 @@ internal sealed partial class ClientSession
                 Log.Write(LogLevel.Info, $"session {Id}: client sent Terminate");
                 Close();
             }
+            else if (_tracking && TryAnswerPrepareLocally())
+            {
+                return;
+            }
             else if (WaitNode is null)
             {
                 RequestServer();
@@ -78,6 +83,12 @@ internal sealed partial class ClientSession
 
         if (_syncingParameters || _server.Channel.SendPending)
         {
+            return;
+        }
+
+        if (_tracking)
+        {
+            PumpClientTracking();
             return;
         }
 
@@ -126,6 +137,7 @@ internal sealed partial class ClientSession
     {
         _client.Consume(_clientRun);
         _clientRun = 0;
+        ReturnRewriteBuffer();
         if (_terminateAfterRun)
         {
             Log.Write(LogLevel.Info, $"session {Id}: client sent Terminate");
@@ -148,13 +160,41 @@ internal sealed partial class ClientSession
         Debug.Assert(!channel.ReceivePending);
         Span<byte> window = channel.Window;
         int run = 0;
+        MessageTypeSet inspect = _tracking ? s_trackingServerInspect : s_serverInspect;
         while (true)
         {
-            FrameStatus status = _serverFramer.Scan(window.Slice(run), s_serverInspect, Loop.Buffers.BufferSize, out int passThrough, out int length);
+            FrameStatus status = _serverFramer.Scan(window.Slice(run), inspect, Loop.Buffers.BufferSize, out int passThrough, out int length);
             run += passThrough;
             if (status == FrameStatus.Inspect)
             {
+                byte type = window[run];
+                if (type is (byte)'1' or (byte)'3')
+                {
+                    if (ShouldDropReply(type))
+                    {
+                        if (run > 0)
+                        {
+                            // Forward what precedes it first; the reply is dropped on the next pass.
+                            break;
+                        }
+
+                        OnReplyHandled(type);
+                        channel.Consume(length);
+                        window = channel.Window;
+                        continue;
+                    }
+
+                    OnReplyHandled(type);
+                    run += length;
+                    continue;
+                }
+
                 OnServerMessage(window.Slice(run, length));
+                if (_tracking)
+                {
+                    OnReplyHandled(type);
+                }
+
                 run += length;
                 continue;
             }
@@ -167,6 +207,11 @@ internal sealed partial class ClientSession
             }
 
             break;
+        }
+
+        if (Log.IsEnabled(LogLevel.Debug))
+        {
+            Log.Debug($"session {Id}: server run {run} bytes, window {window.Length}, status {(char)_server.TransactionStatus}, expected Z {_expectedReadyForQuery}, open {_openExtended}");
         }
 
         if (run > 0)

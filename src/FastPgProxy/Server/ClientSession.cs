@@ -32,6 +32,8 @@ internal enum AfterSend
     ConnectServer,
     /// <summary>Start relaying.</summary>
     StartRelay,
+    /// <summary>Go on relaying the client's messages.</summary>
+    ContinueRelay,
     /// <summary>Close the session.</summary>
     Close,
 }
@@ -227,6 +229,9 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
             case AfterSend.StartRelay:
                 StartRelay();
                 break;
+            case AfterSend.ContinueRelay:
+                PumpClient();
+                break;
             default:
                 Close();
                 break;
@@ -341,6 +346,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
 
         _finished = true;
         ReturnOut();
+        ReturnRewriteBuffer();
         _client.Dispose();
         if (_server is not null)
         {

@@ -151,6 +151,28 @@ internal sealed class ProxyServer : IAsyncDisposable
             await Task.Delay(20).ConfigureAwait(false);
         }
 
+        // Backends left idle in the pools are closed too, so PostgreSQL sees a clean goodbye.
+        var closed = new List<Task>();
+        foreach (ServerPool pool in Pools.Pools)
+        {
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            pool.Loop.Post(() =>
+            {
+                pool.CloseIdle();
+                done.TrySetResult();
+            });
+            closed.Add(done.Task);
+        }
+
+        try
+        {
+            await Task.WhenAll(closed).WaitAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            Log.Warning("idle backends did not close within 2 s");
+        }
+
         Loops.Stop(TimeSpan.FromSeconds(2));
         _stopping.Dispose();
     }

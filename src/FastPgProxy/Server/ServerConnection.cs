@@ -153,6 +153,9 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// <summary>The pool that owns this connection; set by the pool.</summary>
     public ServerPool? Pool { get; set; }
 
+    /// <summary>The proxy-named prepared statements this backend holds (transaction mode); null until the first.</summary>
+    public PreparedStatementCache? PreparedStatements { get; set; }
+
 
     /// <summary>The socket and receive window.</summary>
     public SocketChannel Channel { get; }

@@ -375,6 +375,16 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         Loop.Schedule(this, now + Stopwatch.Frequency);
     }
 
+    /// <summary>Closes every idle backend (shutdown); backends in use close with their clients.</summary>
+    public void CloseIdle()
+    {
+        Debug.Assert(Loop.InLoop);
+        while (_idle.TryPop(out ServerConnection? server))
+        {
+            Drop(server);
+        }
+    }
+
     /// <summary>Changes the pool size (RELOAD); takes effect for new backends.</summary>
     public void Resize(int size) => Size = size;
 }
