@@ -174,6 +174,13 @@ internal static class ConfigLoader
                 }
 
                 break;
+            case "admin_users":
+                foreach (string name in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                {
+                    o.AdminUsers.Add(name);
+                }
+
+                break;
             case "verbose":
                 o.Verbose = ParseInt(value, 0, 3, source, line, key);
                 break;

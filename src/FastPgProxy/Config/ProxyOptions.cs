@@ -110,6 +110,9 @@ internal sealed class ProxyOptions
     /// <summary>Start-up parameters accepted from clients and not applied to backends (PgBouncer's ignore_startup_parameters).</summary>
     public HashSet<string> IgnoreStartupParameters { get; } = new(StringComparer.OrdinalIgnoreCase);
 
+    /// <summary>Users that may signal any session (pg_cancel_backend, pg_terminate_backend); later also the admin console.</summary>
+    public HashSet<string> AdminUsers { get; } = new(StringComparer.Ordinal);
+
     /// <summary>Log verbosity: 0 warnings and start-up, 1 connections, 2 debug. Default 0.</summary>
     public int Verbose { get; set; }
 

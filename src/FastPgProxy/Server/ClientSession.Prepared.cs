@@ -78,6 +78,12 @@ internal sealed partial class ClientSession
                 break;
             }
 
+            if (type is (byte)FrontendMessage.Query or (byte)FrontendMessage.Parse && StartsIntercepted(message))
+            {
+                // Answered by the proxy once what precedes it is through.
+                break;
+            }
+
             // Room for what this message may turn into: itself renamed, a Parse to re-prepare, a Close to evict.
             ClientStatement? statement = FindStatementFor(message);
             int worst = length + 128 + (statement?.ParseTail.Length ?? 0);

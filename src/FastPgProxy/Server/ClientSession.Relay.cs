@@ -7,8 +7,9 @@ namespace FastPgProxy.Server;
 internal sealed partial class ClientSession
 {
     // Client messages the relay acts on: Terminate ends the session without reaching the backend, so a
-    // pooled backend is never told to quit.
-    private static readonly MessageTypeSet s_clientInspect = MessageTypeSet.None.With((byte)FrontendMessage.Terminate);
+    // pooled backend is never told to quit; Query and Parse may be calls the proxy answers itself.
+    private static readonly MessageTypeSet s_clientInspect = MessageTypeSet.None
+        .With((byte)FrontendMessage.Terminate).With((byte)FrontendMessage.Query).With((byte)FrontendMessage.Parse);
 
     // Backend messages the relay looks into: ReadyForQuery (transaction status), ParameterStatus (kept for
     // replay to clients) and ErrorResponse (so a close after FATAL is not reported twice). All are still
@@ -57,6 +58,11 @@ internal sealed partial class ClientSession
     private void PumpClient()
     {
         Debug.Assert(Loop.InLoop && !_client.ReceivePending);
+        if (TryIntercept())
+        {
+            return;
+        }
+
         Span<byte> window = _client.Window;
         if (_server is null)
         {
@@ -99,6 +105,24 @@ internal sealed partial class ClientSession
             run += passThrough;
             if (status == FrameStatus.Inspect)
             {
+                byte type = window[run];
+                if (type != (byte)FrontendMessage.Terminate)
+                {
+                    if (!StartsIntercepted(window.Slice(run, length)))
+                    {
+                        run += length;
+                        continue;
+                    }
+
+                    // Answered by the proxy once what precedes it is through; it was counted, and is not sent.
+                    if (type == (byte)FrontendMessage.Query)
+                    {
+                        _expectedReadyForQuery--;
+                    }
+
+                    break;
+                }
+
                 // Terminate: forward what came before it, then end the session.
                 _terminateAfterRun = true;
                 break;
@@ -276,6 +300,10 @@ internal sealed partial class ClientSession
         }
 
         PumpServer();
+        if (_parkedForLocalReply && State == SessionState.Active && !_client.ReceivePending && _server is not null && !_server.Channel.SendPending)
+        {
+            PumpClient();
+        }
     }
 
     /// <summary>

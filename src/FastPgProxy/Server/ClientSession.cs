@@ -55,6 +55,9 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     private CancelTarget? _cancelTarget;
     private bool _finished;
 
+    // Length of a FATAL waiting in _out for the relay run ahead of it; -1 once it is being sent.
+    private int _fatalLength;
+
     /// <summary>Wraps an accepted socket; <see cref="Execute"/> starts it on <paramref name="loop"/>.</summary>
     public ClientSession(ProxyServer proxy, EventLoop loop, Socket socket)
     {
@@ -211,6 +214,14 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
             return;
         }
 
+        if (_fatalLength > 0)
+        {
+            int length = _fatalLength;
+            _fatalLength = -1;
+            SendOut(length, AfterSend.Close);
+            return;
+        }
+
         if (_out is null)
         {
             OnServerRunSent();
@@ -268,15 +279,22 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     private void Fatal(string sqlState, string message, string? detail = null)
     {
         Log.Write(sqlState == SqlState.InternalError ? LogLevel.Warning : LogLevel.Info, $"client {RemoteEndPoint} session {Id}: {message}");
-        if (_client.SendPending || _out is not null)
+        if (_out is not null || _fatalLength > 0)
         {
-            // A relay run or another message is on its way; nothing can be put in front of it.
+            // Another message of the proxy's own is on its way; nothing can be put in front of it.
             Close();
             return;
         }
 
         var writer = new PgWriter(RentOut());
         writer.WriteError(BackendMessage.ErrorResponse, "FATAL", sqlState, message, detail);
+        if (_client.SendPending)
+        {
+            // A relay run is on its way: the error follows it, then the session closes.
+            _fatalLength = writer.Position;
+            return;
+        }
+
         SendOut(writer.Position, AfterSend.Close);
     }
 

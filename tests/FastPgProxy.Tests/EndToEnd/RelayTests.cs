@@ -229,8 +229,11 @@ public sealed class RelayTests(PostgresFixture fixture) : IAsyncLifetime
     public async Task ProcessID_is_the_proxy_session_id_not_the_backend_pid()
     {
         await using NpgsqlConnection c = await _proxy.OpenAsync();
-        await using var cmd = new NpgsqlCommand("SELECT pg_backend_pid()", c);
+        // "+ 0" makes it an ordinary query, answered by PostgreSQL with its own pid.
+        await using var cmd = new NpgsqlCommand("SELECT pg_backend_pid() + 0", c);
         int backendPid = (int)(await cmd.ExecuteScalarAsync())!;
+        await using var intercepted = new NpgsqlCommand("SELECT pg_backend_pid()", c);
+        Assert.Equal(c.ProcessID, (int)(await intercepted.ExecuteScalarAsync())!);
         Assert.True(c.ProcessID > 0);
         Assert.NotEqual(backendPid, c.ProcessID);
         Assert.True(_proxy.Server.Sessions.TryGet(c.ProcessID, out ClientSession? session));
