@@ -34,8 +34,11 @@ internal sealed class CancelTarget
 /// </summary>
 internal static class CancelForwarder
 {
-    /// <summary>Forwards the cancel and closes <paramref name="clientSocket"/> afterwards.</summary>
-    public static async Task ForwardAsync(Socket? clientSocket, CancelTarget target, TimeSpan timeout, CancelStats stats)
+    /// <summary>
+    /// Forwards the cancel and closes <paramref name="clientSocket"/> afterwards; <paramref name="done"/>
+    /// runs when PostgreSQL has closed the cancel connection (or the attempt failed).
+    /// </summary>
+    public static async Task ForwardAsync(Socket? clientSocket, CancelTarget target, TimeSpan timeout, CancelStats stats, Action? done = null)
     {
         using var cts = new CancellationTokenSource(timeout);
         try
@@ -66,6 +69,7 @@ internal static class CancelForwarder
         finally
         {
             clientSocket?.Dispose();
+            done?.Invoke();
         }
     }
 }

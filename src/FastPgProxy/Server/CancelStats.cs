@@ -10,6 +10,8 @@ internal sealed class CancelStats
     private long _unknownSession;
     private long _malformed;
     private long _failed;
+    private long _idle;
+    private long _queued;
 
     /// <summary>CancelRequest packets read.</summary>
     public long Received => Volatile.Read(ref _received);
@@ -31,6 +33,18 @@ internal sealed class CancelStats
 
     /// <summary>Forwarding failed (connect refused, timeout).</summary>
     public long Failed => Volatile.Read(ref _failed);
+
+    /// <summary>Valid cancels dropped because the session's query had ended (or it had none running).</summary>
+    public long DroppedIdle => Volatile.Read(ref _idle);
+
+    /// <summary>Cancels answered for a client still waiting for a backend (57014 without touching PostgreSQL).</summary>
+    public long Queued => Volatile.Read(ref _queued);
+
+    /// <summary>Counts a cancel dropped because nothing was running.</summary>
+    public void OnDroppedIdle() => Interlocked.Increment(ref _idle);
+
+    /// <summary>Counts a cancel answered for a queued client.</summary>
+    public void OnQueued() => Interlocked.Increment(ref _queued);
 
     /// <summary>Counts a received packet.</summary>
     public void OnReceived() => Interlocked.Increment(ref _received);

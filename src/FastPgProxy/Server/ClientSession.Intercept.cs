@@ -506,13 +506,7 @@ internal sealed partial class ClientSession
     }
 
     /// <summary>Cancels this session's running query, from any thread, through the CancelRequest path.</summary>
-    public void CancelFromAnywhere()
-    {
-        if (CancelTarget is { } target)
-        {
-            _ = CancelForwarder.ForwardAsync(null, target, _proxy.Options.CancelTimeout, _proxy.CancelStats);
-        }
-    }
+    public void CancelFromAnywhere() => RequestCancel(null);
 
     /// <summary>
     /// Ends this session as an administrator command does (FATAL 57P01), from any thread: a running query
@@ -527,7 +521,7 @@ internal sealed partial class ClientSession
 
         if (_server is not null && !ServerIsClean())
         {
-            CancelFromAnywhere();
+            CancelRunningQuery(null);
         }
 
         Fatal(SqlState.AdminShutdown, "terminating connection due to administrator command");

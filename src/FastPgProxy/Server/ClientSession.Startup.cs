@@ -557,19 +557,11 @@ internal sealed partial class ClientSession
             return;
         }
 
-        CancelTarget? backend = target.CancelTarget;
-        if (backend is null)
-        {
-            stats.OnNoBackend();
-            Log.Debug($"cancel from {RemoteEndPoint}: session {pid} has no backend");
-            CloseCancelSocket();
-            return;
-        }
-
-        Log.Debug($"cancel from {RemoteEndPoint}: session {pid} -> backend pid {backend.ProcessId}");
+        // The decision is the target's own loop's: only there is it known whether a query is running and
+        // on which backend, atomically with that backend being handed back to the pool.
         System.Net.Sockets.Socket? socket = _client.DetachSocket();
         TryFinish();
-        _ = CancelForwarder.ForwardAsync(socket, backend, _proxy.Options.CancelTimeout, stats);
+        target.RequestCancel(socket);
     }
 
     private void CloseCancelSocket()

@@ -153,6 +153,13 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// <summary>The pool that owns this connection; set by the pool.</summary>
     public ServerPool? Pool { get; set; }
 
+    /// <summary>
+    /// Cancels sent to PostgreSQL for this backend whose cancel connection has not closed yet. While above
+    /// zero the pool does not hand the backend to another client (a late cancel must not hit its query).
+    /// Loop-owned.
+    /// </summary>
+    public int PendingCancels { get; set; }
+
     /// <summary>The proxy-named prepared statements this backend holds (transaction mode); null until the first.</summary>
     public PreparedStatementCache? PreparedStatements { get; set; }
 

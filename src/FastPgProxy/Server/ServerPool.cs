@@ -24,6 +24,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     private readonly Stack<ServerConnection> _idle = new();
     private readonly LinkedList<ClientSession> _waiters = new();
     private readonly HashSet<ServerConnection> _all = new();
+    private readonly Dictionary<ServerConnection, bool> _cooling = new();
     private ServerCredentials _credentials;
     private int _connecting;
     private bool _tickScheduled;
@@ -128,6 +129,14 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
             return;
         }
 
+        if (server.PendingCancels > 0)
+        {
+            // A cancel for the last client's query is still on its way to PostgreSQL: nobody gets this
+            // backend until PostgreSQL has acted on it (OnCancelsDone).
+            _cooling[server] = reset;
+            return;
+        }
+
         string resetQuery = _proxy.Options.ServerResetQuery;
         if (reset && resetQuery.Length > 0)
         {
@@ -137,6 +146,19 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
         MakeAvailable(server);
     }
+
+    /// <summary>The last pending cancel of a backend completed: a backend held back for it goes on to the pool.</summary>
+    public void OnCancelsDone(ServerConnection server)
+    {
+        Debug.Assert(Loop.InLoop);
+        if (server.PendingCancels == 0 && _cooling.Remove(server, out bool reset))
+        {
+            Release(server, clean: server.State == ServerState.Ready && !server.Channel.Closed, reset);
+        }
+    }
+
+    /// <summary>Backends held back until a forwarded cancel completes.</summary>
+    public int CoolingCount => _cooling.Count;
 
     /// <inheritdoc/>
     public void OnInternalQueryDone(ServerConnection server, bool ok)
@@ -255,6 +277,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
                 if (server.State != ServerState.Closed)
                 {
                     Log.Write(LogLevel.Info, $"pool {Database}/{User}: idle server {server.Id} (pid {server.BackendPid}) closed or sent data; dropping it");
+                    _cooling.Remove(server);
                     RemoveIdle(server);
                     Drop(server);
                     LaunchForWaiters();
