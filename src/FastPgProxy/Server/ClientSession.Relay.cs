@@ -58,6 +58,12 @@ internal sealed partial class ClientSession
     private void PumpClient()
     {
         Debug.Assert(Loop.InLoop && !_client.ReceivePending);
+        if (_admin)
+        {
+            PumpAdmin();
+            return;
+        }
+
         if (TryIntercept())
         {
             return;

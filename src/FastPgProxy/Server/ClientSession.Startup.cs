@@ -33,6 +33,7 @@ internal sealed partial class ClientSession
     private MessageFramer _authFramer;
     private Dictionary<string, ParameterStatus>? _clientParameters;
     private bool _sslAnswered;
+    private bool _admin;
     private bool _gssAnswered;
 
     /// <summary>Reads the first packet of the connection (protocol 55.2.1 and 55.2.10-12).</summary>
@@ -176,6 +177,16 @@ internal sealed partial class ClientSession
         if (_proxy.Sessions.Count > _proxy.Options.MaxClientConnections)
         {
             Fatal(SqlState.TooManyConnections, "sorry, too many clients already");
+            return;
+        }
+
+        if (Admin.AdminConsole.IsConsoleDatabase(Database))
+        {
+            // The admin console is a virtual database on the proxy's own listener: no pool, no backend.
+            _admin = true;
+            _userKnown = _proxy.Users is { } consoleUsers && consoleUsers.TryGet(User, out _userSecret);
+            Log.Write(LogLevel.Info, $"session {Id}: admin console login attempt from {RemoteEndPoint}: user={User}");
+            BeginAuthentication();
             return;
         }
 
@@ -423,6 +434,12 @@ internal sealed partial class ClientSession
     /// </summary>
     private void OnAuthenticated()
     {
+        if (_admin)
+        {
+            OnAdminAuthenticated();
+            return;
+        }
+
         _pool!.UpdateCredentials(BuildCredentials(_databaseOptions!));
         if (_pool.Mode == PoolMode.Transaction && _pool.Welcome is { } welcome)
         {

@@ -54,6 +54,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     private int _secret;
     private CancelTarget? _cancelTarget;
     private bool _finished;
+    private bool _outOwned;
 
     // Length of a FATAL waiting in _out for the relay run ahead of it; -1 once it is being sent.
     private int _fatalLength;
@@ -270,9 +271,26 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     {
         if (_out is not null)
         {
-            Loop.Buffers.Return(_out);
+            if (!_outOwned)
+            {
+                Loop.Buffers.Return(_out);
+            }
+
             _out = null;
+            _outOwned = false;
         }
+    }
+
+    /// <summary>
+    /// Sends <paramref name="length"/> bytes of a buffer that is not from the pool (a reply larger than a
+    /// pooled buffer, such as a long admin console listing), then does <paramref name="next"/>.
+    /// </summary>
+    private void SendOwned(byte[] data, int length, AfterSend next)
+    {
+        Debug.Assert(_out is null);
+        _out = data;
+        _outOwned = true;
+        SendOut(length, next);
     }
 
     /// <summary>Sends a FATAL ErrorResponse and closes (protocol 55.2: the server may report an error then close).</summary>
