@@ -1,25 +1,91 @@
 #!/usr/bin/env bash
-# Usage: ./run-bench.sh [seconds]      (default 15 seconds per target)
+# Usage: ./run-bench.sh [seconds] [scenario...]
 #
-# Compares read-only pgbench throughput against a scratch PostgreSQL directly, through
-# FastPgProxy and through PgBouncer (when installed), all in session pooling mode over TCP on
-# 127.0.0.1, and reports how much CPU each proxy process spent per transaction.
+# Compares read-only pgbench throughput and latency against a scratch PostgreSQL directly, through
+# FastPgProxy and through PgBouncer (when installed), over TCP on 127.0.0.1, and reports how much
+# CPU each proxy process spent per transaction. Every pgbench run lasts `seconds` (default 15).
+#
+# Scenarios, always run in this order; the default is all of them. All use pgbench -S (one
+# SELECT by primary key per transaction) on scale 10:
+#
+#   session    -S -c 16 -j 2, session pooling
+#   tx16       -S -c 16 -j 2, transaction pooling (one client per backend)
+#   tx64       -S -c 64 -j 2, transaction pooling (4 clients per backend)
+#   tx256      -S -c 256 -j 2, transaction pooling (16 clients per backend)
+#   extended   -S -M extended -c 16 -j 2, transaction pooling (unnamed statements)
+#   prepared   -S -M prepared -c 16 -j 2, transaction pooling (named prepared statements, which
+#              PgBouncer supports in transaction mode only from 1.21 on)
+#   connect    -S -C -c 16 -j 2, transaction pooling (a new connection per transaction)
+#
+# Both proxies get the same pool settings: in session mode default_pool_size = 20 and
+# max_client_conn = 200, in transaction mode default_pool_size = 16 and max_client_conn = 1000.
+# Each proxy is started once per pool mode and serves every scenario of that mode. A pgbench run
+# that fails shows as "failed" with pgbench's error; the script carries on with the next one.
 #
 # Everything it starts (PostgreSQL, proxies, temp files) is stopped and removed on exit, also
-# on error or Ctrl-C. Exits 1 when FastPgProxy could not be benchmarked.
+# on error or Ctrl-C. Exits 1 when FastPgProxy could not be benchmarked in every scenario.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-seconds="${1:-15}"
-if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
-    echo "usage: $0 [seconds]   (a positive whole number of seconds per target, default 15)" >&2
-    exit 2
-fi
-
-readonly clients=16 threads=2 scale=10
+readonly scale=10
 readonly host=127.0.0.1
 readonly start_timeout=30
+
+# Scenarios: pool mode, clients, pgbench threads, pgbench flags, and a note printed under the table.
+readonly all_scenarios=(session tx16 tx64 tx256 extended prepared connect)
+declare -A scen_mode=() scen_clients=() scen_threads=() scen_flags=() scen_note=()
+
+# define_scenario NAME MODE CLIENTS THREADS FLAGS [NOTE]
+define_scenario() {
+    scen_mode[$1]="$2"
+    scen_clients[$1]="$3"
+    scen_threads[$1]="$4"
+    scen_flags[$1]="$5"
+    scen_note[$1]="${6:-}"
+}
+define_scenario session  session     16  2 "-S"
+define_scenario tx16     transaction 16  2 "-S"
+define_scenario tx64     transaction 64  2 "-S"
+define_scenario tx256    transaction 256 2 "-S"
+define_scenario extended transaction 16  2 "-S -M extended"
+define_scenario prepared transaction 16  2 "-S -M prepared"
+define_scenario connect  transaction 16  2 "-S -C" \
+    "pgbench -C connects one client at a time per thread, holding up that thread's other clients; avg latency includes connecting, p99 (per-transaction log) starts after the client's own connection"
+
+# Pool settings, the same for both proxies.
+declare -A pool_size=([session]=20 [transaction]=16) max_clients=([session]=200 [transaction]=1000)
+# PostgreSQL must take the direct runs' clients, plus the backends of the proxies still running.
+readonly pg_max_connections=320
+
+# usage [STATUS]: prints the usage (to stderr unless STATUS is 0) and exits with STATUS, default 2.
+usage() {
+    local status="${1:-2}"
+    {
+        echo "usage: $0 [seconds] [scenario...]"
+        echo "  seconds: per pgbench run, a positive whole number (default 15)"
+        echo "  scenarios: ${all_scenarios[*]} (default all; see the top of $0)"
+    } >&"$(( status == 0 ? 1 : 2 ))"
+    exit "$status"
+}
+
+seconds=15
+if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
+    [[ "$1" =~ ^[1-9][0-9]*$ ]] || usage
+    seconds="$1"
+    shift
+fi
+declare -A wanted=()
+for arg in "$@"; do
+    case "$arg" in -h | --help) usage 0 ;; esac
+    [ -n "${scen_mode[$arg]:-}" ] || { echo "unknown scenario: $arg" >&2; usage; }
+    wanted[$arg]=1
+done
+# The order is fixed, so each proxy starts once per pool mode whatever order they were named in.
+scenarios=()
+for s in "${all_scenarios[@]}"; do
+    if [ $# -eq 0 ] || [ -n "${wanted[$s]:-}" ]; then scenarios+=("$s"); fi
+done
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 # The scratch server trusts everyone on 127.0.0.1; a stray password or service must not interfere.
@@ -153,16 +219,24 @@ cpu_ticks() {
 work=""
 pg_data=""
 pg_started=false
-proxy_pid=""
-pgbouncer_pidfile=""
+
+# Proxies, keyed "target/mode": state (pending, ok, failed, skipped, stopped), the reason when not
+# ok, process id while running (the one to measure and to stop), and port.
+declare -A proxy_state=() proxy_note=() proxy_pid=() proxy_port=()
 
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    stop_pid "$proxy_pid"
-    if [ -n "$pgbouncer_pidfile" ] && [ -s "$pgbouncer_pidfile" ]; then
-        stop_pid "$(cat "$pgbouncer_pidfile")"
+    local id pidfile
+    for id in "${!proxy_pid[@]}"; do
+        stop_pid "${proxy_pid[$id]}"
+    done
+    # A PgBouncer that daemonized but never answered is known only by its pid file.
+    if [ -n "$work" ]; then
+        for pidfile in "$work"/pgbouncer-*/pgbouncer.pid; do
+            [ -s "$pidfile" ] && stop_pid "$(cat "$pidfile")"
+        done
     fi
     if [ "$pg_started" = true ]; then
         # Plain timeout, in its own process group: a second Ctrl-C must not cut this short.
@@ -176,21 +250,22 @@ cleanup() {
 # ---------------------------------------------------------------------------------------------
 # Targets.
 
+# build_fastpgproxy: publishes FastPgProxy; on failure prints the errors and returns 1.
 build_fastpgproxy() {
     log "building FastPgProxy (dotnet publish -c Release -o .bench/bin)"
     if ! command -v dotnet >/dev/null 2>&1; then
-        note[fastpgproxy]="dotnet not found, could not build"
+        build_note="dotnet not found, could not build"
         return 1
     fi
     if ! dotnet publish src/FastPgProxy/FastPgProxy.csproj -c Release -o .bench/bin \
         </dev/null >"$work/publish.log" 2>&1; then
         log "dotnet publish failed:"
         grep -E 'error|Error' "$work/publish.log" | sort -u | tail -n 15 | sed 's/^/    | /' >&2 || true
-        note[fastpgproxy]="build failed"
+        build_note="build failed"
         return 1
     fi
     if [ ! -x .bench/bin/fastpgproxy ]; then
-        note[fastpgproxy]=".bench/bin/fastpgproxy missing after publish"
+        build_note=".bench/bin/fastpgproxy missing after publish"
         return 1
     fi
 }
@@ -204,19 +279,19 @@ start_postgres() {
     log "starting PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on port $pg_port"
     as_pg 120 "$bindir/initdb" -D "$pg_data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync \
         >"$dir/initdb.log" 2>&1 || { show_tail "$dir/initdb.log"; die "initdb failed"; }
-    cat >>"$pg_data/postgresql.conf" <<EOF
+    cat >>"$pg_data/postgresql.conf" <<CONF
 
 # run-bench.sh
 listen_addresses = '$host'
 port = $pg_port
 unix_socket_directories = '$dir'
-max_connections = 200
+max_connections = $pg_max_connections
 shared_buffers = 128MB
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 log_min_messages = warning
-EOF
+CONF
     pg_started=true
     as_pg 90 "$bindir/pg_ctl" start -D "$pg_data" -l "$dir/postgresql.log" -w -t 60 \
         >/dev/null 2>&1 || { show_tail "$dir/postgresql.log"; die "PostgreSQL did not start"; }
@@ -226,120 +301,207 @@ EOF
         >"$work/pgbench-init.log" 2>&1 || { show_tail "$work/pgbench-init.log"; die "pgbench -i failed"; }
 }
 
-start_fastpgproxy() {
-    local dir="$work/fastpgproxy"
-    mkdir -p "$dir"
-    free_port fastpgproxy_port
-    cat >"$dir/fastpgproxy.ini" <<EOF
+# proxy_ini TARGET MODE PORT: the config file both proxies understand, with the shared pool
+# settings of MODE, on stdout.
+proxy_ini() {
+    cat <<INI
 [databases]
 * = host=$host port=$pg_port
 
-[fastpgproxy]
+[$1]
 listen_addr = $host
-listen_port = $fastpgproxy_port
+listen_port = $3
 auth_type = trust
-pool_mode = session
-EOF
-    log "starting FastPgProxy on port $fastpgproxy_port"
-    .bench/bin/fastpgproxy --config "$dir/fastpgproxy.ini" </dev/null >"$dir/fastpgproxy.log" 2>&1 &
-    proxy_pid=$!
-    if ! wait_until_answers "$fastpgproxy_port" "$proxy_pid"; then
-        if kill -0 "$proxy_pid" 2>/dev/null; then
-            note[fastpgproxy]="did not answer on port $fastpgproxy_port within ${start_timeout}s"
-        else
-            local rc=0
-            wait "$proxy_pid" || rc=$?
-            note[fastpgproxy]="exited with status $rc before answering"
-        fi
-        log "FastPgProxy: ${note[fastpgproxy]}; its output:"
-        show_tail "$dir/fastpgproxy.log"
-        stop_pid "$proxy_pid"
-        proxy_pid=""
-        return 1
-    fi
-    pid[fastpgproxy]="$proxy_pid"
+pool_mode = $2
+default_pool_size = ${pool_size[$2]}
+max_client_conn = ${max_clients[$2]}
+INI
 }
 
-start_pgbouncer() {
-    local dir="$work/pgbouncer" bouncer_pid
+# start_fastpgproxy MODE
+start_fastpgproxy() {
+    local mode="$1" id="fastpgproxy/$1" dir="$work/fastpgproxy-$1" port pid
+    if [ -n "$build_note" ]; then
+        proxy_note[$id]="$build_note"
+        return 1
+    fi
     mkdir -p "$dir"
-    free_port pgbouncer_port
-    pgbouncer_pidfile="$dir/pgbouncer.pid"
-    printf '"postgres" ""\n' >"$dir/userlist.txt"
-    cat >"$dir/pgbouncer.ini" <<EOF
-[databases]
-* = host=$host port=$pg_port
+    free_port port
+    proxy_ini fastpgproxy "$mode" "$port" >"$dir/fastpgproxy.ini"
+    log "starting FastPgProxy ($mode pooling) on port $port"
+    .bench/bin/fastpgproxy --config "$dir/fastpgproxy.ini" </dev/null >"$dir/fastpgproxy.log" 2>&1 &
+    pid=$!
+    proxy_pid[$id]="$pid"
+    if ! wait_until_answers "$port" "$pid"; then
+        if kill -0 "$pid" 2>/dev/null; then
+            proxy_note[$id]="did not answer on port $port within ${start_timeout}s"
+        else
+            local rc=0
+            wait "$pid" || rc=$?
+            proxy_note[$id]="exited with status $rc before answering"
+        fi
+        log "FastPgProxy: ${proxy_note[$id]}; its output:"
+        show_tail "$dir/fastpgproxy.log"
+        stop_pid "$pid"
+        proxy_pid[$id]=""
+        return 1
+    fi
+    proxy_port[$id]="$port"
+}
 
-[pgbouncer]
-listen_addr = $host
-listen_port = $pgbouncer_port
-unix_socket_dir =
-auth_type = trust
-auth_file = $dir/userlist.txt
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 20
-logfile = $dir/pgbouncer.log
-pidfile = $pgbouncer_pidfile
-EOF
+# start_pgbouncer MODE
+start_pgbouncer() {
+    local mode="$1" id="pgbouncer/$1" dir="$work/pgbouncer-$1" port pidfile bouncer_pid
+    if [ -z "$pgbouncer" ]; then
+        proxy_note[$id]="pgbouncer not installed"
+        return 1
+    fi
+    mkdir -p "$dir"
+    free_port port
+    pidfile="$dir/pgbouncer.pid"
+    printf '"postgres" ""\n' >"$dir/userlist.txt"
+    {
+        proxy_ini pgbouncer "$mode" "$port"
+        echo "unix_socket_dir ="
+        echo "auth_file = $dir/userlist.txt"
+        echo "logfile = $dir/pgbouncer.log"
+        echo "pidfile = $pidfile"
+    } >"$dir/pgbouncer.ini"
     is_root && chown -R postgres: "$dir"
-    log "starting PgBouncer $("$pgbouncer" --version | awk 'NR == 1 {print $NF}') on port $pgbouncer_port"
+    log "starting PgBouncer $("$pgbouncer" --version | awk 'NR == 1 {print $NF}') ($mode pooling) on port $port"
     if ! as_pg 30 "$pgbouncer" -d -q "$dir/pgbouncer.ini" >"$dir/start.log" 2>&1; then
         show_tail "$dir/start.log"
         show_tail "$dir/pgbouncer.log"
-        note[pgbouncer]="did not start"
+        proxy_note[$id]="did not start"
         return 1
     fi
     # With -d it daemonizes; the pid file names the process to measure and to stop.
-    if ! wait_until_answers "$pgbouncer_port" || ! bouncer_pid="$(cat "$pgbouncer_pidfile" 2>/dev/null)"; then
+    if ! wait_until_answers "$port" || ! bouncer_pid="$(cat "$pidfile" 2>/dev/null)"; then
         show_tail "$dir/pgbouncer.log"
-        note[pgbouncer]="did not answer on port $pgbouncer_port within ${start_timeout}s"
+        proxy_note[$id]="did not answer on port $port within ${start_timeout}s"
         return 1
     fi
-    pid[pgbouncer]="$bouncer_pid"
+    proxy_pid[$id]="$bouncer_pid"
+    proxy_port[$id]="$port"
 }
 
-# bench KEY PORT: one pgbench run against PORT; records tps, latency, transactions and, when
-# pid[KEY] names a proxy process, its CPU time per transaction.
-bench() {
-    local key="$1" port="$2" out="$work/pgbench-$1.log" before="" after="" proc="${pid[$1]:-}"
-    log "pgbench -S -c $clients -j $threads -T $seconds against ${label[$key]} (port $port)"
-    if [ -n "$proc" ]; then before="$(cpu_ticks "$proc")" || before=""; fi
-    if ! bounded $((seconds + 120)) "$pgbench" -S -c "$clients" -j "$threads" -T "$seconds" -n \
-        -U postgres -h "$host" -p "$port" postgres >"$out" 2>&1; then
-        show_tail "$out"
-        note[$key]="pgbench failed"
-        return 1
-    fi
-    if [ -n "$proc" ]; then after="$(cpu_ticks "$proc")" || after=""; fi
+# ensure_proxy TARGET MODE: starts TARGET in MODE the first time it is needed. Fails when it could
+# not be started or has exited since.
+ensure_proxy() {
+    local id="$1/$2"
+    case "${proxy_state[$id]}" in
+        pending)
+            proxy_state[$id]=failed
+            "start_$1" "$2" || return 1
+            proxy_state[$id]=ok
+            ;;
+        ok)
+            if ! kill -0 "${proxy_pid[$id]}" 2>/dev/null; then
+                proxy_state[$id]=failed
+                proxy_note[$id]="exited during an earlier run"
+                proxy_pid[$id]=""
+                log "${label[$1]} ($2 pooling) ${proxy_note[$id]}; its log:"
+                show_tail "$work/$1-$2/$1.log"
+                return 1
+            fi
+            ;;
+        *)
+            return 1
+            ;;
+    esac
+}
 
-    tps[$key]="$(awk '/^tps = .*without initial connection time/ { print $3 }' "$out")"
-    latency[$key]="$(awk '/^latency average = / { print $4 }' "$out")"
-    txns[$key]="$(awk -F': *' '/^number of transactions actually processed:/ { split($2, n, "/"); print n[1] + 0 }' "$out")"
-    if [ -z "${tps[$key]}" ] || [ -z "${txns[$key]}" ] || [ "${txns[$key]}" -eq 0 ]; then
-        show_tail "$out"
-        note[$key]="no transactions completed"
+# stop_proxies MODE: stops both proxies of MODE. FastPgProxy logs its managed allocations at
+# shutdown; they are kept to show whether relaying allocates per transaction (it should not: the
+# total stays near start-up size).
+stop_proxies() {
+    local mode="$1" target id
+    for target in fastpgproxy pgbouncer; do
+        id="$target/$mode"
+        [ -n "${proxy_pid[$id]:-}" ] || continue
+        stop_pid "${proxy_pid[$id]}"
+        proxy_pid[$id]=""
+        proxy_state[$id]=stopped
+    done
+    allocated[$mode]="$(sed -n 's/.* \([0-9][0-9]*\) bytes allocated since start.*/\1/p' \
+        "$work/fastpgproxy-$mode/fastpgproxy.log" 2>/dev/null | tail -n 1)" || allocated[$mode]=""
+}
+
+# ---------------------------------------------------------------------------------------------
+# Runs. Results are keyed "scenario/target".
+
+declare -A state=() tps=() latency=() p99=() txns=() cpu_us=() note=() allocated=()
+
+# p99_ms PREFIX: the 99th percentile (nearest rank) in ms of the transaction latencies in
+# pgbench's --log files PREFIX.* (one per thread). The third field is the latency in µs; a failed
+# or skipped transaction has a word there instead and is left out.
+p99_ms() {
+    cat "$1".* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 }' | sort -n \
+        | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; i = int(NR * 0.99); if (i < NR * 0.99) i++; printf "%.3f", v[i] / 1000 }'
+}
+
+# pgbench_error OUTPUT: pgbench's first error message in OUTPUT, and how many clients it aborted.
+pgbench_error() {
+    local msg aborted
+    msg="$(grep -m 1 -E 'error:|ERROR|FATAL' "$1" | sed -E 's/^pgbench: (error|fatal): //; s/[[:space:]]+/ /g' | cut -c 1-240)" || true
+    [ -n "$msg" ] || msg="$(tail -n 1 "$1" | cut -c 1-240)"
+    aborted="$(grep -c 'aborted in command' "$1")" || true
+    if [ "${aborted:-0}" -gt 0 ]; then msg+=" ($aborted clients aborted)"; fi
+    printf '%s\n' "$msg"
+}
+
+# bench SCENARIO TARGET PORT PID: one pgbench run of SCENARIO against PORT; records tps, latency
+# and transactions and, when PID names a proxy process, its CPU time per transaction.
+bench() {
+    local scen="$1" key="$2" port="$3" proc="$4" id="$1/$2"
+    local out="$work/runs/$1-$2.out" txlog="$work/runs/$1-$2.tx" before="" after="" rc=0
+    local -a flags
+    read -r -a flags <<< "${scen_flags[$scen]}"
+    local -a args=("${flags[@]}" -c "${scen_clients[$scen]}" -j "${scen_threads[$scen]}" -T "$seconds" -n)
+    log "$scen: pgbench ${args[*]} against ${label[$key]} (port $port)"
+    if [ -n "$proc" ]; then before="$(cpu_ticks "$proc")" || before=""; fi
+    bounded $((seconds + 120)) "$pgbench" "${args[@]}" --log --log-prefix="$txlog" \
+        -U postgres -h "$host" -p "$port" postgres >"$out" 2>&1 || rc=$?
+    if [ -n "$proc" ]; then after="$(cpu_ticks "$proc")" || after=""; fi
+    if [ "$rc" -eq 124 ]; then
+        note[$id]="pgbench did not finish within $((seconds + 120))s"
+        return 1
+    elif [ "$rc" -ne 0 ]; then
+        show_tail "$out" 5
+        note[$id]="pgbench exit status $rc: $(pgbench_error "$out")"
         return 1
     fi
+
+    # "without initial connection time", or with -C "including reconnection times".
+    tps[$id]="$(awk '/^tps = / { print $3; exit }' "$out")"
+    latency[$id]="$(awk '/^latency average = / { print $4 }' "$out")"
+    txns[$id]="$(awk -F': *' '/^number of transactions actually processed:/ { split($2, n, "/"); print n[1] + 0 }' "$out")"
+    if [ -z "${tps[$id]}" ] || [ -z "${txns[$id]}" ] || [ "${txns[$id]}" -eq 0 ]; then
+        show_tail "$out"
+        note[$id]="no transactions completed"
+        return 1
+    fi
+    p99[$id]="$(p99_ms "$txlog")" || p99[$id]=""
     if [ -n "$before" ] && [ -n "$after" ]; then
-        cpu_us[$key]="$(awk -v t="$((after - before))" -v hz="$clk_tck" -v n="${txns[$key]}" \
+        cpu_us[$id]="$(awk -v t="$((after - before))" -v hz="$clk_tck" -v n="${txns[$id]}" \
             'BEGIN { printf "%.1f", t / hz * 1e6 / n }')"
     fi
-    state[$key]=ok
+    state[$id]=ok
 }
 
-# run_target KEY: start (when the target needs starting) and benchmark, recording the outcome.
+# run_target SCENARIO TARGET: starts the target's proxy when needed and benchmarks it, recording
+# the outcome.
 run_target() {
-    local key="$1"
-    if [ "${state[$key]}" != pending ]; then
-        return 0
+    local scen="$1" key="$2" id="$1/$2" mode="${scen_mode[$1]}"
+    state[$id]=failed
+    if [ "$key" = direct ]; then
+        bench "$scen" "$key" "$pg_port" "" || true
+    elif ensure_proxy "$key" "$mode"; then
+        bench "$scen" "$key" "${proxy_port[$key/$mode]}" "${proxy_pid[$key/$mode]}" || true
+    else
+        [ "${proxy_state[$key/$mode]}" = skipped ] && state[$id]=skipped
+        note[$id]="${proxy_note[$key/$mode]}"
     fi
-    state[$key]=failed
-    if [ -n "${starter[$key]}" ] && ! "${starter[$key]}"; then
-        return 0
-    fi
-    local port_var="${key}_port"
-    bench "$key" "${!port_var}" || true
 }
 
 # ratio A B: A / B as "0.00x", or "-" when either is missing.
@@ -351,35 +513,56 @@ ratio() {
     fi
 }
 
+# print_table SCENARIO
 print_table() {
-    local key fmt="%-20s | %10s | %14s | %17s | %13s | %16s\n"
-    local direct_tps="" bouncer_tps=""
-    [ "${state[direct]}" = ok ] && direct_tps="${tps[direct]}"
-    [ "${state[pgbouncer]}" = ok ] && bouncer_tps="${tps[pgbouncer]}"
+    local scen="$1" key id mode="${scen_mode[$1]}" direct_tps="" bouncer_tps=""
+    local fmt="%-20s | %10s | %14s | %14s | %17s | %13s | %16s\n"
+    [ "${state[$scen/direct]}" = ok ] && direct_tps="${tps[$scen/direct]}"
+    [ "${state[$scen/pgbouncer]}" = ok ] && bouncer_tps="${tps[$scen/pgbouncer]}"
     echo
-    echo "pgbench -S, $clients clients, $threads threads, ${seconds}s per target, scale $scale, session pooling, $(nproc) CPUs"
-    # shellcheck disable=SC2059
-    printf "$fmt" target tps "avg latency ms" "proxy CPU µs/txn" "tps vs direct" "tps vs pgbouncer"
-    printf '%s\n' "---------------------+------------+----------------+-------------------+---------------+-----------------"
+    printf 'pgbench %s, %s clients, %s threads, %ss per target, scale %s, %s pooling' "${scen_flags[$scen]}" \
+        "${scen_clients[$scen]}" "${scen_threads[$scen]}" "$seconds" "$scale" "$mode"
+    [ "$mode" = session ] || printf ' (pool size %s in both proxies)' "${pool_size[$mode]}"
+    printf ', %s CPUs\n' "$(nproc)"
+    # "µs" takes two bytes and printf pads bytes: one more for that heading.
+    printf "${fmt/\%17s/%18s}" target tps "avg latency ms" "p99 latency ms" "proxy CPU µs/txn" "tps vs direct" "tps vs pgbouncer"
+    printf '%s\n' "---------------------+------------+----------------+----------------+-------------------+---------------+-----------------"
     for key in direct fastpgproxy pgbouncer; do
-        case "${state[$key]}" in
-            ok)
-                # shellcheck disable=SC2059
-                printf "$fmt" "${label[$key]}" "$(printf '%.0f' "${tps[$key]}")" "${latency[$key]}" \
-                    "${cpu_us[$key]:--}" "$(ratio "${tps[$key]}" "$direct_tps")" \
-                    "$(ratio "${tps[$key]}" "$bouncer_tps")"
-                ;;
-            *)
-                # shellcheck disable=SC2059
-                printf "$fmt" "${label[$key]}" "${state[$key]}" - - - -
-                ;;
-        esac
-    done
-    for key in direct fastpgproxy pgbouncer; do
-        if [ -n "${note[$key]:-}" ]; then
-            echo "  ${label[$key]}: ${state[$key]}: ${note[$key]}"
+        id="$scen/$key"
+        if [ "${state[$id]}" = ok ]; then
+            # shellcheck disable=SC2059
+            printf "$fmt" "${label[$key]}" "$(printf '%.0f' "${tps[$id]}")" "${latency[$id]}" "${p99[$id]:--}" \
+                "${cpu_us[$id]:--}" "$(ratio "${tps[$id]}" "$direct_tps")" "$(ratio "${tps[$id]}" "$bouncer_tps")"
+        else
+            # shellcheck disable=SC2059
+            printf "$fmt" "${label[$key]}" "${state[$id]}" - - - - -
         fi
     done
+    for key in direct fastpgproxy pgbouncer; do
+        id="$scen/$key"
+        if [ -n "${note[$id]:-}" ]; then
+            echo "  ${label[$key]}: ${state[$id]}: ${note[$id]}"
+        fi
+    done
+    if [ -n "${scen_note[$scen]}" ]; then
+        echo "  note: ${scen_note[$scen]}"
+    fi
+}
+
+# alloc_line MODE: FastPgProxy's managed allocations over its life in MODE, per transaction of the
+# runs it served.
+alloc_line() {
+    local mode="$1" s n=0
+    [ -n "${allocated[$mode]:-}" ] || return 0
+    for s in "${scenarios[@]}"; do
+        if [ "${scen_mode[$s]}" = "$mode" ] && [ "${state[$s/fastpgproxy]}" = ok ]; then
+            n=$((n + ${txns[$s/fastpgproxy]}))
+        fi
+    done
+    [ "$n" -gt 0 ] || return 0
+    echo
+    awk -v m="$mode" -v a="${allocated[$mode]}" -v n="$n" 'BEGIN {
+        printf "FastPgProxy (%s pooling) managed allocations, whole process life (start-up and logins included): %d bytes over %d transactions = %.1f bytes/txn\n", m, a, n, a / n }'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -397,15 +580,15 @@ pgbouncer="$(command -v pgbouncer 2>/dev/null || true)"
 if [ -z "$pgbouncer" ] && [ -x /usr/sbin/pgbouncer ]; then pgbouncer=/usr/sbin/pgbouncer; fi
 
 declare -A label=([direct]="PostgreSQL (direct)" [fastpgproxy]="FastPgProxy" [pgbouncer]="PgBouncer")
-declare -A starter=([direct]="" [fastpgproxy]=start_fastpgproxy [pgbouncer]=start_pgbouncer)
-declare -A state=([direct]=pending [fastpgproxy]=pending [pgbouncer]=pending)
-declare -A pid=() tps=() latency=() txns=() cpu_us=() note=()
-
-if [ -z "$pgbouncer" ]; then
-    log "note: pgbouncer not found (apt-get install pgbouncer); skipping that column"
-    state[pgbouncer]=skipped
-    note[pgbouncer]="pgbouncer not installed"
-fi
+for mode in session transaction; do
+    proxy_state[fastpgproxy/$mode]=pending
+    proxy_state[pgbouncer/$mode]=pending
+    if [ -z "$pgbouncer" ]; then
+        proxy_state[pgbouncer/$mode]=skipped
+        proxy_note[pgbouncer/$mode]="pgbouncer not installed"
+    fi
+done
+[ -n "$pgbouncer" ] || log "note: pgbouncer not found (apt-get install pgbouncer); skipping that column"
 
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -414,33 +597,35 @@ trap 'exit 143' TERM
 work="$(mktemp -d "${TMPDIR:-/tmp}/fpp-bench.XXXXXX")"
 # The postgres OS user must reach its own folders inside.
 chmod 755 "$work"
+mkdir "$work/runs"
 
-if ! build_fastpgproxy; then
-    state[fastpgproxy]=failed
-fi
+build_note=""
+build_fastpgproxy || true
 start_postgres
-direct_port="$pg_port"
 
-for target in direct fastpgproxy pgbouncer; do
-    run_target "$target"
+# One pool mode at a time: the previous mode's proxies stop before the next mode's start.
+current_mode=""
+for scen in "${scenarios[@]}"; do
+    if [ "${scen_mode[$scen]}" != "$current_mode" ]; then
+        [ -z "$current_mode" ] || stop_proxies "$current_mode"
+        current_mode="${scen_mode[$scen]}"
+    fi
+    for target in direct fastpgproxy pgbouncer; do
+        run_target "$scen" "$target"
+    done
+done
+stop_proxies "$current_mode"
+
+all_ok=true
+for i in "${!scenarios[@]}"; do
+    scen="${scenarios[$i]}"
+    print_table "$scen"
+    [ "${state[$scen/fastpgproxy]}" = ok ] || all_ok=false
+    # Each mode's allocation line follows its last table.
+    next="${scenarios[$((i + 1))]:-}"
+    if [ -z "$next" ] || [ "${scen_mode[$next]}" != "${scen_mode[$scen]}" ]; then
+        alloc_line "${scen_mode[$scen]}"
+    fi
 done
 
-# FastPgProxy logs its managed allocations at shutdown: stop it now and read them, so the table can
-# show whether relaying allocates per transaction (it should not: the total stays at start-up size).
-alloc_line=""
-if [ "${state[fastpgproxy]}" = ok ] && [ -n "$proxy_pid" ]; then
-    stop_pid "$proxy_pid"
-    proxy_pid=""
-    allocated="$(sed -n 's/.* \([0-9][0-9]*\) bytes allocated since start.*/\1/p' "$work/fastpgproxy/fastpgproxy.log" | tail -n 1)"
-    if [ -n "$allocated" ]; then
-        alloc_line="$(awk -v a="$allocated" -v n="${txns[fastpgproxy]}" \
-            'BEGIN { printf "FastPgProxy managed allocations, whole process life (start-up and logins included): %d bytes over %d transactions = %.1f bytes/txn", a, n, a / n }')"
-    fi
-fi
-
-print_table
-if [ -n "$alloc_line" ]; then
-    echo "$alloc_line"
-fi
-
-[ "${state[fastpgproxy]}" = ok ]
+[ "$all_ok" = true ]
