@@ -174,10 +174,43 @@ internal static class ConfigLoader
                 }
 
                 break;
+            case "query_timeout":
+                o.QueryTimeout = ParseDuration(value, source, line, key);
+                break;
+            case "idle_transaction_timeout":
+                o.IdleTransactionTimeout = ParseDuration(value, source, line, key);
+                break;
+            case "cancel_on_disconnect":
+                o.CancelOnDisconnect = value.ToLowerInvariant() switch
+                {
+                    "1" or "on" or "true" or "yes" => true,
+                    "0" or "off" or "false" or "no" => false,
+                    _ => throw Error(source, line, key, $"invalid value '{value}' (on or off)"),
+                };
+                break;
+            case "server_reset_timeout":
+                o.ServerResetTimeout = ParseDuration(value, source, line, key);
+                break;
+            case "cancel_bad_key_limit":
+                o.CancelBadKeyLimit = ParseInt(value, 0, 1_000_000, source, line, key);
+                break;
+            case "max_cancel_connections":
+                o.MaxCancelConnections = ParseInt(value, 1, 100_000, source, line, key);
+                break;
+            case "cancel_wait_timeout":
+                o.CancelWaitTimeout = ParseDuration(value, source, line, key);
+                break;
             case "admin_users":
                 foreach (string name in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
                 {
                     o.AdminUsers.Add(name);
+                }
+
+                break;
+            case "stats_users":
+                foreach (string name in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                {
+                    o.StatsUsers.Add(name);
                 }
 
                 break;

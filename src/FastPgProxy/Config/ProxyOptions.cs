@@ -110,8 +110,32 @@ internal sealed class ProxyOptions
     /// <summary>Start-up parameters accepted from clients and not applied to backends (PgBouncer's ignore_startup_parameters).</summary>
     public HashSet<string> IgnoreStartupParameters { get; } = new(StringComparer.OrdinalIgnoreCase);
 
-    /// <summary>Users that may signal any session (pg_cancel_backend, pg_terminate_backend); later also the admin console.</summary>
-    public HashSet<string> AdminUsers { get; } = new(StringComparer.Ordinal);
+    /// <summary>A query running longer than this is cancelled on PostgreSQL (the client gets 57014 and keeps its session); zero disables. Default 0.</summary>
+    public TimeSpan QueryTimeout { get; set; }
+
+    /// <summary>A client idle inside a transaction longer than this is closed and its backend rolled back; zero disables. Default 0.</summary>
+    public TimeSpan IdleTransactionTimeout { get; set; }
+
+    /// <summary>When a client disconnects mid-query, cancel the query, drain and roll back the backend and keep it. Default on.</summary>
+    public bool CancelOnDisconnect { get; set; } = true;
+
+    /// <summary>Longest the proxy spends making a backend clean (drain, rollback, reset) before closing it instead. Default 5 s.</summary>
+    public TimeSpan ServerResetTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Wrong-key cancels per minute from one address before its cancels are dropped for a minute; 0 disables. Default 100.</summary>
+    public int CancelBadKeyLimit { get; set; } = 100;
+
+    /// <summary>Cancel connections open at once to one PostgreSQL server; further cancels wait. Default 32.</summary>
+    public int MaxCancelConnections { get; set; } = 32;
+
+    /// <summary>A cancel that waits this long for a cancel connection is dropped. Default 5 s.</summary>
+    public TimeSpan CancelWaitTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Users that may signal any session (pg_cancel_backend, pg_terminate_backend) and run every admin console command. Replaced whole by RELOAD, never changed in place.</summary>
+    public HashSet<string> AdminUsers { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>Users that may run the admin console's SHOW commands. Replaced whole by RELOAD, never changed in place.</summary>
+    public HashSet<string> StatsUsers { get; set; } = new(StringComparer.Ordinal);
 
     /// <summary>Log verbosity: 0 warnings and start-up, 1 connections, 2 debug. Default 0.</summary>
     public int Verbose { get; set; }

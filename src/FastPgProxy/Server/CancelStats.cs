@@ -12,6 +12,8 @@ internal sealed class CancelStats
     private long _failed;
     private long _idle;
     private long _queued;
+    private long _timedOut;
+    private long _rateLimited;
 
     /// <summary>CancelRequest packets read.</summary>
     public long Received => Volatile.Read(ref _received);
@@ -39,6 +41,18 @@ internal sealed class CancelStats
 
     /// <summary>Cancels answered for a client still waiting for a backend (57014 without touching PostgreSQL).</summary>
     public long Queued => Volatile.Read(ref _queued);
+
+    /// <summary>Queries cancelled by query_timeout.</summary>
+    public long TimedOut => Volatile.Read(ref _timedOut);
+
+    /// <summary>Cancel packets dropped because their source sent too many wrong keys.</summary>
+    public long RateLimited => Volatile.Read(ref _rateLimited);
+
+    /// <summary>Counts a query_timeout cancel.</summary>
+    public void OnTimedOut() => Interlocked.Increment(ref _timedOut);
+
+    /// <summary>Counts a rate-limited cancel packet.</summary>
+    public void OnRateLimited() => Interlocked.Increment(ref _rateLimited);
 
     /// <summary>Counts a cancel dropped because nothing was running.</summary>
     public void OnDroppedIdle() => Interlocked.Increment(ref _idle);

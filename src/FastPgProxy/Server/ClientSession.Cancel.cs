@@ -50,15 +50,22 @@ internal sealed partial class ClientSession
         server.PendingCancels++;
         var target = new CancelTarget(server.EndPoint, server.BackendPid, server.BackendKey);
         Net.EventLoop loop = Loop;
-        _ = CancelForwarder.ForwardAsync(cancelSocket, target, _proxy.Options.CancelTimeout, _proxy.CancelStats, () => loop.Post(() =>
-        {
-            server.PendingCancels--;
-            if (server.PendingCancels == 0 && server != _server)
+        _ = CancelForwarder.ForwardAsync(
+            cancelSocket,
+            target,
+            _proxy.Options.CancelTimeout,
+            _proxy.CancelStats,
+            () => loop.Post(() =>
             {
-                // Handed back meanwhile: the pool held it for this moment.
-                server.Pool?.OnCancelsDone(server);
-            }
-        }));
+                server.PendingCancels--;
+                if (server.PendingCancels == 0 && server != _server)
+                {
+                    // Handed back meanwhile: the pool held it for this moment.
+                    server.Pool?.OnCancelsDone(server);
+                }
+            }),
+            _proxy.CancelGuard,
+            _proxy.Options.CancelWaitTimeout);
     }
 
     /// <summary>

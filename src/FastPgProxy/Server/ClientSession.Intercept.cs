@@ -31,10 +31,53 @@ internal sealed partial class ClientSession
         ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
         if (message[0] == (byte)FrontendMessage.Query)
         {
-            return QueryScanner.TryMatch(CString(body), out _);
+            // $n has no value in a Simple Query: PostgreSQL's own error is the right answer.
+            return QueryScanner.TryMatch(CString(body), out InterceptedCall call)
+                && call.Argument.Kind != ArgumentKind.Parameter && call.Timeout.Kind != ArgumentKind.Parameter
+                && ResolvesLikePostgres(call, ReadOnlySpan<byte>.Empty);
         }
 
-        return message[0] == (byte)FrontendMessage.Parse && body[0] == 0 && QueryScanner.TryMatch(CString(body.Slice(1)), out _);
+        if (message[0] != (byte)FrontendMessage.Parse || body.IsEmpty || body[0] != 0)
+        {
+            return false;
+        }
+
+        ReadOnlySpan<byte> sql = CString(body.Slice(1));
+        return QueryScanner.TryMatch(sql, out InterceptedCall parsed) && ResolvesLikePostgres(parsed, body.Slice(1 + sql.Length + 1));
+    }
+
+    /// <summary>
+    /// Whether PostgreSQL would resolve the call to the int4 (pid) / int8 (timeout) signature. A pid that
+    /// is a bigint (a literal beyond int4, a ::bigint cast, a parameter declared int8 or text) makes
+    /// PostgreSQL look for another function and fail (42883); such calls go to PostgreSQL for its own error.
+    /// </summary>
+    private static bool ResolvesLikePostgres(InterceptedCall call, ReadOnlySpan<byte> parameterTypes)
+    {
+        CallArgument pid = call.Argument;
+        if (pid.Int8Cast || (pid.Kind == ArgumentKind.Integer && pid.Value is < int.MinValue or > int.MaxValue))
+        {
+            return false;
+        }
+
+        if (pid.Kind == ArgumentKind.Parameter && !DeclaredAs(parameterTypes, pid.ParameterIndex, TypeOids.Int4))
+        {
+            return false;
+        }
+
+        return call.Timeout.Kind != ArgumentKind.Parameter || DeclaredAs(parameterTypes, call.Timeout.ParameterIndex, TypeOids.Int8);
+    }
+
+    /// <summary>Whether parameter <paramref name="index"/> is undeclared or declared an integer type no wider than <paramref name="widest"/>.</summary>
+    private static bool DeclaredAs(ReadOnlySpan<byte> parameterTypes, int index, int widest)
+    {
+        int declared = parameterTypes.Length >= sizeof(short) ? BinaryPrimitives.ReadInt16BigEndian(parameterTypes) : 0;
+        if (index > declared || parameterTypes.Length < sizeof(short) + (index * sizeof(int)))
+        {
+            return true;
+        }
+
+        int type = BinaryPrimitives.ReadInt32BigEndian(parameterTypes.Slice(sizeof(short) + ((index - 1) * sizeof(int))));
+        return type is TypeOids.Unspecified or TypeOids.Int2 or TypeOids.Int4 || (type == TypeOids.Int8 && widest == TypeOids.Int8);
     }
 
     /// <summary>
@@ -207,7 +250,7 @@ internal sealed partial class ClientSession
         }
 
         ResolveParameterTypes(call, types);
-        bool failed = ClientTransactionStatus == TransactionStatus.Failed;
+        bool failed = false;
         long? argument = call.Argument.Kind == ArgumentKind.Integer ? call.Argument.Value : null;
         long timeout = call.Timeout.Kind == ArgumentKind.Integer ? call.Timeout.Value : 0;
         bool isNull = call.Argument.Kind == ArgumentKind.Null || call.Timeout.Kind == ArgumentKind.Null;

@@ -149,6 +149,24 @@ internal sealed partial class ClientSession
             && _clientFramer.AtBoundary;
     }
 
+    /// <summary>
+    /// Whether a busy backend can be made clean without this client: cancel_on_disconnect is on, it is
+    /// logged in and idle at the protocol level on the client's side (no half-sent message, no send of
+    /// this client's buffer in flight, no reply of it being sent to the client).
+    /// </summary>
+    private bool CanDrainServer()
+    {
+        ServerConnection? server = _server;
+        return server is not null
+            && _pool is not null
+            && _proxy.Options.CancelOnDisconnect
+            && !_syncingParameters
+            && server.State == ServerState.Ready
+            && !server.Channel.SendPending
+            && !_client.SendPending
+            && _clientFramer.AtBoundary;
+    }
+
     /// <summary>In transaction mode, gives the backend back as soon as the client's transaction is over.</summary>
     private bool TryReleaseServer()
     {

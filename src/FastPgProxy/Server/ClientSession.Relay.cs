@@ -165,9 +165,11 @@ internal sealed partial class ClientSession
     /// <summary>The backend took the client's run: drop it from the client's window and go on.</summary>
     private void OnClientRunSent()
     {
+        CountClientRun(_clientRun);
         _client.Consume(_clientRun);
         _clientRun = 0;
         ReturnRewriteBuffer();
+        OnQuerySent();
         if (_terminateAfterRun)
         {
             Log.Write(LogLevel.Info, $"session {Id}: client sent Terminate");
@@ -269,7 +271,9 @@ internal sealed partial class ClientSession
                     _expectedReadyForQuery--;
                 }
 
+                CountReadyForQuery(_server!.TransactionStatus);
                 _serverSentError = false;
+                OnReadyForQueryRelayed(_server!.TransactionStatus);
                 break;
             case BackendMessage.ErrorResponse:
                 _serverSentError = true;
@@ -293,6 +297,7 @@ internal sealed partial class ClientSession
     /// <summary>The client took the backend's run.</summary>
     private void OnServerRunSent()
     {
+        CountServerRun(_serverRun);
         _server!.Channel.Consume(_serverRun);
         _serverRun = 0;
         if (TryReleaseServer())

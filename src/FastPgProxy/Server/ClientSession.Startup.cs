@@ -556,11 +556,20 @@ internal sealed partial class ClientSession
             return;
         }
 
+        System.Net.IPAddress? source = RemoteEndPoint?.Address;
+        if (_proxy.CancelGuard.IsBlocked(source))
+        {
+            stats.OnRateLimited();
+            CloseCancelSocket();
+            return;
+        }
+
         int pid = BinaryPrimitives.ReadInt32BigEndian(packet.Slice(StartupCodes.MinStartupPacketLength));
         ReadOnlySpan<byte> key = packet.Slice(StartupCodes.MinStartupPacketLength + sizeof(int));
         if (!_proxy.Sessions.TryGet(pid, out ClientSession? target))
         {
             stats.OnUnknownSession();
+            _proxy.CancelGuard.OnBadKey(source);
             Log.Debug($"cancel from {RemoteEndPoint}: no session {pid}");
             CloseCancelSocket();
             return;
@@ -569,6 +578,7 @@ internal sealed partial class ClientSession
         if (!target.MatchesSecret(key))
         {
             stats.OnWrongKey();
+            _proxy.CancelGuard.OnBadKey(source);
             Log.Info($"cancel from {RemoteEndPoint}: wrong key for session {pid}");
             CloseCancelSocket();
             return;

@@ -360,6 +360,19 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
                 _server = null;
                 _pool!.Release(server, clean: true, reset: _pool.Mode == Config.PoolMode.Session);
             }
+            else if (wasActive && CanDrainServer())
+            {
+                // Busy with this client's query or transaction: cancel what runs, then drain and roll
+                // back in the background, and keep the backend (cancel_on_disconnect).
+                ServerConnection server = _server;
+                if (_expectedReadyForQuery > 0)
+                {
+                    CancelRunningQuery(null);
+                }
+
+                _server = null;
+                _pool!.Drain(server, _expectedReadyForQuery, _openExtended, _serverFramer, reset: _pool.Mode == Config.PoolMode.Session);
+            }
             else
             {
                 // Mid-transaction, mid-COPY or a send outstanding: close it. Its completions come here

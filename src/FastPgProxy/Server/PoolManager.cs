@@ -19,7 +19,7 @@ internal sealed class PoolManager
 
     /// <summary>The pool for a client database and server user; a new pool is placed on the next loop.</summary>
     public ServerPool Get(string database, string user, DatabaseOptions options, ServerCredentials credentials) =>
-        _pools.GetOrAdd((database, user), key => new ServerPool(_proxy, _proxy.Loops.Next(), key.Database, key.User, options, credentials));
+        _pools.GetOrAdd((database, user), key => CreatePool(key.Database, key.User, options, credentials));
 
     /// <summary>Takes one of the database's max_db_connections slots; false when none is left.</summary>
     public bool TryReserveDatabaseConnection(DatabaseOptions database)
@@ -48,5 +48,57 @@ internal sealed class PoolManager
         {
             Interlocked.Decrement(ref count.Value);
         }
+    }
+
+    // PAUSE state, kept here as well as on each pool so that a pool created during a PAUSE starts paused.
+    private readonly object _pauseGate = new();
+    private readonly HashSet<string> _pausedDatabases = new(StringComparer.Ordinal);
+    private bool _pausedAll;
+
+    /// <summary>Whether pools of <paramref name="database"/> should hand out no backends (PAUSE); any thread.</summary>
+    public bool IsPaused(string database)
+    {
+        lock (_pauseGate)
+        {
+            return _pausedAll || _pausedDatabases.Contains(database);
+        }
+    }
+
+    /// <summary>
+    /// Records PAUSE or RESUME for one database, or for all when <paramref name="database"/> is null
+    /// (RESUME without a database resumes every one). The pools themselves are told on their loops.
+    /// </summary>
+    public void SetPaused(string? database, bool paused)
+    {
+        lock (_pauseGate)
+        {
+            if (database is null)
+            {
+                _pausedAll = paused;
+                if (!paused)
+                {
+                    _pausedDatabases.Clear();
+                }
+            }
+            else if (paused)
+            {
+                _pausedDatabases.Add(database);
+            }
+            else
+            {
+                _pausedDatabases.Remove(database);
+            }
+        }
+    }
+
+    private ServerPool CreatePool(string database, string user, DatabaseOptions options, ServerCredentials credentials)
+    {
+        var pool = new ServerPool(_proxy, _proxy.Loops.Next(), database, user, options, credentials);
+        if (IsPaused(database))
+        {
+            pool.StartPaused();
+        }
+
+        return pool;
     }
 }

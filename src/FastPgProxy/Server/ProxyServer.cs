@@ -54,7 +54,11 @@ internal sealed class ProxyServer : IAsyncDisposable
         LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
         Loops = new EventLoopGroup(options.EffectiveLoopThreads, BufferSize);
         Pools = new PoolManager(this);
+        CancelGuard = new CancelGuard(options.CancelBadKeyLimit, options.MaxCancelConnections);
     }
+
+    /// <summary>Cancel storm and key-guessing protection.</summary>
+    public CancelGuard CancelGuard { get; }
 
     /// <summary>The backend pools.</summary>
     public PoolManager Pools { get; }

@@ -87,7 +87,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     {
         Debug.Assert(Loop.InLoop);
         EnsureTick();
-        while (_idle.TryPop(out ServerConnection? server))
+        while (!Paused && _idle.TryPop(out ServerConnection? server))
         {
             if (server.State == ServerState.Ready && !server.Channel.Closed)
             {
@@ -157,6 +157,19 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
     }
 
+    /// <summary>server_reset_timeout.</summary>
+    public TimeSpan ResetTimeout => _proxy.Options.ServerResetTimeout;
+
+    /// <summary>
+    /// Takes a backend whose client left it busy (a query running, a transaction open) and makes it clean
+    /// in the background; it joins the pool when done, or is closed.
+    /// </summary>
+    public void Drain(ServerConnection server, int expectedReadyForQuery, bool batchOpen, MessageFramer framer, bool reset)
+    {
+        Debug.Assert(Loop.InLoop);
+        new ServerDrainer(this, server, expectedReadyForQuery, framer, reset).Start(batchOpen);
+    }
+
     /// <summary>Backends held back until a forwarded cancel completes.</summary>
     public int CoolingCount => _cooling.Count;
 
@@ -186,7 +199,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
             return;
         }
 
-        while (_waiters.First is { } first)
+        while (!Paused && _waiters.First is { } first)
         {
             ClientSession client = first.Value;
             _waiters.RemoveFirst();
@@ -195,6 +208,8 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
             {
                 continue;
             }
+
+            Stats.AddWait(now - client.WaitStarted);
 
             client.OnServerAssigned(server);
             return;
@@ -212,7 +227,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     /// <summary>Opens backends while clients wait for more than are being opened, within the pool and database limits.</summary>
     private void LaunchForWaiters()
     {
-        while (_waiters.Count > _connecting && Total < Size && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        while (!Paused && _waiters.Count > _connecting && Total < Size && _proxy.Pools.TryReserveDatabaseConnection(Options))
         {
             Launch();
         }
@@ -410,4 +425,45 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
     /// <summary>Changes the pool size (RELOAD); takes effect for new backends.</summary>
     public void Resize(int size) => Size = size;
+
+    /// <summary>Traffic totals for the admin console (SHOW STATS); loop-owned.</summary>
+    public PoolStats Stats { get; } = new();
+
+    /// <summary>
+    /// PAUSE: no backend is handed out or opened; clients that need one wait (query_wait_timeout still
+    /// applies), while clients that hold one finish what they run. Loop-owned.
+    /// </summary>
+    public bool Paused { get; private set; }
+
+    /// <summary>Pauses or resumes the pool (PAUSE, RESUME); on resume, idle backends go to the waiting clients first.</summary>
+    public void SetPaused(bool paused)
+    {
+        Debug.Assert(Loop.InLoop);
+        Paused = paused;
+        while (!paused && _waiters.Count > 0 && _idle.TryPop(out ServerConnection? server))
+        {
+            if (server.State == ServerState.Ready && !server.Channel.Closed)
+            {
+                MakeAvailable(server);
+            }
+            else
+            {
+                Drop(server);
+            }
+        }
+
+        LaunchForWaiters();
+    }
+
+    /// <summary>Marks a pool created during a PAUSE paused; only before it is published, when no other thread can see it.</summary>
+    public void StartPaused() => Paused = true;
+
+    /// <summary>Every backend open or opening (admin console); loop only.</summary>
+    public IReadOnlyCollection<ServerConnection> Servers => _all;
+
+    /// <summary>Whether <paramref name="server"/> sits idle in the pool (admin console); loop only.</summary>
+    public bool IsIdle(ServerConnection server) => _idle.Contains(server);
+
+    /// <summary>When the longest-waiting client started waiting (<see cref="Stopwatch"/> ticks), 0 when none waits; loop only.</summary>
+    public long OldestWaitStarted => _waiters.First?.Value.WaitStarted ?? 0;
 }

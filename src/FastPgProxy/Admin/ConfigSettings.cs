@@ -1,0 +1,52 @@
+using System.Globalization;
+using FastPgProxy.Config;
+
+namespace FastPgProxy.Admin;
+
+/// <summary>
+/// One <c>[fastpgproxy]</c> setting as the console shows it (SHOW CONFIG) and reloads it (RELOAD): how to
+/// read its value, and, when it can change while the proxy runs, how to copy a new value into the running
+/// options. Settings without <see cref="Apply"/> need a restart.
+/// </summary>
+internal sealed record ConfigSetting(string Key, Func<ProxyOptions, string> Get, Action<ProxyOptions, ProxyOptions>? Apply)
+{
+    /// <summary>Whether RELOAD applies it.</summary>
+    public bool Changeable => Apply is not null;
+
+    /// <summary>
+    /// Every setting, in the README's order. Changeable ones are read where they are used (the pool's
+    /// tick, a new login, a new backend), so writing them into the running options applies them; the
+    /// writes are single references or 64-bit values, which readers on other loops see whole.
+    /// </summary>
+    public static IReadOnlyList<ConfigSetting> All { get; } =
+    [
+        new("listen_addr", o => o.ListenAddress, null),
+        new("listen_port", o => Int(o.ListenPort), null),
+        new("auth_type", o => o.AuthType switch { AuthType.Trust => "trust", AuthType.Md5 => "md5", _ => "scram-sha-256" }, null),
+        new("auth_file", o => o.AuthFile ?? "", null),
+        new("pool_mode", o => o.PoolMode == PoolMode.Session ? "session" : "transaction", null),
+        new("default_pool_size", o => Int(o.DefaultPoolSize), (t, s) => t.DefaultPoolSize = s.DefaultPoolSize),
+        new("min_pool_size", o => Int(o.MinPoolSize), (t, s) => t.MinPoolSize = s.MinPoolSize),
+        new("max_db_connections", o => Int(o.MaxDbConnections), (t, s) => t.MaxDbConnections = s.MaxDbConnections),
+        new("server_idle_timeout", o => Seconds(o.ServerIdleTimeout), (t, s) => t.ServerIdleTimeout = s.ServerIdleTimeout),
+        new("server_lifetime", o => Seconds(o.ServerLifetime), (t, s) => t.ServerLifetime = s.ServerLifetime),
+        new("query_wait_timeout", o => Seconds(o.QueryWaitTimeout), (t, s) => t.QueryWaitTimeout = s.QueryWaitTimeout),
+        new("server_reset_query", o => o.ServerResetQuery, (t, s) => t.ServerResetQuery = s.ServerResetQuery),
+        new("max_prepared_statements", o => Int(o.MaxPreparedStatements), (t, s) => t.MaxPreparedStatements = s.MaxPreparedStatements),
+        new("ignore_startup_parameters", o => List(o.IgnoreStartupParameters), null),
+        new("max_client_conn", o => Int(o.MaxClientConnections), (t, s) => t.MaxClientConnections = s.MaxClientConnections),
+        new("loop_threads", o => Int(o.LoopThreads), null),
+        new("client_login_timeout", o => Seconds(o.ClientLoginTimeout), (t, s) => t.ClientLoginTimeout = s.ClientLoginTimeout),
+        new("server_connect_timeout", o => Seconds(o.ServerConnectTimeout), (t, s) => t.ServerConnectTimeout = s.ServerConnectTimeout),
+        new("cancel_timeout", o => Seconds(o.CancelTimeout), (t, s) => t.CancelTimeout = s.CancelTimeout),
+        new("admin_users", o => List(o.AdminUsers), (t, s) => t.AdminUsers = s.AdminUsers),
+        new("stats_users", o => List(o.StatsUsers), (t, s) => t.StatsUsers = s.StatsUsers),
+        new("verbose", o => Int(o.Verbose), (t, s) => t.Verbose = s.Verbose),
+    ];
+
+    private static string Int(int value) => value.ToString(CultureInfo.InvariantCulture);
+
+    private static string Seconds(TimeSpan value) => value.TotalSeconds.ToString(CultureInfo.InvariantCulture);
+
+    private static string List(IEnumerable<string> values) => string.Join(",", values.Order(StringComparer.Ordinal));
+}
