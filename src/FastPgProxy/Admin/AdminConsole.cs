@@ -1,10 +1,31 @@
+using FastPgProxy.Config;
 using FastPgProxy.Server;
 
 namespace FastPgProxy.Admin;
 
-/// <summary>The admin console: a virtual database on the proxy's own listener (<c>fastpgproxy</c>, alias <c>pgbouncer</c>).</summary>
-internal sealed class AdminConsole
+/// <summary>Who may do what on the console.</summary>
+internal enum AdminRole
 {
+    /// <summary>Neither admin_users nor stats_users: logs in, every command gets 42501.</summary>
+    None,
+    /// <summary>stats_users: SHOW only.</summary>
+    Stats,
+    /// <summary>admin_users: every command.</summary>
+    Admin,
+}
+
+/// <summary>
+/// The admin console: a virtual database on the proxy's own listener (<c>fastpgproxy</c>, alias
+/// <c>pgbouncer</c>). The session (ClientSession.Admin.cs) speaks the protocol; this class runs the
+/// commands. Commands run on the thread pool: they read other loops' state only through snapshots taken
+/// on those loops (<see cref="AdminSnapshot"/>) or published values, and change it only through
+/// thread-safe entry points (a session's terminate or cancel, work posted to a pool's loop).
+/// </summary>
+internal sealed partial class AdminConsole
+{
+    /// <summary>The server_version the console reports; clients parse it, so it has PostgreSQL's shape.</summary>
+    public const string ReportedServerVersion = "15.0";
+
     /// <summary>Creates the console of <paramref name="proxy"/>.</summary>
     public AdminConsole(ProxyServer proxy) => Proxy = proxy;
 
@@ -13,4 +34,219 @@ internal sealed class AdminConsole
 
     /// <summary>Whether a client database name means the console.</summary>
     public static bool IsConsoleDatabase(string database) => database is "fastpgproxy" or "pgbouncer";
+
+    /// <summary>What <paramref name="user"/> may do, by the current admin_users and stats_users.</summary>
+    public AdminRole RoleOf(string user) =>
+        Proxy.Options.AdminUsers.Contains(user) ? AdminRole.Admin
+        : Proxy.Options.StatsUsers.Contains(user) ? AdminRole.Stats
+        : AdminRole.None;
+
+    /// <summary>42501 when <paramref name="user"/> may not run <paramref name="command"/>; null when it may.</summary>
+    public AdminMessage? CheckPermission(AdminCommand command, string user)
+    {
+        AdminRole role = RoleOf(user);
+        if (command.Kind == AdminCommandKind.Empty || role == AdminRole.Admin || (role == AdminRole.Stats && command.IsReadOnly))
+        {
+            return null;
+        }
+
+        return new AdminMessage(
+            AdminSqlState.InsufficientPrivilege,
+            $"permission denied for {command.Name}",
+            role == AdminRole.Stats
+                ? $"User \"{user}\" is in stats_users, which may only run SHOW commands."
+                : $"User \"{user}\" is in neither admin_users nor stats_users.");
+    }
+
+    /// <summary>
+    /// Runs <paramref name="command"/> for <paramref name="caller"/>, on the thread pool. Never throws:
+    /// a failure is an <see cref="AdminResult"/> with an error.
+    /// </summary>
+    public async Task<AdminResult> ExecuteAsync(AdminCommand command, ClientSession caller)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        ArgumentNullException.ThrowIfNull(caller);
+        if (command.Kind != AdminCommandKind.Show)
+        {
+            Log.Write(LogLevel.Warning, $"admin console session {caller.Id} ({caller.User}): {Describe(command)}");
+        }
+
+        try
+        {
+            return command.Kind switch
+            {
+                AdminCommandKind.Show => await ShowAsync(command.Item).ConfigureAwait(false),
+                AdminCommandKind.KillConnection => KillConnection(command.SessionId),
+                AdminCommandKind.KillQuery => await KillQueryAsync(command.SessionId).ConfigureAwait(false),
+                AdminCommandKind.Pause => await PauseAsync(command.Database, pause: true).ConfigureAwait(false),
+                AdminCommandKind.Resume => await PauseAsync(command.Database, pause: false).ConfigureAwait(false),
+                AdminCommandKind.Reload => await ReloadAsync().ConfigureAwait(false),
+                AdminCommandKind.Shutdown => new AdminResult { Tag = "SHUTDOWN", ShutdownAfterReply = true },
+                _ => AdminResult.Done(""),
+            };
+        }
+        catch (TimeoutException)
+        {
+            return AdminResult.Failed(Protocol.SqlState.QueryCanceled, $"an event loop did not answer within {AdminSnapshot.CollectTimeout.TotalSeconds} s");
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            Log.Warning($"admin console session {caller.Id}: {Describe(command)} failed: {e}");
+            return AdminResult.Failed(Protocol.SqlState.InternalError, $"{command.Name} failed: {e.Message}");
+        }
+    }
+
+    private static string Describe(AdminCommand command) => command.Kind switch
+    {
+        AdminCommandKind.KillConnection => $"KILL PGSQL CONNECTION {command.SessionId}",
+        AdminCommandKind.KillQuery => $"KILL PGSQL QUERY {command.SessionId}",
+        AdminCommandKind.Pause or AdminCommandKind.Resume when command.Database is not null => $"{command.Name} {command.Database}",
+        _ => command.Name,
+    };
+
+    private AdminResult KillConnection(int id)
+    {
+        if (!Proxy.Sessions.TryGet(id, out ClientSession? target))
+        {
+            return UnknownSession(id);
+        }
+
+        target.TerminateFromAnywhere();
+        return AdminResult.Done("KILL");
+    }
+
+    private async Task<AdminResult> KillQueryAsync(int id)
+    {
+        if (!Proxy.Sessions.TryGet(id, out ClientSession? target))
+        {
+            return UnknownSession(id);
+        }
+
+        bool running = await target.CancelQueryFromAdminAsync().WaitAsync(AdminSnapshot.CollectTimeout).ConfigureAwait(false);
+        AdminResult result = AdminResult.Done("KILL");
+        if (!running)
+        {
+            result.Notices.Add(new AdminMessage(AdminSqlState.Success, $"no query running on session {id}"));
+        }
+
+        return result;
+    }
+
+    private static AdminResult UnknownSession(int id) =>
+        AdminResult.Failed(AdminSqlState.UndefinedObject, $"unknown session id: {id}", hint: "SHOW CLIENTS lists the session ids.");
+
+    /// <summary>
+    /// PAUSE or RESUME: recorded in the pool manager (so pools created later follow it), then, once every
+    /// loop has finished what it was doing (a pool being created right now is then registered), told to
+    /// each pool on its loop. Each pool reads the recorded state when its turn comes, so PAUSE and RESUME
+    /// racing each other end in the state recorded last.
+    /// </summary>
+    private async Task<AdminResult> PauseAsync(string? database, bool pause)
+    {
+        if (database is not null && Proxy.Options.FindDatabase(database) is null)
+        {
+            return AdminResult.Failed(AdminSqlState.InvalidCatalogName, $"database \"{database}\" does not exist");
+        }
+
+        PoolManager pools = Proxy.Pools;
+        pools.SetPaused(database, pause);
+        await Task.WhenAll(Proxy.Loops.Loops.Select(loop => AdminSnapshot.RunOnLoopAsync(loop, () => true))).WaitAsync(AdminSnapshot.CollectTimeout).ConfigureAwait(false);
+        var told = new List<Task<bool>>();
+        foreach (ServerPool pool in pools.Pools)
+        {
+            if (database is null || pool.Database == database)
+            {
+                told.Add(AdminSnapshot.RunOnLoopAsync(pool.Loop, () =>
+                {
+                    pool.SetPaused(pools.IsPaused(pool.Database));
+                    return true;
+                }));
+            }
+        }
+
+        await Task.WhenAll(told).WaitAsync(AdminSnapshot.CollectTimeout).ConfigureAwait(false);
+        AdminResult result = AdminResult.Done(pause ? "PAUSE" : "RESUME");
+        if (!pause && database is not null && pools.IsPaused(database))
+        {
+            result.Notices.Add(new AdminMessage(AdminSqlState.Success, $"database \"{database}\" stays paused: every database is paused; RESUME without a name resumes them"));
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// RELOAD: reads the config file again and copies every changeable setting into the running options;
+    /// pools get their new size on their loops. Settings that only a restart applies are named in a NOTICE
+    /// when they changed.
+    /// </summary>
+    private async Task<AdminResult> ReloadAsync()
+    {
+        ProxyOptions running = Proxy.Options;
+        if (running.SourcePath is null)
+        {
+            return AdminResult.Failed(AdminSqlState.ObjectNotInPrerequisiteState, "the proxy was not started from a config file, so there is nothing to reload");
+        }
+
+        ProxyOptions fresh;
+        try
+        {
+            fresh = await Task.Run(() => ConfigLoader.Load(running.SourcePath)).ConfigureAwait(false);
+        }
+        catch (ConfigException e)
+        {
+            // Not F0000 (config_file_error): drivers treat that class as fatal to the connection.
+            return AdminResult.Failed(AdminSqlState.InvalidParameterValue, e.Message, detail: "Nothing was changed.");
+        }
+
+        var restart = new List<string>();
+        foreach (ConfigSetting setting in ConfigSetting.All)
+        {
+            if (setting.Apply is null)
+            {
+                if (setting.Get(running) != setting.Get(fresh))
+                {
+                    restart.Add(setting.Key);
+                }
+
+                continue;
+            }
+
+            setting.Apply(running, fresh);
+        }
+
+        if (!SameDatabases(running, fresh))
+        {
+            restart.Add("[databases]");
+        }
+
+        Log.SetVerbosity(running.Verbose);
+        var resized = new List<Task<bool>>();
+        foreach (ServerPool pool in Proxy.Pools.Pools)
+        {
+            int size = fresh.Databases.FirstOrDefault(d => d.Name == pool.Options.Name)?.PoolSize ?? running.DefaultPoolSize;
+            resized.Add(AdminSnapshot.RunOnLoopAsync(pool.Loop, () =>
+            {
+                pool.Resize(size);
+                return true;
+            }));
+        }
+
+        await Task.WhenAll(resized).WaitAsync(AdminSnapshot.CollectTimeout).ConfigureAwait(false);
+        AdminResult result = AdminResult.Done("RELOAD");
+        if (restart.Count > 0)
+        {
+            result.Notices.Add(new AdminMessage(AdminSqlState.Success, $"changed settings that need a restart to take effect: {string.Join(", ", restart)}"));
+        }
+
+        Log.Write(LogLevel.Warning, $"configuration reloaded from {running.SourcePath}{(restart.Count > 0 ? $"; needing a restart: {string.Join(", ", restart)}" : "")}");
+        return result;
+    }
+
+    /// <summary>Whether two [databases] sections route the same way (pool_size aside, which RELOAD applies).</summary>
+    private static bool SameDatabases(ProxyOptions a, ProxyOptions b) =>
+        a.Databases.Count == b.Databases.Count
+        && a.Databases.Zip(b.Databases).All(p =>
+            p.First.Name == p.Second.Name && p.First.Host == p.Second.Host && p.First.Port == p.Second.Port
+            && p.First.DatabaseName == p.Second.DatabaseName && p.First.User == p.Second.User
+            && p.First.Password == p.Second.Password && p.First.PoolMode == p.Second.PoolMode);
 }

@@ -41,8 +41,6 @@ internal static class AdminSqlState
     public const string InvalidParameterValue = "22023";
     /// <summary>object_not_in_prerequisite_state.</summary>
     public const string ObjectNotInPrerequisiteState = "55000";
-    /// <summary>config_file_error.</summary>
-    public const string ConfigFileError = "F0000";
     /// <summary>invalid_catalog_name: no such database.</summary>
     public const string InvalidCatalogName = "3D000";
 }
