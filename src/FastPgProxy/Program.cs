@@ -82,7 +82,7 @@ internal static class Program
         using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         server.Start();
         Log.Write(LogLevel.Warning, $"fastpgproxy started: listening on {server.LocalEndPoint}");
-        await stop.Task.ConfigureAwait(false);
+        await Task.WhenAny(stop.Task, server.Stopped).ConfigureAwait(false);
         Log.Write(LogLevel.Warning, "shutting down");
         await server.StopAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
         Log.Write(LogLevel.Warning, $"stopped: {server.Stats.SessionsOpened} sessions served, {GC.GetTotalAllocatedBytes(precise: true)} bytes allocated since start, {GC.CollectionCount(0)} gen0 collections");

@@ -179,8 +179,14 @@ internal sealed class ProxyServer : IAsyncDisposable
 
         Loops.Stop(TimeSpan.FromSeconds(2));
         _stopping.Dispose();
+        _stoppedSource.TrySetResult();
     }
 
     /// <inheritdoc/>
     public async ValueTask DisposeAsync() => await StopAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+
+    private readonly TaskCompletionSource _stoppedSource = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Completes when a stop finished, whoever asked for it (a signal, the admin console's SHUTDOWN).</summary>
+    public Task Stopped => _stoppedSource.Task;
 }
