@@ -48,7 +48,7 @@ internal sealed partial class ClientSession
         }
 
         server.PendingCancels++;
-        var target = new CancelTarget(server.EndPoint, server.BackendPid, server.BackendKey);
+        CancelTarget target = server.CancelTarget;
         Net.EventLoop loop = Loop;
         _ = CancelForwarder.ForwardAsync(
             cancelSocket,

@@ -36,7 +36,7 @@ internal sealed partial class ClientSession
         _serverSentError = false;
         if (server.HasCancelKey)
         {
-            Volatile.Write(ref _cancelTarget, new CancelTarget(server.EndPoint, server.BackendPid, server.BackendKey));
+            Volatile.Write(ref _cancelTarget, server.CancelTarget);
         }
 
         if (State == SessionState.ConnectingServer)

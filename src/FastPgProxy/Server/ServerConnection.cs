@@ -182,6 +182,11 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// <summary>Whether the backend sent BackendKeyData (some servers and poolers do not).</summary>
     public bool HasCancelKey => BackendKey.Length > 0;
 
+    /// <summary>Where and how to cancel this backend's query; made once, so attaching a client allocates nothing.</summary>
+    public CancelTarget CancelTarget => _cancelTarget ??= new CancelTarget(EndPoint, BackendPid, BackendKey);
+
+    private CancelTarget? _cancelTarget;
+
     /// <summary>The last transaction status the backend reported.</summary>
     public TransactionStatus TransactionStatus { get; set; } = TransactionStatus.Idle;
 
