@@ -78,6 +78,11 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
 
     private EventLoop _loop;
 
+    /// <summary>The node that carries this session in its pool's waiting queue, made once.</summary>
+    public LinkedListNode<ClientSession> QueueNode => _queueNode ??= new LinkedListNode<ClientSession>(this);
+
+    private LinkedListNode<ClientSession>? _queueNode;
+
     /// <summary>Where the session sits in its pool's waiting queue; null when not waiting.</summary>
     public LinkedListNode<ClientSession>? WaitNode { get; set; }
 

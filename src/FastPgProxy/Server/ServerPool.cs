@@ -97,7 +97,10 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
             Drop(server);
         }
 
-        client.WaitNode = _waiters.AddLast(client);
+        // The session's own node is reused for every wait: queueing allocates nothing.
+        LinkedListNode<ClientSession> node = client.QueueNode;
+        _waiters.AddLast(node);
+        client.WaitNode = node;
         client.WaitStarted = Stopwatch.GetTimestamp();
         LaunchForWaiters();
         return null;
