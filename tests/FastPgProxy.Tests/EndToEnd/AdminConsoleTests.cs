@@ -611,6 +611,62 @@ public sealed class AdminConsoleTests(PostgresFixture fixture)
     }
 
     [Fact]
+    public async Task Shutdown_ends_the_executable_with_exit_code_0()
+    {
+        string dir = Directory.CreateTempSubdirectory("fpp-shutdown-").FullName;
+        int port = NetUtil.GetFreeTcpPort();
+        string path = Path.Combine(dir, "fastpgproxy.ini");
+        await File.WriteAllTextAsync(path, $"[databases]\n* = host={_pg.Host} port={_pg.Port}\n[fastpgproxy]\nlisten_port = {port}\nauth_type = trust\nadmin_users = {AdminUser}\n");
+        string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h : ProcessRunner.FindOnPath("dotnet")!;
+        var start = new ProcessStartInfo(host) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "fastpgproxy.dll"));
+        start.ArgumentList.Add("--config");
+        start.ArgumentList.Add(path);
+        using Process process = Process.Start(start)!;
+        Task<string> stderr = process.StandardError.ReadToEndAsync();
+        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
+        try
+        {
+            string psql = ProcessRunner.FindOnPath("psql") ?? _pg.ToolPath("psql");
+            string[] args = ["-X", "-h", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture), "-U", AdminUser, "-d", Console, "-Atc", "SHUTDOWN"];
+            var deadline = Stopwatch.StartNew();
+            while (true)
+            {
+                (int exit, _, string err) = await ProcessRunner.RunAsync(psql, args, TimeSpan.FromSeconds(30), new Dictionary<string, string> { ["PGCONNECT_TIMEOUT"] = "5" });
+                if (exit == 0)
+                {
+                    break;
+                }
+
+                if (process.HasExited)
+                {
+                    Assert.Fail($"fastpgproxy exited early: {await stderr}");
+                }
+
+                Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(30), $"psql SHUTDOWN failed: {err}");
+                await Task.Delay(100);
+            }
+
+            using var exited = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+            await process.WaitForExitAsync(exited.Token);
+            string log = await stderr;
+            Assert.True(process.ExitCode == 0, $"exit code {process.ExitCode}; stderr:\n{log}");
+            Assert.Contains("shutdown requested by admin console session", log, StringComparison.Ordinal);
+            _ = await stdout;
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+                await process.WaitForExitAsync();
+            }
+
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task Extended_protocol_row_limits_describe_and_error_recovery()
     {
         await using ProxyHarness proxy = Start();
@@ -732,5 +788,99 @@ public sealed class AdminConsoleTests(PostgresFixture fixture)
         byte[] bytes = new byte[sizeof(int)];
         BinaryPrimitives.WriteInt32BigEndian(bytes, value);
         return bytes;
+    }
+}
+
+/// <summary>The console's parser, value encodings and settings table, without sockets.</summary>
+public sealed class AdminConsoleUnitTests
+{
+    [Theory]
+    [InlineData("SHOW CLIENTS", "Show", "Clients", 0, null)]
+    [InlineData("  show   pools ; ", "Show", "Pools", 0, null)]
+    [InlineData("Show Stats;;", "Show", "Stats", 0, null)]
+    [InlineData("KILL PGSQL CONNECTION 12", "KillConnection", "None", 12, null)]
+    [InlineData("kill pgsql query 7;", "KillQuery", "None", 7, null)]
+    [InlineData("KILL_CLIENT 5", "KillConnection", "None", 5, null)]
+    [InlineData("PAUSE", "Pause", "None", 0, null)]
+    [InlineData("pause \"my \"\"db\"\"\"", "Pause", "None", 0, "my \"db\"")]
+    [InlineData("RESUME app", "Resume", "None", 0, "app")]
+    [InlineData("reload", "Reload", "None", 0, null)]
+    [InlineData("SHUTDOWN", "Shutdown", "None", 0, null)]
+    [InlineData(" ; ", "Empty", "None", 0, null)]
+    public void Parses_commands(string text, string kind, string item, int id, string? database)
+    {
+        Admin.AdminCommand? command = Admin.AdminCommand.TryParse(text, out Admin.AdminMessage? error);
+        Assert.Null(error);
+        Assert.NotNull(command);
+        Assert.Equal(kind, command.Kind.ToString());
+        Assert.Equal(item, command.Item.ToString());
+        Assert.Equal(id, command.SessionId);
+        Assert.Equal(database, command.Database);
+    }
+
+    [Theory]
+    [InlineData("SHOW")]
+    [InlineData("SHOW CLIENTS EXTRA")]
+    [InlineData("SHOW NOTHING")]
+    [InlineData("KILL PGSQL CONNECTION")]
+    [InlineData("KILL PGSQL CONNECTION 0")]
+    [InlineData("KILL PGSQL CONNECTION -3")]
+    [InlineData("KILL PGSQL CONNECTION 99999999999")]
+    [InlineData("KILL PGSQL SESSION 3")]
+    [InlineData("PAUSE a b")]
+    [InlineData("RELOAD now")]
+    [InlineData("SHOW POOLS; SHOW CLIENTS")]
+    [InlineData("PAUSE \"unterminated")]
+    [InlineData("SELECT 1")]
+    public void Refuses_anything_else_with_42601_and_the_command_list(string text)
+    {
+        Assert.Null(Admin.AdminCommand.TryParse(text, out Admin.AdminMessage? error));
+        Assert.NotNull(error);
+        Assert.Equal("42601", error.SqlState);
+        Assert.Contains("SHOW CLIENTS|SERVERS|POOLS", error.Hint, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Encodes_values_as_PostgreSQL_does()
+    {
+        var time = new DateTime(2024, 5, 1, 12, 34, 56, 789, DateTimeKind.Utc);
+        Assert.Equal("2024-05-01 12:34:56.789+00", Admin.AdminOutput.FormatTimestamp(time));
+        Assert.Equal("2024-05-01 12:34:56+00", Admin.AdminOutput.FormatTimestamp(new DateTime(2024, 5, 1, 12, 34, 56, DateTimeKind.Utc)));
+        Assert.Equal("2024-05-01 12:34:56.000001+00", Admin.AdminOutput.FormatTimestamp(new DateTime(2024, 5, 1, 12, 34, 56, DateTimeKind.Utc).AddTicks(10)));
+
+        byte[] epoch = Admin.AdminOutput.Encode(Admin.AdminType.TimestampTz, new DateTime(2000, 1, 1, 0, 0, 1, DateTimeKind.Utc), 1)!;
+        Assert.Equal(1_000_000L, BinaryPrimitives.ReadInt64BigEndian(epoch));
+        Assert.Equal(-5L, BinaryPrimitives.ReadInt64BigEndian(Admin.AdminOutput.Encode(Admin.AdminType.Int8, -5L, 1)));
+        Assert.Equal(7, BinaryPrimitives.ReadInt32BigEndian(Admin.AdminOutput.Encode(Admin.AdminType.Int4, 7, 1)));
+        Assert.Equal("123", Encoding.ASCII.GetString(Admin.AdminOutput.Encode(Admin.AdminType.Int8, 123L, 0)!));
+        Assert.Equal([1], Admin.AdminOutput.Encode(Admin.AdminType.Bool, true, 1));
+        Assert.Equal("f"u8.ToArray(), Admin.AdminOutput.Encode(Admin.AdminType.Bool, false, 0));
+        Assert.Equal("é"u8.ToArray(), Admin.AdminOutput.Encode(Admin.AdminType.Text, "é", 1));
+        Assert.Null(Admin.AdminOutput.Encode(Admin.AdminType.Int4, null, 0));
+    }
+
+    [Fact]
+    public void Show_config_lists_every_key_of_the_README_table()
+    {
+        string? dir = AppContext.BaseDirectory;
+        while (dir is not null && !File.Exists(Path.Combine(dir, "README.md")))
+        {
+            dir = Path.GetDirectoryName(dir);
+        }
+
+        Assert.NotNull(dir);
+        string readme = File.ReadAllText(Path.Combine(dir, "README.md"));
+        string table = readme[readme.IndexOf("### `[fastpgproxy]` keys", StringComparison.Ordinal)..readme.IndexOf("### `[databases]` keys", StringComparison.Ordinal)];
+        string[] documented = System.Text.RegularExpressions.Regex.Matches(table, @"^\| `([a-z_]+)` \|", System.Text.RegularExpressions.RegexOptions.Multiline)
+            .Select(m => m.Groups[1].Value).ToArray();
+        Assert.NotEmpty(documented);
+        Assert.Equal(documented.Order(StringComparer.Ordinal), Admin.ConfigSetting.All.Select(s => s.Key).Order(StringComparer.Ordinal));
+
+        // Every key shown is one the loader accepts, with the value it shows.
+        var options = ConfigLoader.Parse("[databases]\n* = host=127.0.0.1\n[fastpgproxy]\nauth_type = trust\n" + string.Concat(Admin.ConfigSetting.All.Select(s => $"{s.Key} = {s.Get(new ProxyOptions())}\n")).Replace("auth_type = md5\n", "", StringComparison.Ordinal), "test");
+        foreach (Admin.ConfigSetting setting in Admin.ConfigSetting.All.Where(s => s.Key is not ("auth_type" or "auth_file")))
+        {
+            Assert.Equal(setting.Get(new ProxyOptions()), setting.Get(options));
+        }
     }
 }
