@@ -4,9 +4,10 @@
 # Compares read-only pgbench throughput and latency against a scratch PostgreSQL directly, through
 # FastPgProxy and through PgBouncer (when installed), over TCP on 127.0.0.1, and reports how much
 # CPU each proxy process spent per transaction. Every pgbench run lasts `seconds` (default 15).
+# The last scenario measures query cancel latency instead.
 #
-# Scenarios, always run in this order; the default is all of them. All use pgbench -S (one
-# SELECT by primary key per transaction) on scale 10:
+# Scenarios, always run in this order; the default is all of them. All but cancel use pgbench -S
+# (one SELECT by primary key per transaction) on scale 10:
 #
 #   session    -S -c 16 -j 2, session pooling
 #   tx16       -S -c 16 -j 2, transaction pooling (one client per backend)
@@ -16,6 +17,9 @@
 #   prepared   -S -M prepared -c 16 -j 2, transaction pooling (named prepared statements, which
 #              PgBouncer supports in transaction mode only from 1.21 on)
 #   connect    -S -C -c 16 -j 2, transaction pooling (a new connection per transaction)
+#   cancel     tools/CancelLatency: NpgsqlCommand.Cancel() of SELECT pg_sleep(30) 50 ms after it
+#              started, timed until the query fails with 57014; transaction pooling. 200 cancels
+#              per target, or 15 per second of `seconds` (at least 50) when that is below 14
 #
 # Both proxies get the same pool settings: in session mode default_pool_size = 20 and
 # max_client_conn = 200, in transaction mode default_pool_size = 16 and max_client_conn = 1000.
@@ -33,7 +37,7 @@ readonly host=127.0.0.1
 readonly start_timeout=30
 
 # Scenarios: pool mode, clients, pgbench threads, pgbench flags, and a note printed under the table.
-readonly all_scenarios=(session tx16 tx64 tx256 extended prepared connect)
+readonly all_scenarios=(session tx16 tx64 tx256 extended prepared connect cancel)
 declare -A scen_mode=() scen_clients=() scen_threads=() scen_flags=() scen_note=()
 
 # define_scenario NAME MODE CLIENTS THREADS FLAGS [NOTE]
@@ -52,6 +56,9 @@ define_scenario extended transaction 16  2 "-S -M extended"
 define_scenario prepared transaction 16  2 "-S -M prepared"
 define_scenario connect  transaction 16  2 "-S -C" \
     "pgbench -C connects one client at a time per thread, holding up that thread's other clients; avg latency includes connecting, p99 (per-transaction log) starts after the client's own connection"
+# Not pgbench: runs last, on the transaction-mode proxies the scenarios before it left running.
+define_scenario cancel   transaction 1   1 ""
+readonly cancel_delay_ms=50
 
 # Pool settings, the same for both proxies.
 declare -A pool_size=([session]=20 [transaction]=16) max_clients=([session]=200 [transaction]=1000)
@@ -250,6 +257,26 @@ cleanup() {
 # ---------------------------------------------------------------------------------------------
 # Targets.
 
+# build_cancel_latency: publishes tools/CancelLatency; on failure prints the errors and returns 1.
+build_cancel_latency() {
+    log "building CancelLatency (dotnet publish -c Release -o .bench/cancel-latency)"
+    if ! command -v dotnet >/dev/null 2>&1; then
+        cancel_build_note="dotnet not found, could not build"
+        return 1
+    fi
+    if ! dotnet publish tools/CancelLatency/CancelLatency.csproj -c Release -o .bench/cancel-latency \
+        </dev/null >"$work/publish-cancel-latency.log" 2>&1; then
+        log "dotnet publish of CancelLatency failed:"
+        grep -E 'error|Error' "$work/publish-cancel-latency.log" | sort -u | tail -n 15 | sed 's/^/    | /' >&2 || true
+        cancel_build_note="CancelLatency build failed"
+        return 1
+    fi
+    if [ ! -x .bench/cancel-latency/CancelLatency ]; then
+        cancel_build_note=".bench/cancel-latency/CancelLatency missing after publish"
+        return 1
+    fi
+}
+
 # build_fastpgproxy: publishes FastPgProxy; on failure prints the errors and returns 1.
 build_fastpgproxy() {
     log "building FastPgProxy (dotnet publish -c Release -o .bench/bin)"
@@ -431,6 +458,8 @@ stop_proxies() {
 # Runs. Results are keyed "scenario/target".
 
 declare -A state=() tps=() latency=() p99=() txns=() cpu_us=() note=() allocated=()
+# The cancel scenario's results, keyed by target.
+declare -A cancel_median=() cancel_p99=() cancel_max=()
 
 # p99_ms PREFIX: the 99th percentile (nearest rank) in ms of the transaction latencies in
 # pgbench's --log files PREFIX.* (one per thread). The third field is the latency in µs; a failed
@@ -489,15 +518,47 @@ bench() {
     state[$id]=ok
 }
 
+# bench_cancel SCENARIO TARGET PORT PID: one CancelLatency run against PORT; records the median,
+# p99 and maximum cancel latency. PID is unused (cancels are too few to measure proxy CPU).
+bench_cancel() {
+    local key="$2" port="$3" id="$1/$2" out="$work/runs/$1-$2.out" rc=0
+    if [ -n "$cancel_build_note" ]; then
+        note[$id]="$cancel_build_note"
+        return 1
+    fi
+    log "cancel: $cancels cancels after ${cancel_delay_ms} ms against ${label[$key]} (port $port)"
+    bounded $((60 + cancels)) .bench/cancel-latency/CancelLatency --count "$cancels" --delay-ms "$cancel_delay_ms" \
+        --connection "Host=$host;Port=$port;Username=postgres;Database=postgres;Timeout=15" </dev/null >"$out" 2>&1 || rc=$?
+    if [ "$rc" -eq 124 ]; then
+        note[$id]="CancelLatency did not finish within $((60 + cancels))s"
+        return 1
+    elif [ "$rc" -ne 0 ]; then
+        show_tail "$out" 5
+        note[$id]="CancelLatency exit status $rc: $(grep -m 1 'error' "$out" | cut -c 1-240)"
+        return 1
+    fi
+    # cancels=N median_ms=X p99_ms=Y max_ms=Z
+    cancel_median[$key]="$(sed -n 's/.* median_ms=\([0-9.]*\).*/\1/p' "$out")"
+    cancel_p99[$key]="$(sed -n 's/.* p99_ms=\([0-9.]*\).*/\1/p' "$out")"
+    cancel_max[$key]="$(sed -n 's/.* max_ms=\([0-9.]*\).*/\1/p' "$out")"
+    if [ -z "${cancel_median[$key]}" ] || [ -z "${cancel_p99[$key]}" ] || [ -z "${cancel_max[$key]}" ]; then
+        show_tail "$out"
+        note[$id]="no result line from CancelLatency"
+        return 1
+    fi
+    state[$id]=ok
+}
+
 # run_target SCENARIO TARGET: starts the target's proxy when needed and benchmarks it, recording
 # the outcome.
 run_target() {
-    local scen="$1" key="$2" id="$1/$2" mode="${scen_mode[$1]}"
+    local scen="$1" key="$2" id="$1/$2" mode="${scen_mode[$1]}" runner=bench
+    [ "$scen" = cancel ] && runner=bench_cancel
     state[$id]=failed
     if [ "$key" = direct ]; then
-        bench "$scen" "$key" "$pg_port" "" || true
+        "$runner" "$scen" "$key" "$pg_port" "" || true
     elif ensure_proxy "$key" "$mode"; then
-        bench "$scen" "$key" "${proxy_port[$key/$mode]}" "${proxy_pid[$key/$mode]}" || true
+        "$runner" "$scen" "$key" "${proxy_port[$key/$mode]}" "${proxy_pid[$key/$mode]}" || true
     else
         [ "${proxy_state[$key/$mode]}" = skipped ] && state[$id]=skipped
         note[$id]="${proxy_note[$key/$mode]}"
@@ -513,9 +574,52 @@ ratio() {
     fi
 }
 
+# print_notes SCENARIO: the reasons under a table.
+print_notes() {
+    local scen="$1" key id
+    for key in direct fastpgproxy pgbouncer; do
+        id="$scen/$key"
+        if [ -n "${note[$id]:-}" ]; then
+            echo "  ${label[$key]}: ${state[$id]}: ${note[$id]}"
+        fi
+    done
+    if [ -n "${scen_note[$scen]}" ]; then
+        echo "  note: ${scen_note[$scen]}"
+    fi
+}
+
+# print_cancel_table SCENARIO
+print_cancel_table() {
+    local scen="$1" key id direct_median=""
+    local fmt="%-20s | %7s | %9s | %9s | %9s | %16s\n"
+    [ "${state[$scen/direct]}" = ok ] && direct_median="${cancel_median[direct]}"
+    echo
+    printf 'cancel: NpgsqlCommand.Cancel() of SELECT pg_sleep(30) %s ms after it started, timed until the query failed with 57014; %s cancels per target (%s), %s pooling, %s CPUs\n' \
+        "$cancel_delay_ms" "$cancels" "$cancels_why" "${scen_mode[$scen]}" "$(nproc)"
+    # shellcheck disable=SC2059
+    printf "$fmt" target cancels "median ms" "p99 ms" "max ms" "median vs direct"
+    printf '%s\n' "---------------------+---------+-----------+-----------+-----------+-----------------"
+    for key in direct fastpgproxy pgbouncer; do
+        id="$scen/$key"
+        if [ "${state[$id]}" = ok ]; then
+            # shellcheck disable=SC2059
+            printf "$fmt" "${label[$key]}" "$cancels" "${cancel_median[$key]}" "${cancel_p99[$key]}" \
+                "${cancel_max[$key]}" "$(ratio "${cancel_median[$key]}" "$direct_median")"
+        else
+            # shellcheck disable=SC2059
+            printf "$fmt" "${label[$key]}" "${state[$id]}" - - - -
+        fi
+    done
+    print_notes "$scen"
+}
+
 # print_table SCENARIO
 print_table() {
     local scen="$1" key id mode="${scen_mode[$1]}" direct_tps="" bouncer_tps=""
+    if [ "$scen" = cancel ]; then
+        print_cancel_table "$scen"
+        return
+    fi
     local fmt="%-20s | %10s | %14s | %14s | %17s | %13s | %16s\n"
     [ "${state[$scen/direct]}" = ok ] && direct_tps="${tps[$scen/direct]}"
     [ "${state[$scen/pgbouncer]}" = ok ] && bouncer_tps="${tps[$scen/pgbouncer]}"
@@ -538,31 +642,25 @@ print_table() {
             printf "$fmt" "${label[$key]}" "${state[$id]}" - - - - -
         fi
     done
-    for key in direct fastpgproxy pgbouncer; do
-        id="$scen/$key"
-        if [ -n "${note[$id]:-}" ]; then
-            echo "  ${label[$key]}: ${state[$id]}: ${note[$id]}"
-        fi
-    done
-    if [ -n "${scen_note[$scen]}" ]; then
-        echo "  note: ${scen_note[$scen]}"
-    fi
+    print_notes "$scen"
 }
 
 # alloc_line MODE: FastPgProxy's managed allocations over its life in MODE, per transaction of the
 # runs it served.
 alloc_line() {
-    local mode="$1" s n=0
+    local mode="$1" s n=0 extra="start-up and logins"
     [ -n "${allocated[$mode]:-}" ] || return 0
     for s in "${scenarios[@]}"; do
         if [ "${scen_mode[$s]}" = "$mode" ] && [ "${state[$s/fastpgproxy]}" = ok ]; then
+            # The cancel scenario's cancels are not transactions, but their allocations are in the total.
+            if [ "$s" = cancel ]; then extra="start-up, logins and the cancel runs"; continue; fi
             n=$((n + ${txns[$s/fastpgproxy]}))
         fi
     done
     [ "$n" -gt 0 ] || return 0
     echo
-    awk -v m="$mode" -v a="${allocated[$mode]}" -v n="$n" 'BEGIN {
-        printf "FastPgProxy (%s pooling) managed allocations, whole process life (start-up and logins included): %d bytes over %d transactions = %.1f bytes/txn\n", m, a, n, a / n }'
+    awk -v m="$mode" -v a="${allocated[$mode]}" -v n="$n" -v x="$extra" 'BEGIN {
+        printf "FastPgProxy (%s pooling) managed allocations, whole process life (%s included): %d bytes over %d transactions = %.1f bytes/txn\n", m, x, a, n, a / n }'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -601,6 +699,18 @@ mkdir "$work/runs"
 
 build_note=""
 build_fastpgproxy || true
+cancel_build_note=""
+cancels=200 cancels_why="the default"
+for scen in "${scenarios[@]}"; do
+    if [ "$scen" = cancel ]; then
+        build_cancel_latency || true
+        # Short runs stay short: 15 cancels per second of a run, at least 50, at most 200.
+        if [ "$seconds" -lt 14 ]; then
+            cancels=$((seconds * 15 < 50 ? 50 : seconds * 15))
+            cancels_why="fewer than 200 because seconds is $seconds: 15 per second, at least 50"
+        fi
+    fi
+done
 start_postgres
 
 # One pool mode at a time: the previous mode's proxies stop before the next mode's start.
