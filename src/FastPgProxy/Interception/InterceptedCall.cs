@@ -126,6 +126,149 @@ internal readonly struct InterceptedCall
     /// <summary>The highest <c>$n</c> the statement refers to, 0 when none: the parameter count PostgreSQL infers for a Parse without declared types.</summary>
     public int ParameterCount => Math.Max(Argument.ParameterIndex, Timeout.ParameterIndex);
 
+    /// <summary>
+    /// Whether PostgreSQL would analyse the call without error, and with which parameter types: the
+    /// ParameterDescription of the statement. False means the server must handle the statement, because
+    /// PostgreSQL would fail (42883 no such function for an int8 pid or a parameter of another type;
+    /// 42P18 for a parameter whose type nothing determines; 42P02 for any <c>$n</c> in a Simple Query) or
+    /// would accept a parameter type <see cref="InterceptReplies.TryDecodeIntParameter"/> does not read.
+    /// </summary>
+    /// <param name="declaredTypes">
+    /// The type OIDs the Parse message declared (0 and unknown, 705, leave a type to be inferred); empty for
+    /// a Parse without types. For a Simple Query, pass <paramref name="simpleQuery"/> true.
+    /// </param>
+    /// <param name="parameterTypes">
+    /// Receives the resolved OID of each parameter, <c>$1</c> first: as declared, or int4 for an untyped pid,
+    /// int8 for an untyped timeout, the cast's type for an untyped <c>$n::type</c>.
+    /// </param>
+    /// <param name="parameterCount">
+    /// How many parameters the statement has: the declared ones, or more if the text refers to a higher
+    /// <c>$n</c>. False (not resolvable here) when <paramref name="parameterTypes"/> is shorter.
+    /// </param>
+    /// <param name="simpleQuery">Whether the text came in a Query message, where no parameter can be bound.</param>
+    /// <remarks>
+    /// A parameter wider than its cast (<c>$1::int</c> declared int8) resolves, and PostgreSQL then fails
+    /// a bound value outside int4 with 22003 <c>integer out of range</c> when it plans the portal
+    /// (<see cref="InterceptReplies.WriteIntegerOutOfRange"/>).
+    /// </remarks>
+    public bool TryResolveParameterTypes(ReadOnlySpan<int> declaredTypes, Span<int> parameterTypes, out int parameterCount, bool simpleQuery = false)
+    {
+        parameterCount = Math.Max(ParameterCount, declaredTypes.Length);
+        if ((simpleQuery && ParameterCount > 0) || parameterCount > parameterTypes.Length)
+        {
+            return false;
+        }
+
+        for (int k = 0; k < parameterCount; k++)
+        {
+            parameterTypes[k] = k < declaredTypes.Length ? declaredTypes[k] : TypeOids.Unspecified;
+        }
+
+        // PostgreSQL first transforms the arguments left to right (a cast types an untyped parameter),
+        // then resolves the function and coerces each argument to it, typing what is still untyped: the
+        // same untyped $n passed as both int4 and int8 is an error (42P08 inconsistent types deduced).
+        if (Function != InterceptedFunction.BackendPid
+            && (!TryTransform(Argument, parameterTypes, out int argumentType)
+                || !TryTransform(Timeout, parameterTypes, out int timeoutType)
+                || !TryCoerce(Argument, argumentType, TypeOids.Int4, parameterTypes)
+                || !TryCoerce(Timeout, timeoutType, TypeOids.Int8, parameterTypes)))
+        {
+            return false;
+        }
+
+        for (int k = 0; k < parameterCount; k++)
+        {
+            if (IsUnresolved(parameterTypes[k]))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// The type of an argument once transformed: its cast's, its literal's, or its parameter's, which is
+    /// <see cref="TypeOids.Unknown"/> while untyped. False for a cast from a type the proxy does not read.
+    /// </summary>
+    private static bool TryTransform(CallArgument argument, Span<int> parameterTypes, out int type)
+    {
+        int castType = argument.Cast switch
+        {
+            ArgumentCast.Int4 => TypeOids.Int4,
+            ArgumentCast.Int8 => TypeOids.Int8,
+            _ => TypeOids.Unknown,
+        };
+        switch (argument.Kind)
+        {
+            case ArgumentKind.None:
+            case ArgumentKind.Null:
+                type = castType;
+                return true;
+            case ArgumentKind.Integer:
+                // A cast between integer types always applies: the scanner only accepts literals it holds.
+                type = argument.Cast != ArgumentCast.None ? castType
+                    : argument.Value is >= int.MinValue and <= int.MaxValue ? TypeOids.Int4 : TypeOids.Int8;
+                return true;
+            default:
+                ref int parameterType = ref parameterTypes[argument.ParameterIndex - 1];
+                type = IsUnresolved(parameterType) ? TypeOids.Unknown : parameterType;
+                if (argument.Cast == ArgumentCast.None)
+                {
+                    return true;
+                }
+
+                if (type == TypeOids.Unknown)
+                {
+                    parameterType = castType;
+                }
+                else if (!IsIntegerType(type))
+                {
+                    // PostgreSQL casts other types explicitly (text::int), but the proxy does not read them.
+                    return false;
+                }
+
+                type = castType;
+                return true;
+        }
+    }
+
+    /// <summary>
+    /// Whether a transformed argument coerces implicitly to <paramref name="expected"/> (int4 for the pid,
+    /// int8 for the timeout), typing a still untyped parameter on the way. Only int2 and int4 coerce to
+    /// int4; int2, int4 and int8 to int8.
+    /// </summary>
+    private static bool TryCoerce(CallArgument argument, int type, int expected, Span<int> parameterTypes)
+    {
+        if (argument.Kind == ArgumentKind.None)
+        {
+            return true;
+        }
+
+        if (type == TypeOids.Unknown)
+        {
+            if (argument.Kind == ArgumentKind.Null)
+            {
+                return true;
+            }
+
+            ref int parameterType = ref parameterTypes[argument.ParameterIndex - 1];
+            if (IsUnresolved(parameterType))
+            {
+                parameterType = expected;
+                return true;
+            }
+
+            return parameterType == expected;
+        }
+
+        return expected == TypeOids.Int8 ? IsIntegerType(type) : type is TypeOids.Int4 or TypeOids.Int2;
+    }
+
+    private static bool IsIntegerType(int type) => type is TypeOids.Int2 or TypeOids.Int4 or TypeOids.Int8;
+
+    private static bool IsUnresolved(int type) => type is TypeOids.Unspecified or TypeOids.Unknown;
+
     /// <summary>The function's name, which is also the column name PostgreSQL gives a call without an alias.</summary>
     public static ReadOnlySpan<byte> FunctionName(InterceptedFunction function) => function switch
     {
