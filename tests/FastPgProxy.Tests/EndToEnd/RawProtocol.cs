@@ -130,6 +130,140 @@ internal static class RawProtocol
         }
     }
 
+    /// <summary>A typed frontend message: the type byte, an int32 length that counts itself, and the body.</summary>
+    public static byte[] Message(char type, ReadOnlySpan<byte> body)
+    {
+        var m = new byte[1 + sizeof(int) + body.Length];
+        m[0] = (byte)type;
+        BinaryPrimitives.WriteInt32BigEndian(m.AsSpan(1), sizeof(int) + body.Length);
+        body.CopyTo(m.AsSpan(1 + sizeof(int)));
+        return m;
+    }
+
+    /// <summary>A Simple Query message (55.7 Query).</summary>
+    public static byte[] Query(string sql) => Message('Q', CString(sql));
+
+    /// <summary>A Parse message: statement name, SQL text and the declared parameter type OIDs (0 leaves one to the server).</summary>
+    public static byte[] Parse(string statement, string sql, params int[] parameterTypes)
+    {
+        var body = new List<byte>();
+        body.AddRange(CString(statement));
+        body.AddRange(CString(sql));
+        AddInt16(body, (short)parameterTypes.Length);
+        foreach (int oid in parameterTypes)
+        {
+            AddInt32(body, oid);
+        }
+
+        return Message('P', body.ToArray());
+    }
+
+    /// <summary>
+    /// A Bind message. <paramref name="parameterFormats"/> and <paramref name="resultFormats"/> are written as
+    /// given (none, one for all, or one each); a null value is SQL NULL (length -1).
+    /// </summary>
+    public static byte[] Bind(string portal, string statement, short[] parameterFormats, byte[]?[] values, short[] resultFormats)
+    {
+        var body = new List<byte>();
+        body.AddRange(CString(portal));
+        body.AddRange(CString(statement));
+        AddInt16(body, (short)parameterFormats.Length);
+        foreach (short format in parameterFormats)
+        {
+            AddInt16(body, format);
+        }
+
+        AddInt16(body, (short)values.Length);
+        foreach (byte[]? value in values)
+        {
+            AddInt32(body, value?.Length ?? -1);
+            if (value is not null)
+            {
+                body.AddRange(value);
+            }
+        }
+
+        AddInt16(body, (short)resultFormats.Length);
+        foreach (short format in resultFormats)
+        {
+            AddInt16(body, format);
+        }
+
+        return Message('B', body.ToArray());
+    }
+
+    /// <summary>A Describe message for a statement ('S') or a portal ('P').</summary>
+    public static byte[] Describe(char kind, string name) => Message('D', [(byte)kind, .. CString(name)]);
+
+    /// <summary>An Execute message; <paramref name="maxRows"/> 0 means all rows.</summary>
+    public static byte[] Execute(string portal, int maxRows = 0)
+    {
+        var body = new List<byte>(CString(portal));
+        AddInt32(body, maxRows);
+        return Message('E', body.ToArray());
+    }
+
+    /// <summary>A Sync message.</summary>
+    public static byte[] Sync() => Message('S', []);
+
+    /// <summary>A NUL-terminated UTF-8 string.</summary>
+    public static byte[] CString(string value) => [.. Encoding.UTF8.GetBytes(value), 0];
+
+    /// <summary>
+    /// Reads messages up to and including ReadyForQuery within <paramref name="timeout"/>; a peer that closes
+    /// first fails with the messages seen so far.
+    /// </summary>
+    public static async Task<List<(byte Type, byte[] Body)>> ReadUntilReadyAsync(Socket socket, TimeSpan timeout)
+    {
+        var messages = new List<(byte Type, byte[] Body)>();
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        while (true)
+        {
+            TimeSpan left = TimeSpan.FromMilliseconds(Math.Max(1, deadline - Environment.TickCount64));
+            (byte Type, byte[] Body)? message = await ReadMessageAsync(socket, left);
+            if (message is null)
+            {
+                throw new InvalidDataException($"the peer closed before ReadyForQuery; got '{string.Concat(messages.Select(m => (char)m.Type))}'");
+            }
+
+            messages.Add(message.Value);
+            if (message.Value.Type == (byte)'Z')
+            {
+                return messages;
+            }
+        }
+    }
+
+    /// <summary>The fields of an ErrorResponse or NoticeResponse body, by field code, in order.</summary>
+    public static List<(char Code, string Value)> Fields(byte[] body)
+    {
+        var fields = new List<(char Code, string Value)>();
+        int p = 0;
+        while (p < body.Length && body[p] != 0)
+        {
+            char code = (char)body[p++];
+            int stop = Array.IndexOf(body, (byte)0, p);
+            fields.Add((code, Encoding.UTF8.GetString(body, p, stop - p)));
+            p = stop + 1;
+        }
+
+        return fields;
+    }
+
+    private static void AddInt16(List<byte> body, short value)
+    {
+        Span<byte> b = stackalloc byte[sizeof(short)];
+        BinaryPrimitives.WriteInt16BigEndian(b, value);
+        body.AddRange(b);
+    }
+
+    private static void AddInt32(List<byte> body, int value)
+    {
+        Span<byte> b = stackalloc byte[sizeof(int)];
+        BinaryPrimitives.WriteInt32BigEndian(b, value);
+        body.AddRange(b);
+    }
+
     /// <summary>The SQLSTATE (C field) of the first ErrorResponse in <paramref name="data"/>, or null.</summary>
     public static string? ErrorCode(byte[] data) => ErrorField(data, (byte)'C');
 
