@@ -37,6 +37,7 @@ internal struct MessageFramer
     private MessageTypeSet _countSet;
     private int _counted;
     private byte _lastType;
+    private byte _previousType;
 
     /// <summary>Types to count as their headers go by, inspected or not (for example the messages that each earn a ReadyForQuery).</summary>
     public MessageTypeSet CountSet
@@ -47,6 +48,9 @@ internal struct MessageFramer
 
     /// <summary>Type of the last message whose header was read.</summary>
     public readonly byte LastType => _lastType;
+
+    /// <summary>Type of the message before <see cref="LastType"/>; 0 at the start of the stream.</summary>
+    public readonly byte PreviousType => _previousType;
 
     /// <summary>Returns how many headers of <see cref="CountSet"/> types went by since the last call, and starts again from zero.</summary>
     public int TakeCounted()
@@ -68,6 +72,7 @@ internal struct MessageFramer
         _passThroughRemaining = 0;
         _counted = 0;
         _lastType = 0;
+        _previousType = 0;
     }
 
     /// <summary>
@@ -141,6 +146,7 @@ internal struct MessageFramer
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void Count(byte type)
     {
+        _previousType = _lastType;
         _lastType = type;
         if (_countSet.Contains(type))
         {

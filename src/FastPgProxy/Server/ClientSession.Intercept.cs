@@ -16,6 +16,7 @@ internal sealed partial class ClientSession
 {
     private bool _parkedForLocalReply;
     private bool _localReplyPending;
+    private bool _closeAfterLocalReply;
 
     /// <summary>The transaction status the client believes in: its backend's, or idle without one.</summary>
     private TransactionStatus ClientTransactionStatus => _server?.TransactionStatus ?? TransactionStatus.Idle;
@@ -125,7 +126,7 @@ internal sealed partial class ClientSession
             return true;
         }
 
-        SendOut(writer.Position, AfterSend.ContinueRelay);
+        SendOut(writer.Position, _closeAfterLocalReply ? AfterSend.Close : AfterSend.ContinueRelay);
         return true;
     }
 
@@ -134,6 +135,8 @@ internal sealed partial class ClientSession
     {
         int pos = 0;
         bool first = true;
+        bool bound = false;
+        bool executed = false;
         while (true)
         {
             if (window.Length - pos < MessageFramer.HeaderLength)
@@ -176,6 +179,7 @@ internal sealed partial class ClientSession
                         return 0;
                     }
 
+                    bound = true;
                     break;
                 case (byte)'D':
                     if (body.Length < 2 || body[1] != 0)
@@ -185,16 +189,19 @@ internal sealed partial class ClientSession
 
                     break;
                 case (byte)'E':
-                    if (body.Length < 1 || body[0] != 0)
+                    if (body.Length < 1 || !bound || body[0] != 0)
                     {
                         return 0;
                     }
 
+                    executed = true;
                     break;
                 case (byte)'H':
                     break;
                 case (byte)'S':
-                    return pos + total;
+                    // Only a whole one-off command: a statement prepared now and bound in a later round
+                    // trip must exist on the backend, so such batches go to PostgreSQL.
+                    return executed ? pos + total : 0;
                 default:
                     return 0;
             }
@@ -229,7 +236,11 @@ internal sealed partial class ClientSession
             InterceptReplies.WriteCommandComplete(ref writer, InterceptReplies.SelectOneTag);
         }
 
-        writer.WriteReadyForQuery(ClientTransactionStatus);
+        if (!_closeAfterLocalReply)
+        {
+            writer.WriteReadyForQuery(ClientTransactionStatus);
+        }
+
         return false;
     }
 
@@ -328,7 +339,11 @@ internal sealed partial class ClientSession
             }
         }
 
-        writer.WriteReadyForQuery(ClientTransactionStatus);
+        if (!_closeAfterLocalReply)
+        {
+            writer.WriteReadyForQuery(ClientTransactionStatus);
+        }
+
         return false;
     }
 
@@ -495,6 +510,24 @@ internal sealed partial class ClientSession
         }
 
         Log.Write(LogLevel.Info, $"session {Id} ({User}): {(terminate ? "pg_terminate_backend" : "pg_cancel_backend")}({pid})");
+        if (target == this)
+        {
+            // Signalling itself interrupts this very statement, as in PostgreSQL: a cancel fails it with
+            // 57014; a termination ends the session with FATAL 57P01 and nothing after it.
+            failed = true;
+            if (terminate)
+            {
+                writer.WriteError(BackendMessage.ErrorResponse, "FATAL", SqlState.AdminShutdown, "terminating connection due to administrator command");
+                _closeAfterLocalReply = true;
+            }
+            else
+            {
+                writer.WriteError(BackendMessage.ErrorResponse, "ERROR", SqlState.QueryCanceled, "canceling statement due to user request");
+            }
+
+            return false;
+        }
+
         if (!terminate)
         {
             target.CancelFromAnywhere();

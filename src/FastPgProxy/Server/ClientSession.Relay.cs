@@ -105,6 +105,7 @@ internal sealed partial class ClientSession
         }
 
         int run = 0;
+        bool heldBack = false;
         while (true)
         {
             FrameStatus status = _clientFramer.Scan(window.Slice(run), s_clientInspect, Loop.Buffers.BufferSize, out int passThrough, out int length);
@@ -114,7 +115,10 @@ internal sealed partial class ClientSession
                 byte type = window[run];
                 if (type != (byte)FrontendMessage.Terminate)
                 {
-                    if (!StartsIntercepted(window.Slice(run, length)))
+                    // Only a call that starts a new batch is the proxy's to answer: inside an extended
+                    // batch not yet ended by Sync it belongs to PostgreSQL with the rest of the batch.
+                    bool batchOpen = IsExtendedMessage(_clientFramer.PreviousType);
+                    if (batchOpen || MeasureInterceptedBatch(window.Slice(run)) == 0)
                     {
                         run += length;
                         continue;
@@ -126,6 +130,7 @@ internal sealed partial class ClientSession
                         _expectedReadyForQuery--;
                     }
 
+                    heldBack = true;
                     break;
                 }
 
@@ -144,7 +149,7 @@ internal sealed partial class ClientSession
         }
 
         _expectedReadyForQuery += _clientFramer.TakeCounted();
-        _openExtended = _clientFramer.LastType is (byte)'P' or (byte)'B' or (byte)'E' or (byte)'D' or (byte)'C' or (byte)'H';
+        _openExtended = IsExtendedMessage(heldBack ? _clientFramer.PreviousType : _clientFramer.LastType);
         if (run > 0)
         {
             _clientRun = run;
@@ -161,6 +166,9 @@ internal sealed partial class ClientSession
 
         _client.Receive();
     }
+
+    /// <summary>Whether a message of this type leaves an extended-protocol batch open until Sync.</summary>
+    private static bool IsExtendedMessage(byte type) => type is (byte)'P' or (byte)'B' or (byte)'E' or (byte)'D' or (byte)'C' or (byte)'H';
 
     /// <summary>The backend took the client's run: drop it from the client's window and go on.</summary>
     private void OnClientRunSent()

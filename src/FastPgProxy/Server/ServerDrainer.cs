@@ -48,6 +48,13 @@ internal sealed class ServerDrainer : IChannelHandler, ILoopTimer, IInternalQuer
             return;
         }
 
+        if (_expected <= 0)
+        {
+            // Nothing owed (idle in a transaction): straight to the rollback.
+            Finish();
+            return;
+        }
+
         if (!channel.ReceivePending)
         {
             Process();

@@ -779,6 +779,16 @@ public sealed class InterceptionTests(PostgresFixture fixture)
         await using ProxyHarness proxy = StartProxy(mode);
         List<string> expected = await RawExchangeAsync(_pg.Port, exchange);
         List<string> actual = await RawExchangeAsync(proxy.Port, exchange);
+        if (exchange is "parse then bind in a second round trip" or "describe statement then bind in a second round trip" or "stale unnamed statement on the backend")
+        {
+            // By design (README, "Exactly what is intercepted") only a whole one-off command batch is
+            // answered by the proxy; a statement prepared in one round trip and bound in a later one must
+            // exist on the backend, so it goes to PostgreSQL, whose DataRow carries its own backend pid.
+            // Everything else of the exchange must be PostgreSQL's own replies.
+            expected = expected.Select(m => m.StartsWith("D ", StringComparison.Ordinal) ? "D <a pid>" : m).ToList();
+            actual = actual.Select(m => m.StartsWith("D ", StringComparison.Ordinal) ? "D <a pid>" : m).ToList();
+        }
+
         AssertSame(string.Join('\n', expected), string.Join('\n', actual));
 
         if (exchange == "describe both")
