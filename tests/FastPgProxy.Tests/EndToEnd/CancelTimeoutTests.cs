@@ -1,0 +1,255 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using FastPgProxy.Config;
+using FastPgProxy.Server;
+using FastPgProxy.Tests.Infrastructure;
+using Npgsql;
+using Xunit;
+using Xunit.Abstractions;
+using static FastPgProxy.Tests.EndToEnd.CancelRaceTests;
+
+namespace FastPgProxy.Tests.EndToEnd;
+
+/// <summary>
+/// What the proxy cancels on its own: the query of a client that went away (cancel_on_disconnect), a query
+/// over query_timeout, a client idle in a transaction over idle_transaction_timeout; and what it refuses
+/// to forward once a source has sent too many wrong keys (cancel_bad_key_limit).
+/// </summary>
+/// <remarks>
+/// Proxy clients log in as <see cref="PostgresServer.TrustUser"/>; the test's own direct connections to
+/// PostgreSQL use the superuser, so pg_stat_activity tells the proxy's backends apart.
+/// </remarks>
+[Collection(PostgresCollection.Name)]
+public sealed class CancelTimeoutTests(PostgresFixture fixture, ITestOutputHelper output)
+{
+    // pg_backend_pid() alone in a statement may be answered by the proxy; "+ 0" keeps it PostgreSQL's own.
+    private const string RealBackendPid = "SELECT pg_backend_pid() + 0";
+
+    private readonly PostgresServer _pg = fixture.Server;
+
+    /// <summary>
+    /// A client goes away inside a transaction with a row inserted, either while a query runs or while idle
+    /// in the transaction: the query stops on PostgreSQL, the transaction is rolled back, and the same
+    /// backend serves the next client (pool size 1).
+    /// </summary>
+    [Theory]
+    [InlineData("transaction", true)]
+    [InlineData("session", true)]
+    [InlineData("transaction", false)]
+    [InlineData("session", false)]
+    public async Task A_client_that_drops_its_socket_inside_a_transaction_has_it_rolled_back_and_the_backend_kept(string poolMode, bool queryRunning)
+    {
+        PoolMode mode = poolMode == "session" ? PoolMode.Session : PoolMode.Transaction;
+        string table = $"cancel_disconnect_{poolMode}_{(queryRunning ? "busy" : "idle")}";
+        await _pg.ExecuteNonQueryAsync($"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (v text); GRANT ALL ON {table} TO PUBLIC");
+        try
+        {
+            await using ProxyHarness proxy = StartProxy(mode, o => o.CancelOnDisconnect = true);
+            await using var observer = new NpgsqlConnection(_pg.ConnectionString());
+            await observer.OpenAsync();
+            string marker = $"dropped-{Guid.NewGuid():N}";
+            int backendPid;
+            using (RawClient client = await RawClient.ConnectAsync(proxy))
+            {
+                // An open transaction with a row in it, and a long query running or none.
+                if (queryRunning)
+                {
+                    await client.SendQueryAsync($"BEGIN; INSERT INTO {table} VALUES ('{marker}'); SELECT pg_sleep(60) /* {marker} */");
+                    await WaitActiveAsync(observer, marker);
+                }
+                else
+                {
+                    Assert.Null((await client.QueryAsync($"BEGIN; INSERT INTO {table} VALUES ('{marker}') /* {marker} */", Patience)).SqlState);
+                }
+
+                await using var pidOf = new NpgsqlCommand("SELECT pid FROM pg_stat_activity WHERE state <> 'idle' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()", observer);
+                pidOf.Parameters.AddWithValue(marker);
+                backendPid = (int)(await pidOf.ExecuteScalarAsync())!;
+            }
+
+            var sw = Stopwatch.StartNew();
+            await using (var running = new NpgsqlCommand("SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()", observer))
+            {
+                running.Parameters.AddWithValue(marker);
+                while ((long)(await running.ExecuteScalarAsync())! > 0)
+                {
+                    Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), "PostgreSQL still runs the dropped client's query or transaction 10 s after it went away");
+                    await Task.Delay(20);
+                }
+            }
+
+            TimeSpan gone = sw.Elapsed;
+            output.WriteLine($"{mode} mode, {(queryRunning ? "query running" : "idle in transaction")}: gone from pg_stat_activity {gone.TotalMilliseconds:0} ms after the client");
+
+            // The next client is served, by the same backend, and the dropped client's transaction is rolled back.
+            await using NpgsqlConnection next = await OpenAsync(proxy);
+            int nextPid = await ScalarAsync<int>(next, RealBackendPid).WaitAsync(Patience);
+            Assert.True(
+                nextPid == backendPid && gone < TimeSpan.FromSeconds(3),
+                $"the dropped client's backend (pid {backendPid}) was made clean after {gone.TotalMilliseconds:0} ms; the next client got pid {nextPid}");
+            Assert.Equal(0L, await ScalarAsync<long>(next, $"SELECT count(*) FROM {table}"));
+            Assert.Equal(1, Pool(proxy).Total);
+        }
+        finally
+        {
+            await _pg.ExecuteNonQueryAsync($"DROP TABLE IF EXISTS {table}");
+        }
+    }
+
+    [Fact]
+    public async Task Query_timeout_cancels_the_long_query_and_the_session_goes_on()
+    {
+        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, o => o.QueryTimeout = TimeSpan.FromSeconds(1));
+        CancelStats stats = proxy.Server.CancelStats;
+        await using NpgsqlConnection c = await OpenAsync(proxy);
+        Snapshot before = Snapshot.Of(stats);
+
+        var sw = Stopwatch.StartNew();
+        PostgresException e = await Assert.ThrowsAsync<PostgresException>(() => ScalarAsync<object>(c, "SELECT pg_sleep(5)").WaitAsync(Patience));
+        TimeSpan took = sw.Elapsed;
+        output.WriteLine($"pg_sleep(5) ended after {took.TotalMilliseconds:0} ms with {e.SqlState} {e.MessageText}");
+        Assert.Equal(QueryCanceled, e.SqlState);
+        Assert.InRange(took, TimeSpan.FromSeconds(0.9), TimeSpan.FromSeconds(4));
+
+        Assert.Equal(1, await ScalarAsync<int>(c, "SELECT 1"));
+        Snapshot delta = Snapshot.Of(stats) - before;
+        Assert.Equal(1, delta.TimedOut);
+        Assert.Equal(1, delta.Forwarded);
+
+        // Queries each under the timeout, back to back for longer than it, are left alone.
+        sw.Restart();
+        for (int i = 0; i < 5; i++)
+        {
+            await ScalarAsync<object>(c, "SELECT pg_sleep(0.4)");
+        }
+
+        Assert.True(sw.Elapsed > TimeSpan.FromSeconds(1.5));
+        Assert.Equal(1, (Snapshot.Of(stats) - before).TimedOut);
+    }
+
+    [Fact]
+    public async Task Idle_transaction_timeout_closes_the_client_and_rolls_its_backend_back()
+    {
+        await _pg.ExecuteNonQueryAsync("DROP TABLE IF EXISTS cancel_idle_tx; CREATE TABLE cancel_idle_tx (v text); GRANT ALL ON cancel_idle_tx TO PUBLIC");
+        try
+        {
+            await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, o => o.IdleTransactionTimeout = TimeSpan.FromSeconds(1));
+            await using NpgsqlConnection bystander = await OpenAsync(proxy);
+            Assert.Equal(1, await ScalarAsync<int>(bystander, "SELECT 1"));
+
+            int backendPid;
+            var sw = Stopwatch.StartNew();
+            byte[] data;
+            bool closed;
+            using (RawClient idle = await RawClient.ConnectAsync(proxy))
+            {
+                Result begun = await idle.QueryAsync($"BEGIN; INSERT INTO cancel_idle_tx VALUES ('idle'); {RealBackendPid}", Patience);
+                Assert.Null(begun.SqlState);
+                backendPid = int.Parse(begun.Value!, System.Globalization.CultureInfo.InvariantCulture);
+                sw.Restart();
+                (data, closed) = await idle.ReadUntilCloseAsync(TimeSpan.FromSeconds(10));
+            }
+
+            TimeSpan after = sw.Elapsed;
+            string? sqlState = RawProtocol.ErrorCode(data);
+            output.WriteLine($"idle client closed after {after.TotalMilliseconds:0} ms with {sqlState} {RawProtocol.ErrorField(data, (byte)'M')}");
+            Assert.True(closed, "the client idle in a transaction was not closed within 10 s");
+            Assert.NotNull(sqlState);
+            Assert.True(after > TimeSpan.FromSeconds(0.8), $"closed after {after}, before idle_transaction_timeout");
+
+            // The backend is rolled back and kept: no transaction left open on PostgreSQL, the row is gone.
+            await using var observer = new NpgsqlConnection(_pg.ConnectionString());
+            await observer.OpenAsync();
+            await using var open = new NpgsqlCommand("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()", observer);
+            sw.Restart();
+            while ((long)(await open.ExecuteScalarAsync())! > 0)
+            {
+                Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), "a backend is still idle in transaction 10 s after its client was closed");
+                await Task.Delay(20);
+            }
+
+            TimeSpan rolledBack = sw.Elapsed;
+            output.WriteLine($"no backend idle in transaction {rolledBack.TotalMilliseconds:0} ms after the close");
+            Assert.Equal(0L, await _pg.ScalarAsync<long>("SELECT count(*) FROM cancel_idle_tx"));
+
+            // The bystander, idle outside a transaction all this while, is untouched, and a transaction
+            // busy in a query longer than the timeout is not idle.
+            await using (NpgsqlTransaction tx = await bystander.BeginTransactionAsync())
+            {
+                await using var busy = new NpgsqlCommand("SELECT pg_sleep(1.5)", bystander, tx);
+                await busy.ExecuteNonQueryAsync();
+                await tx.CommitAsync();
+            }
+
+            int nextPid = await ScalarAsync<int>(bystander, RealBackendPid);
+            Assert.True(
+                nextPid == backendPid && rolledBack < TimeSpan.FromSeconds(3),
+                $"the closed client's backend (pid {backendPid}) was made clean {rolledBack.TotalMilliseconds:0} ms after the close; the next query ran on pid {nextPid}");
+        }
+        finally
+        {
+            await _pg.ExecuteNonQueryAsync("DROP TABLE IF EXISTS cancel_idle_tx");
+        }
+    }
+
+    /// <summary>
+    /// cancel_bad_key_limit = 5: the sixth wrong key blocks the source (127.0.0.1, where every test client
+    /// is) for a minute, and from then on every cancel from it is dropped unread, a correct one included:
+    /// the running query is not cancelled and finishes.
+    /// </summary>
+    [Fact]
+    public async Task A_source_over_the_bad_key_limit_has_even_its_correct_cancels_dropped()
+    {
+        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, o => o.CancelBadKeyLimit = 5);
+        CancelStats stats = proxy.Server.CancelStats;
+        using RawClient a = await RawClient.ConnectAsync(proxy);
+        await using var observer = new NpgsqlConnection(_pg.ConnectionString());
+        await observer.OpenAsync();
+        Snapshot before = Snapshot.Of(stats);
+
+        await a.SendQueryAsync("SELECT 'finished' FROM pg_sleep(2) /* bad-key-limit */");
+        await WaitActiveAsync(observer, "bad-key-limit");
+        for (int i = 1; i <= 10; i++)
+        {
+            await SendCancelAsync(proxy, a.ProcessId, a.SecretKey ^ i);
+        }
+
+        Snapshot wrong = Snapshot.Of(stats) - before;
+        await SendCancelAsync(proxy, a.ProcessId, a.SecretKey);
+        Result result = await a.ReadResultAsync(Patience);
+        Snapshot delta = Snapshot.Of(stats) - before;
+        output.WriteLine($"after 10 wrong keys: {wrong}; the correct cancel: query ended with {result.SqlState ?? "success"} {result.Value}; {delta}");
+
+        Assert.Equal(6, wrong.WrongKey);
+        Assert.Equal(4, wrong.RateLimited);
+        Assert.Null(result.SqlState);
+        Assert.Equal("finished", result.Value);
+        Assert.Equal(5, delta.RateLimited);
+        Assert.Equal(0, delta.Forwarded);
+        Assert.Equal(11, delta.Received);
+    }
+
+    private ProxyHarness StartProxy(PoolMode mode, Action<ProxyOptions> configure) =>
+        ProxyHarness.Start(_pg, o =>
+        {
+            o.PoolMode = mode;
+            o.DefaultPoolSize = 1;
+            configure(o);
+        });
+
+    private static async Task<NpgsqlConnection> OpenAsync(ProxyHarness proxy)
+    {
+        var connection = new NpgsqlConnection(proxy.ConnectionString(User));
+        await connection.OpenAsync();
+        return connection;
+    }
+
+    private static async Task<T> ScalarAsync<T>(NpgsqlConnection c, string sql)
+    {
+        await using var cmd = new NpgsqlCommand(sql, c);
+        return (T)(await cmd.ExecuteScalarAsync())!;
+    }
+
+    private static ServerPool Pool(ProxyHarness proxy) =>
+        proxy.Server.Pools.Pools.Single(p => p.Database == PostgresServer.Database && p.User == User);
+}
