@@ -13,22 +13,33 @@ namespace FastPgProxy.Server;
 /// </summary>
 internal sealed partial class ClientSession
 {
+    private bool _cancelPendingRequest;
+    private MessageFramer _swallowFramer;
+
     /// <summary>Asks this session's loop to cancel its running query; <paramref name="cancelSocket"/> (a client's cancel connection) is closed when done. Any thread.</summary>
     public void RequestCancel(Socket? cancelSocket) => Loop.Post(() =>
     {
         CancelStats stats = _proxy.CancelStats;
-        if (State == SessionState.Active && WaitNode is not null)
+        if (State == SessionState.Active && (WaitNode is not null || _syncingParameters) && !_cancelPendingRequest)
         {
+            // The request has not reached PostgreSQL: waiting for a backend, or behind the proxy's own
+            // SETs on it. It is answered 57014 here once it has been read whole, and never forwarded.
             stats.OnQueued();
             cancelSocket?.Dispose();
-            AnswerQueuedCancel();
+            _pool?.RemoveWaiter(this);
+            _cancelPendingRequest = true;
+            if (!_syncingParameters && !_client.ReceivePending && !_client.SendPending && _out is null)
+            {
+                PumpClient();
+            }
+
             return;
         }
 
         if (State != SessionState.Active || _server is null || ServerIsClean())
         {
             stats.OnDroppedIdle();
-            Log.Debug($"session {Id}: cancel dropped, no query running");
+            Log.Debug($"session {Id}: cancel dropped, no query running (state {State}, backend {_server?.Id}, expected {_expectedReadyForQuery}, open {_openExtended})");
             cancelSocket?.Dispose();
             return;
         }
@@ -69,40 +80,51 @@ internal sealed partial class ClientSession
     }
 
     /// <summary>
-    /// The client waits for a backend and cancels: its pending query (the first Query, or the extended
-    /// batch up to Sync) is answered ERROR 57014 and ReadyForQuery without touching PostgreSQL.
+    /// Reads and drops the client's pending request (the first Query, or an extended batch through its
+    /// Sync), reading more from the socket when it is not all here, then answers ERROR 57014 and
+    /// ReadyForQuery, as PostgreSQL answers a cancelled request.
     /// </summary>
-    private void AnswerQueuedCancel()
+    private void SwallowCancelledRequest()
     {
-        _pool!.RemoveWaiter(this);
-        ReadOnlySpan<byte> window = _client.Window;
-        int pos = 0;
-        while (window.Length - pos >= MessageFramer.HeaderLength)
+        while (true)
         {
-            int total = MessageFramer.ReadLength(window.Slice(pos)) + 1;
-            if (total < MessageFramer.HeaderLength || total > window.Length - pos)
+            Span<byte> window = _client.Window;
+            FrameStatus status = _swallowFramer.Scan(window, MessageTypeSet.All, Loop.Buffers.BufferSize, out int passThrough, out int length);
+            _client.Consume(passThrough);
+            if (status == FrameStatus.Invalid)
+            {
+                Fatal(SqlState.ProtocolViolation, "invalid message length");
+                return;
+            }
+
+            if (status == FrameStatus.Inspect)
+            {
+                _client.Consume(length);
+            }
+
+            if (_swallowFramer.AtBoundary && _swallowFramer.LastType is (byte)FrontendMessage.Query or (byte)'S')
             {
                 break;
             }
 
-            byte type = window[pos];
-            pos += total;
-            if (type is (byte)FrontendMessage.Query or (byte)'S')
+            if (status == FrameStatus.NeedMore)
             {
-                break;
+                _client.Receive();
+                return;
             }
         }
 
-        _client.Consume(pos);
-        if (_out is not null || _client.SendPending)
+        _swallowFramer.Reset();
+        _cancelPendingRequest = false;
+        if (_server is not null)
         {
-            Close();
-            return;
+            // Cancelled during the parameter sync: the backend did nothing for the client and goes back.
+            TryReleaseServer();
         }
 
         var writer = new PgWriter(RentOut());
         writer.WriteError(BackendMessage.ErrorResponse, "ERROR", SqlState.QueryCanceled, "canceling statement due to user request");
-        writer.WriteReadyForQuery(TransactionStatus.Idle);
+        writer.WriteReadyForQuery(ClientTransactionStatus);
         SendOut(writer.Position, AfterSend.ContinueRelay);
     }
 }

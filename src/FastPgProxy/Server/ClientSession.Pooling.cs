@@ -107,12 +107,16 @@ internal sealed partial class ClientSession
             return;
         }
 
+        server.Channel.SetHandler(this);
         if (!ok)
         {
-            Log.Warning($"session {Id}: could not set the client's parameters on backend pid {server.BackendPid}");
+            // The client's request must never run with another client's settings. The usual cause is a
+            // cancel of this client's that PostgreSQL acted on only now: answer the request as cancelled
+            // (57014); the backend goes back, and the next one is set afresh.
+            Log.Warning($"session {Id}: could not set the client's parameters on backend pid {server.BackendPid}; its request is answered as cancelled");
+            _cancelPendingRequest = true;
         }
 
-        server.Channel.SetHandler(this);
         ResumeRelay();
     }
 

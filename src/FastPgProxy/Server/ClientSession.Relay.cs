@@ -64,6 +64,12 @@ internal sealed partial class ClientSession
             return;
         }
 
+        if (_cancelPendingRequest && !_syncingParameters)
+        {
+            SwallowCancelledRequest();
+            return;
+        }
+
         if (TryIntercept())
         {
             return;
