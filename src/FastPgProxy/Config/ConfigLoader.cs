@@ -168,11 +168,7 @@ internal static class ConfigLoader
                 o.MaxPreparedStatements = ParseInt(value, 0, 100_000, source, line, key);
                 break;
             case "ignore_startup_parameters":
-                foreach (string name in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                {
-                    o.IgnoreStartupParameters.Add(name);
-                }
-
+                AddNames(o.IgnoreStartupParameters, value);
                 break;
             case "query_timeout":
                 o.QueryTimeout = ParseDuration(value, source, line, key);
@@ -201,24 +197,25 @@ internal static class ConfigLoader
                 o.CancelWaitTimeout = ParseDuration(value, source, line, key);
                 break;
             case "admin_users":
-                foreach (string name in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                {
-                    o.AdminUsers.Add(name);
-                }
-
+                AddNames(o.AdminUsers, value);
                 break;
             case "stats_users":
-                foreach (string name in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                {
-                    o.StatsUsers.Add(name);
-                }
-
+                AddNames(o.StatsUsers, value);
                 break;
             case "verbose":
                 o.Verbose = ParseInt(value, 0, 3, source, line, key);
                 break;
             default:
                 throw Error(source, line, key, "unknown setting");
+        }
+    }
+
+    /// <summary>Adds the names of a comma-separated list (blanks ignored, spaces trimmed).</summary>
+    private static void AddNames(HashSet<string> names, string value)
+    {
+        foreach (string name in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            names.Add(name);
         }
     }
 

@@ -146,8 +146,7 @@ internal sealed partial class ClientSession
 
         if (_terminateAfterRun)
         {
-            Log.Write(LogLevel.Info, $"session {Id}: client sent Terminate");
-            Close();
+            CloseOnTerminate();
             return;
         }
 

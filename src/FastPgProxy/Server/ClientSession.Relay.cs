@@ -84,8 +84,7 @@ internal sealed partial class ClientSession
             }
             else if (window[0] == (byte)FrontendMessage.Terminate)
             {
-                Log.Write(LogLevel.Info, $"session {Id}: client sent Terminate");
-                Close();
+                CloseOnTerminate();
             }
             else if (_tracking && TryAnswerPrepareLocally())
             {
@@ -165,12 +164,18 @@ internal sealed partial class ClientSession
 
         if (_terminateAfterRun)
         {
-            Log.Write(LogLevel.Info, $"session {Id}: client sent Terminate");
-            Close();
+            CloseOnTerminate();
             return;
         }
 
         _client.Receive();
+    }
+
+    /// <summary>The client said Terminate: the session ends without the backend being told (it may be pooled).</summary>
+    private void CloseOnTerminate()
+    {
+        Log.Write(LogLevel.Info, $"session {Id}: client sent Terminate");
+        Close();
     }
 
     /// <summary>Whether a message of this type leaves an extended-protocol batch open until Sync.</summary>
@@ -186,8 +191,7 @@ internal sealed partial class ClientSession
         OnQuerySent();
         if (_terminateAfterRun)
         {
-            Log.Write(LogLevel.Info, $"session {Id}: client sent Terminate");
-            Close();
+            CloseOnTerminate();
             return;
         }
 

@@ -110,7 +110,6 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     private readonly DatabaseOptions _database;
     private readonly ServerCredentials _credentials;
     private readonly string _databaseName;
-    private readonly IReadOnlyList<KeyValuePair<string, string>> _startupParameters;
     private readonly TimeSpan _connectTimeout;
     private IServerLoginListener? _listener;
     private MessageFramer _framer;
@@ -126,13 +125,11 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         DatabaseOptions database,
         string databaseName,
         ServerCredentials credentials,
-        IReadOnlyList<KeyValuePair<string, string>> startupParameters,
         TimeSpan connectTimeout)
     {
         _database = database;
         _databaseName = databaseName;
         _credentials = credentials;
-        _startupParameters = startupParameters;
         _connectTimeout = connectTimeout;
         Channel = new SocketChannel(loop, null, this) { IdleWithoutBuffer = true };
         EndPoint = ResolveEndPoint(database);
@@ -260,12 +257,6 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         writer.WriteCString(_credentials.User);
         writer.WriteCString("database");
         writer.WriteCString(_databaseName);
-        foreach (KeyValuePair<string, string> p in _startupParameters)
-        {
-            writer.WriteCString(p.Key);
-            writer.WriteCString(p.Value);
-        }
-
         writer.WriteByte(0);
         writer.EndMessage();
         Channel.Send(_out, 0, writer.Position);

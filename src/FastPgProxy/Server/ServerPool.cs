@@ -238,7 +238,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
     private void Launch()
     {
-        var server = new ServerConnection(Loop, Options, Options.DatabaseName ?? Database, _credentials, [], _proxy.Options.ServerConnectTimeout)
+        var server = new ServerConnection(Loop, Options, Options.DatabaseName ?? Database, _credentials, _proxy.Options.ServerConnectTimeout)
         {
             Pool = this,
         };
