@@ -52,6 +52,8 @@ internal sealed partial class AdminConsole
         new("sv_used", AdminType.Int8),
         new("sv_login", AdminType.Int8),
         new("sv_being_canceled", AdminType.Int8),
+        new("sv_active_cancel", AdminType.Int8),
+        new("cl_waiting_cancel_req", AdminType.Int8),
         new("maxwait_us", AdminType.Int8),
         new("pool_mode", AdminType.Text),
     ];
@@ -241,7 +243,7 @@ internal sealed partial class AdminConsole
                 }
             }
 
-            result.Rows.Add([p.Database, p.User, clientsActive, clientsWaiting, cancels, active, idle, used, login, canceling, p.MaxWaitMicros, p.Mode == PoolMode.Session ? "session" : "transaction"]);
+            result.Rows.Add([p.Database, p.User, clientsActive, clientsWaiting, cancels, active, idle, used, login, canceling, (long)p.CancelConnections, (long)p.CancelsWaiting, p.MaxWaitMicros, p.Mode == PoolMode.Session ? "session" : "transaction"]);
         }
     }
 

@@ -41,7 +41,7 @@ internal sealed record ConfigSetting(string Key, Func<ProxyOptions, string> Get,
 
         // Both size the cancel guard, which is built once at start.
         new("cancel_bad_key_limit", o => Int(o.CancelBadKeyLimit), null),
-        new("max_cancel_connections", o => Int(o.MaxCancelConnections), null),
+        new("max_cancel_connections", o => Int(o.MaxCancelConnections), (t, s) => t.MaxCancelConnections = s.MaxCancelConnections),
         new("cancel_wait_timeout", o => Seconds(o.CancelWaitTimeout), (t, s) => t.CancelWaitTimeout = s.CancelWaitTimeout),
         new("admin_users", o => List(o.AdminUsers), (t, s) => t.AdminUsers = s.AdminUsers),
         new("stats_users", o => List(o.StatsUsers), (t, s) => t.StatsUsers = s.StatsUsers),

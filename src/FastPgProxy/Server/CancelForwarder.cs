@@ -38,23 +38,11 @@ internal static class CancelForwarder
     /// Forwards the cancel and closes <paramref name="clientSocket"/> afterwards; <paramref name="done"/>
     /// runs when PostgreSQL has closed the cancel connection (or the attempt failed).
     /// </summary>
-    public static async Task ForwardAsync(Socket? clientSocket, CancelTarget target, TimeSpan timeout, CancelStats stats, Action? done = null, CancelGuard? guard = null, TimeSpan waitTimeout = default)
+    public static async Task ForwardAsync(Socket? clientSocket, CancelTarget target, TimeSpan timeout, CancelStats stats, Action? done = null)
     {
         using var cts = new CancellationTokenSource(timeout);
-        bool entered = false;
         try
         {
-            if (guard is not null)
-            {
-                entered = await guard.EnterAsync(target.EndPoint, waitTimeout).ConfigureAwait(false);
-                if (!entered)
-                {
-                    stats.OnFailed();
-                    Log.Warning($"cancel for backend pid {target.ProcessId} dropped: no cancel connection free within cancel_wait_timeout");
-                    return;
-                }
-            }
-
             using Socket server = target.EndPoint is UnixDomainSocketEndPoint
                 ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
                 : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
@@ -80,11 +68,6 @@ internal static class CancelForwarder
         }
         finally
         {
-            if (entered)
-            {
-                guard!.Exit(target.EndPoint);
-            }
-
             clientSocket?.Dispose();
             done?.Invoke();
         }

@@ -1,30 +1,22 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
-using System.Net.Sockets;
 
 namespace FastPgProxy.Server;
 
 /// <summary>
-/// Protects PostgreSQL and the proxy from cancel storms and key guessing: counts wrong keys per source
-/// address in one-minute windows and blocks a source over cancel_bad_key_limit for a minute; bounds the
-/// cancel connections open at once to each PostgreSQL server (max_cancel_connections), with waiting
-/// cancels dropped after cancel_wait_timeout. Thread-safe; ordinary traffic never touches it.
+/// Protects PostgreSQL and the proxy from key guessing: counts wrong keys per source address in one-minute
+/// windows and blocks a source over cancel_bad_key_limit for a minute. (Cancel connections to PostgreSQL
+/// are bounded by each pool, see ServerPool.Cancels.cs.) Thread-safe; ordinary traffic never touches it.
 /// </summary>
 internal sealed class CancelGuard
 {
     private static readonly long s_window = Stopwatch.Frequency * 60;
     private readonly ConcurrentDictionary<IPAddress, Source> _sources = new();
-    private readonly ConcurrentDictionary<EndPoint, SemaphoreSlim> _perServer = new();
     private readonly int _badKeyLimit;
-    private readonly int _maxConnections;
 
     /// <summary>Creates a guard with the given limits (0 disables the bad-key limit).</summary>
-    public CancelGuard(int badKeyLimit, int maxConnections)
-    {
-        _badKeyLimit = badKeyLimit;
-        _maxConnections = maxConnections;
-    }
+    public CancelGuard(int badKeyLimit) => _badKeyLimit = badKeyLimit;
 
     /// <summary>Whether cancels from <paramref name="address"/> are being dropped.</summary>
     public bool IsBlocked(IPAddress? address)
@@ -63,19 +55,6 @@ internal sealed class CancelGuard
                 source.BlockedUntil = now + s_window;
                 Log.Warning($"cancel requests from {address} blocked for a minute: more than {_badKeyLimit} wrong keys in a minute");
             }
-        }
-    }
-
-    /// <summary>Waits for a cancel connection slot to <paramref name="server"/>; false when none came within <paramref name="timeout"/>.</summary>
-    public Task<bool> EnterAsync(EndPoint server, TimeSpan timeout) =>
-        _perServer.GetOrAdd(server, _ => new SemaphoreSlim(_maxConnections, _maxConnections)).WaitAsync(timeout);
-
-    /// <summary>Gives the slot back.</summary>
-    public void Exit(EndPoint server)
-    {
-        if (_perServer.TryGetValue(server, out SemaphoreSlim? slots))
-        {
-            slots.Release();
         }
     }
 

@@ -14,6 +14,7 @@ internal sealed class CancelStats
     private long _queued;
     private long _timedOut;
     private long _rateLimited;
+    private long _waitTimedOut;
 
     /// <summary>CancelRequest packets read.</summary>
     public long Received => Volatile.Read(ref _received);
@@ -47,6 +48,12 @@ internal sealed class CancelStats
 
     /// <summary>Cancel packets dropped because their source sent too many wrong keys.</summary>
     public long RateLimited => Volatile.Read(ref _rateLimited);
+
+    /// <summary>Cancels dropped after waiting cancel_wait_timeout for a cancel connection.</summary>
+    public long WaitTimedOut => Volatile.Read(ref _waitTimedOut);
+
+    /// <summary>A cancel waited cancel_wait_timeout for a cancel connection and was dropped.</summary>
+    public void OnWaitTimedOut() => Interlocked.Increment(ref _waitTimedOut);
 
     /// <summary>Counts a query_timeout cancel.</summary>
     public void OnTimedOut() => Interlocked.Increment(ref _timedOut);

@@ -47,7 +47,7 @@ internal sealed partial class ClientSession
         CancelRunningQuery(cancelSocket);
     });
 
-    /// <summary>Sends the backend's own CancelRequest and holds the backend until PostgreSQL has acted. Loop only.</summary>
+    /// <summary>Has the pool send the backend's own CancelRequest, holding the backend until PostgreSQL has acted. Loop only.</summary>
     private void CancelRunningQuery(Socket? cancelSocket)
     {
         ServerConnection server = _server!;
@@ -58,25 +58,7 @@ internal sealed partial class ClientSession
             return;
         }
 
-        server.PendingCancels++;
-        CancelTarget target = server.CancelTarget;
-        Net.EventLoop loop = Loop;
-        _ = CancelForwarder.ForwardAsync(
-            cancelSocket,
-            target,
-            _proxy.Options.CancelTimeout,
-            _proxy.CancelStats,
-            () => loop.Post(() =>
-            {
-                server.PendingCancels--;
-                if (server.PendingCancels == 0 && server != _server)
-                {
-                    // Handed back meanwhile: the pool held it for this moment.
-                    server.Pool?.OnCancelsDone(server);
-                }
-            }),
-            _proxy.CancelGuard,
-            _proxy.Options.CancelWaitTimeout);
+        server.Pool!.CancelQuery(server, cancelSocket);
     }
 
     /// <summary>

@@ -289,6 +289,7 @@ internal sealed partial class ClientSession
                     _expectedReadyForQuery--;
                 }
 
+                _server!.ReadyCount++;
                 CountReadyForQuery(_server!.TransactionStatus);
                 _serverSentError = false;
                 OnReadyForQueryRelayed(_server!.TransactionStatus);

@@ -54,7 +54,7 @@ internal sealed class ProxyServer : IAsyncDisposable
         LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
         Loops = new EventLoopGroup(options.EffectiveLoopThreads, BufferSize);
         Pools = new PoolManager(this);
-        CancelGuard = new CancelGuard(options.CancelBadKeyLimit, options.MaxCancelConnections);
+        CancelGuard = new CancelGuard(options.CancelBadKeyLimit);
     }
 
     /// <summary>Cancel storm and key-guessing protection.</summary>

@@ -157,6 +157,13 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// </summary>
     public int PendingCancels { get; set; }
 
+    /// <summary>
+    /// ReadyForQuery messages read from the backend for clients (relayed or drained). A cancel that waited
+    /// for a cancel connection is dropped when this moved meanwhile: the request it was meant for has ended.
+    /// Loop-owned.
+    /// </summary>
+    public long ReadyCount { get; set; }
+
     /// <summary>The proxy-named prepared statements this backend holds (transaction mode); null until the first.</summary>
     public PreparedStatementCache? PreparedStatements { get; set; }
 

@@ -135,6 +135,7 @@ internal sealed class ServerDrainer : IChannelHandler, ILoopTimer, IInternalQuer
             if (type == (byte)BackendMessage.ReadyForQuery)
             {
                 _server.TransactionStatus = (TransactionStatus)message[MessageFramer.HeaderLength];
+                _server.ReadyCount++;
                 _expected--;
             }
             else if (type == (byte)BackendMessage.ParameterStatus)

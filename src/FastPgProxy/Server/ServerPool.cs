@@ -16,9 +16,10 @@ namespace FastPgProxy.Server;
 /// while idle (restart, <c>pg_terminate_backend</c>) is noticed and dropped at once. Clients that find no
 /// idle backend and no room to open one wait in FIFO order; each released backend goes to the head of the
 /// queue. A one-second tick closes backends idle longer than <c>server_idle_timeout</c>, keeps
-/// <c>min_pool_size</c> open, and times waiting clients out after <c>query_wait_timeout</c>.
+/// <c>min_pool_size</c> open, and times waiting clients out after <c>query_wait_timeout</c>. Cancel
+/// connections count against the pool too (ServerPool.Cancels.cs).
 /// </remarks>
-internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInternalQueryListener, ILoopTimer
+internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler, IInternalQueryListener, ILoopTimer
 {
     private readonly ProxyServer _proxy;
     private readonly Stack<ServerConnection> _idle = new();
@@ -227,10 +228,14 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
     }
 
-    /// <summary>Opens backends while clients wait for more than are being opened, within the pool and database limits.</summary>
+    /// <summary>
+    /// Serves waiting cancels, then opens backends while clients wait for more than are being opened, within
+    /// the pool and database limits.
+    /// </summary>
     private void LaunchForWaiters()
     {
-        while (!Paused && _waiters.Count > _connecting && Total < Size && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        ServeWaitingCancels();
+        while (!Paused && _waiters.Count > _connecting && HasLoginRoom && _proxy.Pools.TryReserveDatabaseConnection(Options))
         {
             Launch();
         }
@@ -357,7 +362,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
     }
 
-    /// <summary>Once a second: idle timeout, lifetime, min_pool_size, waiting timeout, retries for waiters.</summary>
+    /// <summary>Once a second: idle timeout, lifetime, waiting timeouts (clients and cancels), min_pool_size, retries for waiters.</summary>
     public void OnTimer(long dueTimestamp)
     {
         long now = Stopwatch.GetTimestamp();
@@ -407,7 +412,8 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
             }
         }
 
-        while (Total < Math.Min(o.MinPoolSize, Size) && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        ExpireWaitingCancels(now);
+        while (HasLoginRoom && Total < Math.Min(o.MinPoolSize, Size) && _proxy.Pools.TryReserveDatabaseConnection(Options))
         {
             Launch();
         }

@@ -630,14 +630,15 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
 
     /// <summary>The CancelStats counters at one moment; subtracting two gives what happened in between.</summary>
     internal readonly record struct Snapshot(
-        long Received, long Forwarded, long NoBackend, long WrongKey, long UnknownSession, long Malformed, long Failed, long DroppedIdle, long Queued, long TimedOut, long RateLimited)
+        long Received, long Forwarded, long NoBackend, long WrongKey, long UnknownSession, long Malformed, long Failed, long DroppedIdle, long Queued, long TimedOut, long RateLimited, long WaitTimedOut)
     {
         public static Snapshot Of(CancelStats s) =>
-            new(s.Received, s.Forwarded, s.NoBackend, s.WrongKey, s.UnknownSession, s.Malformed, s.Failed, s.DroppedIdle, s.Queued, s.TimedOut, s.RateLimited);
+            new(s.Received, s.Forwarded, s.NoBackend, s.WrongKey, s.UnknownSession, s.Malformed, s.Failed, s.DroppedIdle, s.Queued, s.TimedOut, s.RateLimited, s.WaitTimedOut);
 
         public static Snapshot operator -(Snapshot x, Snapshot y) =>
             new(x.Received - y.Received, x.Forwarded - y.Forwarded, x.NoBackend - y.NoBackend, x.WrongKey - y.WrongKey, x.UnknownSession - y.UnknownSession,
-                x.Malformed - y.Malformed, x.Failed - y.Failed, x.DroppedIdle - y.DroppedIdle, x.Queued - y.Queued, x.TimedOut - y.TimedOut, x.RateLimited - y.RateLimited);
+                x.Malformed - y.Malformed, x.Failed - y.Failed, x.DroppedIdle - y.DroppedIdle, x.Queued - y.Queued, x.TimedOut - y.TimedOut, x.RateLimited - y.RateLimited,
+                x.WaitTimedOut - y.WaitTimedOut);
     }
 
     /// <summary>The outcome of one simple query: the SQLSTATE of its error (null when it succeeded) and the first column of its first row.</summary>

@@ -265,6 +265,26 @@ public sealed class PostgresServer : IDisposable
     }
 
     /// <summary>
+    /// Suspends the postmaster (SIGSTOP): running backends go on, but new connections, cancel requests
+    /// included, wait in its listen queue until <see cref="ThawPostmaster"/>.
+    /// </summary>
+    public void FreezePostmaster() => SignalPostmaster("STOP");
+
+    /// <summary>Resumes a postmaster suspended by <see cref="FreezePostmaster"/> (SIGCONT).</summary>
+    public void ThawPostmaster() => SignalPostmaster("CONT");
+
+    private void SignalPostmaster(string signal)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        string pid = File.ReadLines(Path.Combine(DataDir, "postmaster.pid")).First().Trim();
+        var (exitCode, _, stderr) = ProcessRunner.Run("kill", [$"-{signal}", pid], ShortCommandTimeout);
+        if (exitCode != 0)
+        {
+            throw new InvalidOperationException($"kill -{signal} {pid} failed ({exitCode}): {stderr}");
+        }
+    }
+
+    /// <summary>
     /// Stops the server at once (<c>pg_ctl stop -m immediate</c>) and deletes the temp folder.
     /// Never throws.
     /// </summary>

@@ -1,0 +1,131 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using FastPgProxy.Config;
+using FastPgProxy.Server;
+using FastPgProxy.Tests.Infrastructure;
+using Npgsql;
+using Xunit;
+using Xunit.Abstractions;
+using static FastPgProxy.Tests.EndToEnd.CancelRaceTests;
+
+namespace FastPgProxy.Tests.EndToEnd;
+
+/// <summary>
+/// Cancel connections to PostgreSQL count against the pool: cancels may go beyond pool_size by
+/// max_cancel_connections, then wait; a waiting cancel holds back backend logins, is served when a slot
+/// frees, and is dropped after cancel_wait_timeout. PostgreSQL's postmaster is suspended (SIGSTOP) to keep
+/// cancel connections open: they wait in its listen queue while the running backends go on.
+/// </summary>
+[Collection(PostgresCollection.Name)]
+public sealed class CancelConnectionTests(PostgresFixture fixture, ITestOutputHelper output)
+{
+    private readonly PostgresServer _pg = fixture.Server;
+
+    /// <summary>
+    /// pool_size 2, max_cancel_connections 1: with A's backend busy, two cancel connections fill the pool's
+    /// three slots. A third cancel waits, and B's query, which would otherwise open the pool's second
+    /// backend, waits without a login. The waiting cancel is dropped after cancel_wait_timeout; another one
+    /// waits in its place. Once PostgreSQL resumes, A is cancelled, the waiting cancel goes out (or is
+    /// dropped, if A's query ended first) and B's query runs, never cancelled.
+    /// </summary>
+    [Fact]
+    public async Task Cancels_beyond_the_bound_wait_ahead_of_logins_and_are_dropped_after_cancel_wait_timeout()
+    {
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+        {
+            o.PoolMode = PoolMode.Transaction;
+            o.DefaultPoolSize = 2;
+            o.MaxCancelConnections = 1;
+            o.CancelWaitTimeout = TimeSpan.FromSeconds(2);
+            o.CancelTimeout = TimeSpan.FromSeconds(60);
+        });
+        CancelStats stats = proxy.Server.CancelStats;
+        using RawClient b = await RawClient.ConnectAsync(proxy, "cancel-slots-b");
+        Assert.Null((await b.QueryAsync("SELECT 1", Patience)).SqlState);
+        using RawClient a = await RawClient.ConnectAsync(proxy, "cancel-slots-a");
+        ServerPool pool = Pool(proxy);
+        Assert.Equal(1, pool.Total);
+
+        await using var observer = new NpgsqlConnection(_pg.ConnectionString());
+        await observer.OpenAsync();
+        await a.SendQueryAsync("SELECT pg_sleep(60) /* cancel-slots-a */");
+        await WaitActiveAsync(observer, "cancel-slots-a");
+        Snapshot before = Snapshot.Of(stats);
+
+        var cancels = new List<Socket>();
+        try
+        {
+            _pg.FreezePostmaster();
+
+            // One backend and two cancel connections: pool_size + max_cancel_connections.
+            cancels.Add(await StartCancelAsync(proxy, a));
+            cancels.Add(await StartCancelAsync(proxy, a));
+            await PollAsync(() => pool.CancelConnections == 2, "two cancel connections");
+            using Socket dropped = await StartCancelAsync(proxy, a);
+            await PollAsync(() => pool.CancelsWaiting == 1, "the third cancel to wait");
+
+            // B needs a backend; the pool has room for a second one but for the cancel connections.
+            await b.SendQueryAsync("SELECT 'b' /* cancel-slots-b */");
+            await PollAsync(() => pool.WaitingCount == 1, "B to wait for a backend");
+            Assert.Equal(0, pool.ConnectingCount);
+            Assert.Equal(1, pool.Total);
+
+            // The waiting cancel is dropped after cancel_wait_timeout, its client connection closed.
+            var sw = Stopwatch.StartNew();
+            (byte[] data, bool closed) = await RawProtocol.ReadUntilCloseAsync(dropped, Patience);
+            output.WriteLine($"the waiting cancel was dropped {sw.ElapsedMilliseconds} ms after the check began (cancel_wait_timeout 2 s, checked every second)");
+            Assert.True(closed, "the proxy kept a cancel that waited past cancel_wait_timeout");
+            Assert.Empty(data);
+            Assert.Equal(1, (Snapshot.Of(stats) - before).WaitTimedOut);
+            Assert.Equal(0, pool.CancelsWaiting);
+            Assert.Equal(0, pool.ConnectingCount);
+
+            // Another one waits in its place, and is still waiting when PostgreSQL resumes.
+            cancels.Add(await StartCancelAsync(proxy, a));
+            await PollAsync(() => pool.CancelsWaiting == 1, "the fourth cancel to wait");
+            Assert.Equal(1, pool.WaitingCount);
+            Assert.Equal(0, pool.ConnectingCount);
+        }
+        finally
+        {
+            _pg.ThawPostmaster();
+        }
+
+        Result resultA = await a.ReadResultAsync(Patience);
+        Result resultB = await b.ReadResultAsync(Patience);
+        foreach (Socket cancel in cancels)
+        {
+            (byte[] data, bool closed) = await RawProtocol.ReadUntilCloseAsync(cancel, Patience);
+            Assert.True(closed, "a cancel connection stayed open after PostgreSQL resumed");
+            Assert.Empty(data);
+            cancel.Dispose();
+        }
+
+        await PollAsync(() => pool.CancelConnections == 0 && pool.CancelsWaiting == 0 && pool.CoolingCount == 0, "every cancel to be settled");
+        Snapshot delta = Snapshot.Of(stats) - before;
+        output.WriteLine($"A: {resultA.SqlState}; B: {resultB.SqlState ?? "ok"} {resultB.Value}; {delta}");
+        Assert.Equal(QueryCanceled, resultA.SqlState);
+        Assert.Null(resultB.SqlState);
+        Assert.Equal("b", resultB.Value);
+        Assert.Equal(4, delta.Received);
+        Assert.Equal(1, delta.WaitTimedOut);
+        Assert.Equal(0, delta.Failed);
+        Assert.True(delta.Forwarded >= 2, $"the two cancel connections opened while PostgreSQL was suspended were not acknowledged: {delta}");
+        Assert.Equal(3, delta.Forwarded + delta.DroppedIdle);
+
+        // A keeps its session, and both clients are served on.
+        Assert.Equal("1", (await a.QueryAsync("SELECT 1", Patience)).Value);
+        Assert.Equal("2", (await b.QueryAsync("SELECT 2", Patience)).Value);
+    }
+
+    /// <summary>Opens a cancel connection for <paramref name="client"/> and sends its CancelRequest, leaving the connection open.</summary>
+    private static async Task<Socket> StartCancelAsync(ProxyHarness proxy, RawClient client)
+    {
+        Socket socket = await proxy.ConnectRawAsync();
+        await socket.SendAsync(RawProtocol.CancelRequest(client.ProcessId, client.SecretKey));
+        return socket;
+    }
+
+    private static ServerPool Pool(ProxyHarness proxy) =>
+        proxy.Server.Pools.Pools.Single(p => p.Database == PostgresServer.Database && p.User == User);
+}
