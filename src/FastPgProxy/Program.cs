@@ -78,6 +78,7 @@ internal static class Program
             stop.TrySetResult();
         }
 
+        SignalDisposition.ResetInterrupt();
         using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
         using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         server.Start();

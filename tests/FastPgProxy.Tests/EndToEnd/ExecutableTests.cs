@@ -88,10 +88,16 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         Assert.Contains(path, stderr, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// SIGTERM or SIGINT stops the proxy cleanly. With <paramref name="startedIgnoringInterrupt"/>, the
+    /// proxy is started with SIGINT ignored, as a shell without job control starts background commands:
+    /// SIGINT must still stop it.
+    /// </summary>
     [Theory]
-    [InlineData("TERM")]
-    [InlineData("INT")]
-    public async Task Signal_tells_clients_57P01_and_exits_with_code_0(string signal)
+    [InlineData("TERM", false)]
+    [InlineData("INT", false)]
+    [InlineData("INT", true)]
+    public async Task Signal_tells_clients_57P01_and_exits_with_code_0(string signal, bool startedIgnoringInterrupt)
     {
         int port = NetUtil.GetFreeTcpPort();
         string path = WriteConfig(
@@ -103,13 +109,21 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
             "[databases]",
             $"* = host=127.0.0.1 port={_pg.Port}");
 
-        var start = new ProcessStartInfo(DotnetHost)
+        var start = new ProcessStartInfo(startedIgnoringInterrupt ? "/bin/sh" : DotnetHost)
         {
             UseShellExecute = false,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = true,
         };
+        if (startedIgnoringInterrupt)
+        {
+            // The ignored disposition survives exec, so the proxy (same pid) starts with SIGINT ignored.
+            start.ArgumentList.Add("-c");
+            start.ArgumentList.Add("trap '' INT; exec \"$0\" \"$@\"");
+            start.ArgumentList.Add(DotnetHost);
+        }
+
         start.ArgumentList.Add(ProxyDll);
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(path);
