@@ -152,7 +152,7 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
     }
 
     /// <summary>The last pending cancel of a backend completed: a backend held back for it goes on to the pool.</summary>
-    public void OnCancelsDone(ServerConnection server)
+    private void OnCancelsDone(ServerConnection server)
     {
         Debug.Assert(Loop.InLoop);
         if (server.PendingCancels == 0 && _cooling.Remove(server, out bool reset))
