@@ -125,7 +125,4 @@ public sealed class CancelConnectionTests(PostgresFixture fixture, ITestOutputHe
         await socket.SendAsync(RawProtocol.CancelRequest(client.ProcessId, client.SecretKey));
         return socket;
     }
-
-    private static ServerPool Pool(ProxyHarness proxy) =>
-        proxy.Server.Pools.Pools.Single(p => p.Database == PostgresServer.Database && p.User == User);
 }

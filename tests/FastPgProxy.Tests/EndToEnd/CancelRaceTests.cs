@@ -582,7 +582,8 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
     }
 
     /// <summary>The pool of the (fpp, fpp_trust) pair, the one every test here uses.</summary>
-    private static ServerPool Pool(ProxyHarness proxy) =>
+    /// <summary>The pool of the test user in the test database.</summary>
+    internal static ServerPool Pool(ProxyHarness proxy) =>
         proxy.Server.Pools.Pools.Single(p => p.Database == PostgresServer.Database && p.User == User);
 
     /// <summary>

@@ -254,7 +254,4 @@ public sealed class CancelTimeoutTests(PostgresFixture fixture, ITestOutputHelpe
         await using var cmd = new NpgsqlCommand(sql, c);
         return (T)(await cmd.ExecuteScalarAsync())!;
     }
-
-    private static ServerPool Pool(ProxyHarness proxy) =>
-        proxy.Server.Pools.Pools.Single(p => p.Database == PostgresServer.Database && p.User == User);
 }
