@@ -28,9 +28,10 @@ internal interface ILoopTimer
 /// A poster that finds the loop free runs the work at once on its own thread and drains the queue
 /// (the runtime's epoll thread, with inline socket completions, thus acts as the loop: no thread hop, no
 /// wake-up). A poster that finds the loop owned only enqueues; the owner drains before it lets go, and
-/// re-checks the queue after letting go so nothing is stranded. The loop's own thread runs timers and
-/// takes over a backlog longer than one drain budget, so one busy loop cannot hold a completion thread
-/// for long. See docs/ARCHITECTURE.md.
+/// re-checks the queue after letting go so nothing is stranded. Whoever owns the loop runs the timers
+/// that are due when it has drained the queue; the loop's own thread sleeps until the next timer is due
+/// (or it is woken), runs it when nobody else holds the loop, and takes over a backlog longer than one
+/// drain budget, so one busy loop cannot hold a completion thread for long. See docs/ARCHITECTURE.md.
 /// </remarks>
 internal sealed class EventLoop : IDisposable
 {
@@ -51,6 +52,9 @@ internal sealed class EventLoop : IDisposable
 
     // Stopwatch timestamp the loop thread sleeps until; an earlier timer wakes it.
     private long _sleepDeadline = long.MaxValue;
+
+    // Stopwatch timestamp of the earliest timer; long.MaxValue when none. Written by the owner.
+    private long _nextTimer = long.MaxValue;
 
     /// <summary>Creates the loop; <see cref="Start"/> starts its thread.</summary>
     public EventLoop(int index, int bufferSize, bool inlineExecution = true)
@@ -104,6 +108,11 @@ internal sealed class EventLoop : IDisposable
     {
         Debug.Assert(InLoop);
         _timers.Enqueue(timer, dueTimestamp);
+        if (dueTimestamp < _nextTimer)
+        {
+            Volatile.Write(ref _nextTimer, dueTimestamp);
+        }
+
         if (dueTimestamp < Volatile.Read(ref _sleepDeadline))
         {
             Wake();
@@ -127,6 +136,11 @@ internal sealed class EventLoop : IDisposable
         while (!_queue.IsEmpty && Interlocked.CompareExchange(ref _owner, me, 0) == 0)
         {
             bool drained = Drain(InlineDrainBudget);
+            if (drained && Stopwatch.GetTimestamp() >= _nextTimer)
+            {
+                RunTimers();
+            }
+
             Interlocked.Exchange(ref _owner, 0);
             if (!drained)
             {
@@ -165,14 +179,14 @@ internal sealed class EventLoop : IDisposable
         int me = Environment.CurrentManagedThreadId;
         while (true)
         {
-            // When another thread owns the loop, it drains the queue; look again in 1 ms (or when woken
-            // because it left a backlog) so timers stay on time.
-            int sleepMs = 1;
+            // When another thread owns the loop, it drains the queue and runs the timers due when it is
+            // done; sleep until the next timer is due (or until woken because it left a backlog), and
+            // look again in 1 ms when that moment has passed while the loop was held.
             bool owned = Interlocked.CompareExchange(ref _owner, me, 0) == 0;
             if (owned)
             {
                 Drain(int.MaxValue);
-                sleepMs = RunTimers();
+                RunTimers();
                 Interlocked.Exchange(ref _owner, 0);
                 if (_stopping && _queue.IsEmpty)
                 {
@@ -185,6 +199,7 @@ internal sealed class EventLoop : IDisposable
                 }
             }
 
+            int sleepMs = SleepMillis(Volatile.Read(ref _nextTimer));
             Volatile.Write(ref _sleepDeadline, Stopwatch.GetTimestamp() + (sleepMs * Stopwatch.Frequency / 1000));
             Interlocked.Exchange(ref _sleeping, 1);
             if (owned && (!_queue.IsEmpty || _stopping))
@@ -209,15 +224,27 @@ internal sealed class EventLoop : IDisposable
         }
     }
 
-    private int RunTimers()
+    /// <summary>How long the loop thread may sleep: until the next timer (at least 1 ms, at most 1 s).</summary>
+    private static int SleepMillis(long nextTimer)
+    {
+        if (nextTimer == long.MaxValue)
+        {
+            return 1000;
+        }
+
+        long ms = (nextTimer - Stopwatch.GetTimestamp()) * 1000 / Stopwatch.Frequency;
+        return (int)Math.Clamp(ms + 1, 1, 1000);
+    }
+
+    /// <summary>Runs the timers that are due, and the work they post; owner only.</summary>
+    private void RunTimers()
     {
         while (_timers.TryPeek(out ILoopTimer? timer, out long due))
         {
-            long now = Stopwatch.GetTimestamp();
-            if (due > now)
+            if (due > Stopwatch.GetTimestamp())
             {
-                long ms = (due - now) * 1000 / Stopwatch.Frequency;
-                return (int)Math.Clamp(ms + 1, 1, 1000);
+                Volatile.Write(ref _nextTimer, due);
+                return;
             }
 
             _timers.Dequeue();
@@ -234,7 +261,7 @@ internal sealed class EventLoop : IDisposable
             Drain(int.MaxValue);
         }
 
-        return 1000;
+        Volatile.Write(ref _nextTimer, long.MaxValue);
     }
 
     private void RunSafely(ILoopWork work)
