@@ -58,6 +58,15 @@ internal static class Program
         {
             ProxyOptions options = ConfigLoader.Load(configPath);
             Log.SetVerbosity(options.Verbose);
+
+            // The runtime reads this when the first socket is made, which is the listener, next.
+            if (Environment.GetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_THREAD_COUNT") is null)
+            {
+                Environment.SetEnvironmentVariable(
+                    "DOTNET_SYSTEM_NET_SOCKETS_THREAD_COUNT",
+                    options.EffectiveSocketThreads.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            }
+
             server = new ProxyServer(options);
         }
         catch (ConfigException e)

@@ -134,6 +134,9 @@ internal static class ConfigLoader
             case "loop_threads":
                 o.LoopThreads = ParseInt(value, 0, 256, source, line, key);
                 break;
+            case "socket_threads":
+                o.SocketThreads = ParseInt(value, 0, 256, source, line, key);
+                break;
             case "client_login_timeout":
                 o.ClientLoginTimeout = ParseDuration(value, source, line, key);
                 break;

@@ -74,6 +74,12 @@ internal sealed class ProxyOptions
     /// <summary>Number of event-loop threads; 0 picks from the processor count. Default 0.</summary>
     public int LoopThreads { get; set; }
 
+    /// <summary>
+    /// Number of the runtime's socket (epoll) threads, which run the loops' work inline; 0 = half the
+    /// loops, at least one. Default 0. Applies to the executable only, at start.
+    /// </summary>
+    public int SocketThreads { get; set; }
+
     /// <summary>A client that has not finished logging in by then is closed. Default 60 s.</summary>
     public TimeSpan ClientLoginTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
@@ -148,6 +154,9 @@ internal sealed class ProxyOptions
 
     /// <summary>The number of loop threads to start: the configured count, or the processor count capped at 4.</summary>
     public int EffectiveLoopThreads => LoopThreads > 0 ? LoopThreads : Math.Clamp(Environment.ProcessorCount, 1, 4);
+
+    /// <summary>The socket threads to ask the runtime for: <see cref="SocketThreads"/>, or half the loops (at least one).</summary>
+    public int EffectiveSocketThreads => SocketThreads > 0 ? SocketThreads : Math.Max(1, EffectiveLoopThreads / 2);
 
     /// <summary>Finds the entry for a client database name: an exact match, else <c>*</c>, else null.</summary>
     public DatabaseOptions? FindDatabase(string name)

@@ -22,6 +22,7 @@ public class ConfigLoaderTests
             pool_mode = session
             max_client_conn = 500
             loop_threads = 3
+            socket_threads = 2
             client_login_timeout = 1500ms
             """;
         ProxyOptions o = ConfigLoader.Parse(text, "x.ini");
@@ -31,11 +32,23 @@ public class ConfigLoaderTests
         Assert.Equal("/etc/fpp/userlist.txt", o.AuthFile);
         Assert.Equal(500, o.MaxClientConnections);
         Assert.Equal(3, o.EffectiveLoopThreads);
+        Assert.Equal(2, o.EffectiveSocketThreads);
         Assert.Equal(TimeSpan.FromMilliseconds(1500), o.ClientLoginTimeout);
         DatabaseOptions app = o.FindDatabase("app")!;
         Assert.Equal(("10.0.0.5", 5433, "appdb", "svc", "p a'ss"), (app.Host, app.Port, app.DatabaseName, app.User, app.Password));
         DatabaseOptions any = o.FindDatabase("other")!;
         Assert.Equal(("*", "/var/run/postgresql", 5432), (any.Name, any.Host, any.Port));
+    }
+
+    [Theory]
+    [InlineData(0, 1, 1)]
+    [InlineData(0, 2, 1)]
+    [InlineData(0, 4, 2)]
+    [InlineData(3, 4, 3)]
+    public void Socket_threads_default_to_half_the_loops_and_at_least_one(int socketThreads, int loopThreads, int expected)
+    {
+        ProxyOptions o = ConfigLoader.Parse($"[fastpgproxy]\nauth_type = trust\nloop_threads = {loopThreads}\nsocket_threads = {socketThreads}\n[databases]\n* = host=h", "x.ini");
+        Assert.Equal(expected, o.EffectiveSocketThreads);
     }
 
     [Theory]
