@@ -7,8 +7,8 @@ namespace FastPgProxy.Server;
 /// <summary>
 /// query_timeout cancels a query on PostgreSQL (the client gets 57014 and keeps its session, unlike a
 /// dropped connection); idle_transaction_timeout closes a client that sits idle inside a transaction, and
-/// its backend is rolled back and kept. Each arming gets a sequence number so a timer that fires after
-/// its query or idle spell ended does nothing.
+/// its backend is rolled back and kept. A timer that comes due after its query or idle spell ended does
+/// nothing.
 /// </summary>
 internal sealed partial class ClientSession
 {
@@ -61,36 +61,67 @@ internal sealed partial class ClientSession
         }
     }
 
-    /// <summary>One re-armable timer of a session, on the session's loop.</summary>
-    private sealed class SessionTimer(ClientSession session, Action fire)
+    /// <summary>
+    /// One re-armable timer of a session, on the session's loop. Arming allocates nothing: at most one
+    /// callback sits in the loop's timer queue, and when it comes due before the current deadline (the
+    /// timer was re-armed meanwhile) it is put back for the deadline instead of firing.
+    /// </summary>
+    private sealed class SessionTimer(ClientSession session, Action fire) : ILoopTimer
     {
-        private long _sequence;
-        private long _armedSequence = -1;
+        private long _deadline;
 
-        public bool Armed => _armedSequence == _sequence;
+        // The loop whose timer queue holds this timer; null when none does. A session that moved to
+        // another loop leaves a stale entry behind, which then finds the session gone and does nothing.
+        private EventLoop? _queuedOn;
+        private long _queuedDue;
+
+        public bool Armed { get; private set; }
 
         public void Arm(TimeSpan after)
         {
-            _sequence++;
-            _armedSequence = _sequence;
+            Armed = true;
+            _deadline = Stopwatch.GetTimestamp() + (long)(after.TotalSeconds * Stopwatch.Frequency);
             EventLoop loop = session.Loop;
-            loop.Schedule(new Shot(this, _sequence), Stopwatch.GetTimestamp() + (long)(after.TotalSeconds * Stopwatch.Frequency));
-        }
-
-        public void Disarm() => _armedSequence = -1;
-
-        private void Fire(long sequence)
-        {
-            if (_armedSequence == sequence && session.Loop.InLoop)
+            // A queued entry due after the deadline (the timeout was lowered by RELOAD) is superseded by an
+            // earlier one; only the entry last queued acts.
+            if (_queuedOn != loop || _queuedDue > _deadline)
             {
-                _armedSequence = -1;
-                fire();
+                Queue(loop);
             }
         }
 
-        private sealed class Shot(SessionTimer timer, long sequence) : ILoopTimer
+        public void Disarm() => Armed = false;
+
+        public void OnTimer(long dueTimestamp)
         {
-            public void OnTimer(long dueTimestamp) => timer.Fire(sequence);
+            EventLoop loop = session.Loop;
+            if (!loop.InLoop || _queuedOn != loop || dueTimestamp != _queuedDue)
+            {
+                // Left on a loop the session has since left, or superseded by an earlier entry.
+                return;
+            }
+
+            _queuedOn = null;
+            if (!Armed)
+            {
+                return;
+            }
+
+            if (Stopwatch.GetTimestamp() < _deadline)
+            {
+                Queue(loop);
+                return;
+            }
+
+            Armed = false;
+            fire();
+        }
+
+        private void Queue(EventLoop loop)
+        {
+            _queuedOn = loop;
+            _queuedDue = _deadline;
+            loop.Schedule(this, _deadline);
         }
     }
 }
