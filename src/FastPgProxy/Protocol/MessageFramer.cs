@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 
@@ -12,6 +13,12 @@ internal enum FrameStatus
     Inspect,
     /// <summary>A length word below 4 or above the limit: the stream cannot be framed.</summary>
     Invalid,
+    /// <summary>
+    /// A message of an <see cref="MessageFramer.OversizedSet"/> type too long to inspect starts right after
+    /// the pass-through run (its header is there, and counted); the caller forwards its head its own way and
+    /// then calls <see cref="MessageFramer.StreamRest"/>.
+    /// </summary>
+    Oversized,
 }
 
 /// <summary>
@@ -35,9 +42,31 @@ internal struct MessageFramer
 
     private long _passThroughRemaining;
     private MessageTypeSet _countSet;
+    private MessageTypeSet _oversizedSet;
     private int _counted;
     private byte _lastType;
     private byte _previousType;
+
+    /// <summary>
+    /// Inspected types whose messages, when longer than the inspect limit, are reported as
+    /// <see cref="FrameStatus.Oversized"/> instead of streamed (the proxy renames the statement of a large Bind).
+    /// </summary>
+    public MessageTypeSet OversizedSet
+    {
+        readonly get => _oversizedSet;
+        set => _oversizedSet = value;
+    }
+
+    /// <summary>
+    /// After <see cref="FrameStatus.Oversized"/>: the caller has taken <paramref name="consumed"/> bytes of
+    /// the message (its head, at least the header); the rest of its <paramref name="messageLength"/> bytes
+    /// is pass-through.
+    /// </summary>
+    public void StreamRest(int messageLength, int consumed)
+    {
+        Debug.Assert(_passThroughRemaining == 0 && consumed >= HeaderLength && consumed <= messageLength);
+        _passThroughRemaining = messageLength - consumed;
+    }
 
     /// <summary>Types to count as their headers go by, inspected or not (for example the messages that each earn a ReadyForQuery).</summary>
     public MessageTypeSet CountSet
@@ -116,6 +145,14 @@ internal struct MessageFramer
             }
 
             int total = length + 1;
+            if (total > maxInspectLength && _oversizedSet.Contains(type) && inspect.Contains(type))
+            {
+                passThrough = pos;
+                messageLength = total;
+                Count(type);
+                return FrameStatus.Oversized;
+            }
+
             if (inspect.Contains(type) && total <= maxInspectLength)
             {
                 passThrough = pos;

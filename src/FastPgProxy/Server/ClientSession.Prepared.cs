@@ -31,6 +31,11 @@ internal sealed partial class ClientSession
         .With((byte)BackendMessage.ReadyForQuery).With((byte)BackendMessage.ParameterStatus).With((byte)BackendMessage.ErrorResponse)
         .With((byte)'1').With((byte)'3');
 
+    private static readonly MessageTypeSet s_oversizedBind = MessageTypeSet.None.With((byte)'B');
+
+    // How far into a Bind too large to inspect its portal and statement names are looked for.
+    private const int MaxBindHead = 1024;
+
     private readonly Dictionary<string, ClientStatement> _statements = new(StringComparer.Ordinal);
     private readonly Queue<byte> _replyActions = new();
     private byte[]? _rewriteBuffer;
@@ -40,6 +45,7 @@ internal sealed partial class ClientSession
     {
         _tracking = _pool!.Mode == PoolMode.Transaction && _proxy.Options.MaxPreparedStatements > 0;
         _clientFramer.CountSet = _tracking ? MessageTypeSet.None : s_readyForQueryEarners;
+        _clientFramer.OversizedSet = _tracking ? s_oversizedBind : MessageTypeSet.None;
     }
 
     /// <summary>
@@ -63,6 +69,23 @@ internal sealed partial class ClientSession
             {
                 Fatal(SqlState.ProtocolViolation, "invalid message length");
                 return;
+            }
+
+            if (status == FrameStatus.Oversized)
+            {
+                // A Bind longer than a buffer (large parameters): only its head is rewritten.
+                LargeBind next = RewriteLargeBindHead(window, ref run, ref copied, ref outLength, ref output, length, server.PreparedStatements);
+                if (next == LargeBind.Streaming)
+                {
+                    continue;
+                }
+
+                if (next == LargeBind.Failed)
+                {
+                    return;
+                }
+
+                break;
             }
 
             if (status != FrameStatus.Inspect)
@@ -151,6 +174,74 @@ internal sealed partial class ClientSession
         }
 
         _client.Receive();
+    }
+
+    /// <summary>What <see cref="RewriteLargeBindHead"/> did with a Bind too long to inspect.</summary>
+    private enum LargeBind
+    {
+        /// <summary>Forwarded as it is (no client statement named): the framer streams it.</summary>
+        Streaming,
+        /// <summary>Its head went into the output renamed (the rest streams on the next pump), or it must wait: send what is pending.</summary>
+        Stop,
+        /// <summary>The session was closed.</summary>
+        Failed,
+    }
+
+    /// <summary>
+    /// A Bind too long to hold whole (its parameters exceed a buffer) that names a client statement: the
+    /// statement is prepared on this backend when it lacks it, the head (header, portal, statement name) is
+    /// written to the output with the backend's name and the length adjusted, and the framer streams the
+    /// rest of the message through unchanged. A Bind of the unnamed statement streams through as it is.
+    /// </summary>
+    private LargeBind RewriteLargeBindHead(ReadOnlySpan<byte> window, ref int run, ref int copied, ref int outLength, ref byte[]? output, int total, PreparedStatementCache cache)
+    {
+        ReadOnlySpan<byte> body = window.Slice(run + MessageFramer.HeaderLength);
+        int portalEnd = body.IndexOf((byte)0);
+        int nameEnd = portalEnd < 0 ? -1 : body.Slice(portalEnd + 1).IndexOf((byte)0);
+        if (nameEnd < 0 && body.Length < MaxBindHead)
+        {
+            // The names are not all here yet.
+            return LargeBind.Stop;
+        }
+
+        ClientStatement? statement = nameEnd <= 0 ? null
+            : _statements.GetValueOrDefault(Encoding.UTF8.GetString(body.Slice(portalEnd + 1, nameEnd)));
+        if (statement is null)
+        {
+            NoteForwarded((byte)'B');
+            _clientFramer.StreamRest(total, MessageFramer.HeaderLength);
+            run += MessageFramer.HeaderLength;
+            return LargeBind.Streaming;
+        }
+
+        int headLength = MessageFramer.HeaderLength + portalEnd + 1 + nameEnd + 1;
+        int worst = (run - copied) + outLength + headLength + statement.ParseTail.Length + statement.ServerNameBytes.Length + 128;
+        if (worst > Loop.Buffers.BufferSize)
+        {
+            if (run > 0)
+            {
+                return LargeBind.Stop;
+            }
+
+            Fatal(SqlState.ProgramLimitExceeded, "prepared statement too large for the proxy to prepare again on another server");
+            return LargeBind.Failed;
+        }
+
+        output ??= _rewriteBuffer ??= Loop.Buffers.Rent();
+        window.Slice(copied, run - copied).CopyTo(output.AsSpan(outLength));
+        outLength += run - copied;
+        var writer = new PgWriter(output.AsSpan(outLength));
+        EnsurePrepared(ref writer, statement, cache);
+        writer.WriteByte((byte)'B');
+        writer.WriteInt32(total - sizeof(byte) - nameEnd + statement.ServerNameBytes.Length);
+        writer.WriteCString(body.Slice(0, portalEnd));
+        writer.WriteCString(statement.ServerNameBytes);
+        outLength += writer.Position;
+        NoteForwarded((byte)'B');
+        _clientFramer.StreamRest(total, headLength);
+        run += headLength;
+        copied = run;
+        return LargeBind.Stop;
     }
 
     /// <summary>

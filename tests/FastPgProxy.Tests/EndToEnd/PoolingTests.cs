@@ -419,6 +419,39 @@ public sealed class PoolingTests(PostgresFixture fixture)
         await Task.WhenAll(clients).WaitAsync(Patience);
     }
 
+    /// <summary>
+    /// Prepared statements bound with parameters larger than a buffer (so the Bind streams through the
+    /// proxy and only its head is renamed): ten clients on two backends, each statement prepared once and
+    /// run on whichever backend the transaction lands on, re-prepared there when missing. Every result
+    /// matches the client's own value.
+    /// </summary>
+    [Theory]
+    [InlineData(40_000)]
+    [InlineData(1_000_000)]
+    public async Task Prepared_statements_with_parameters_larger_than_a_buffer_work_in_transaction_mode(int size)
+    {
+        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 2);
+        var clients = Enumerable.Range(0, 10).Select(client => Task.Run(async () =>
+        {
+            await using var conn = new NpgsqlConnection(proxy.ConnectionString(User));
+            await conn.OpenAsync();
+            await using var cmd = new NpgsqlCommand("SELECT length($1::text) || ':' || encode(sha256(convert_to($1::text, 'UTF8')), 'hex') || ':' || $2::int", conn);
+            cmd.Parameters.Add(new NpgsqlParameter { NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
+            cmd.Parameters.Add(new NpgsqlParameter { NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Integer });
+            await cmd.PrepareAsync();
+            for (int i = 0; i < 4; i++)
+            {
+                string value = new((char)('a' + ((client + i) % 26)), size - i);
+                cmd.Parameters[0].Value = value;
+                cmd.Parameters[1].Value = client;
+                string expected = $"{value.Length}:{Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(value)))}:{client}";
+                Assert.Equal(expected, await cmd.ExecuteScalarAsync());
+            }
+        }));
+
+        await Task.WhenAll(clients).WaitAsync(Patience);
+    }
+
     [Fact]
     public async Task Min_pool_size_backends_are_opened_and_kept_while_idle()
     {

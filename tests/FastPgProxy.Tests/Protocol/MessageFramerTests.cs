@@ -174,4 +174,34 @@ public class MessageFramerTests
         Assert.Equal(0, pass);
         Assert.Equal(6, length);
     }
+
+    [Fact]
+    public void Oversized_message_of_a_reported_type_stops_before_it_then_streams_the_rest()
+    {
+        byte[] z = Message('Z', 1, (byte)'I');
+        byte[] big = Message('S', 5000);
+        byte[] data = [.. z, .. big, .. z];
+        var framer = new MessageFramer { OversizedSet = MessageTypeSet.None.With((byte)'S') };
+
+        // The Z before it is inspected as usual.
+        Assert.Equal(FrameStatus.Inspect, framer.Scan(data, Inspect, 1024, out int pass, out int length));
+        Assert.Equal((0, 6), (pass, length));
+
+        // The large S is reported at its start, whole length given, nothing consumed.
+        Assert.Equal(FrameStatus.Oversized, framer.Scan(data.AsSpan(6, 100), Inspect, 1024, out pass, out length));
+        Assert.Equal((0, big.Length), (pass, length));
+        Assert.Equal((byte)'S', framer.LastType);
+
+        // The caller takes 20 bytes of its head; the rest streams, and the framing goes on after it.
+        framer.StreamRest(big.Length, 20);
+        Assert.Equal(FrameStatus.NeedMore, framer.Scan(data.AsSpan(6 + 20, 1000), Inspect, 1024, out pass, out _));
+        Assert.Equal(1000, pass);
+        Assert.Equal(FrameStatus.Inspect, framer.Scan(data.AsSpan(6 + 20 + 1000), Inspect, 1024, out pass, out length));
+        Assert.Equal((big.Length - 1020, 6), (pass, length));
+
+        // Without OversizedSet the same message streams at once.
+        var plain = new MessageFramer();
+        Assert.Equal(FrameStatus.NeedMore, plain.Scan(big.AsSpan(0, 100), Inspect, 1024, out pass, out _));
+        Assert.Equal(100, pass);
+    }
 }
