@@ -34,13 +34,19 @@ internal sealed class CancelTarget
 /// </summary>
 internal static class CancelForwarder
 {
+    // CancellationTokenSource takes at most about 49 days; a longer cancel_timeout means "as long as that".
+    private static readonly TimeSpan s_longestTimeout = TimeSpan.FromDays(24);
+
     /// <summary>
     /// Forwards the cancel and closes <paramref name="clientSocket"/> afterwards; <paramref name="done"/>
-    /// runs when PostgreSQL has closed the cancel connection (or the attempt failed).
+    /// runs when PostgreSQL has closed the cancel connection or the attempt failed, with false when the
+    /// request may have reached PostgreSQL without its close being seen (it may still act on it).
     /// </summary>
-    public static async Task ForwardAsync(Socket? clientSocket, CancelTarget target, TimeSpan timeout, CancelStats stats, Action? done = null)
+    public static async Task ForwardAsync(Socket? clientSocket, CancelTarget target, TimeSpan timeout, CancelStats stats, Action<bool>? done = null)
     {
-        using var cts = new CancellationTokenSource(timeout);
+        bool sent = false;
+        bool confirmed = false;
+        using var cts = new CancellationTokenSource(timeout < s_longestTimeout ? timeout : s_longestTimeout);
         try
         {
             using Socket server = target.EndPoint is UnixDomainSocketEndPoint
@@ -50,6 +56,7 @@ internal static class CancelForwarder
             byte[] packet = new byte[StartupCodes.CancelRequestLength - sizeof(int) + target.SecretKey.Length];
             var writer = new PgWriter(packet);
             writer.WriteCancelRequest(target.ProcessId, target.SecretKey);
+            sent = true;
             await server.SendAsync(packet.AsMemory(0, writer.Position), SocketFlags.None, cts.Token).ConfigureAwait(false);
 
             // PostgreSQL answers nothing and closes once it has signalled the backend.
@@ -58,6 +65,7 @@ internal static class CancelForwarder
             {
             }
 
+            confirmed = true;
             stats.OnForwarded();
             Log.Debug($"cancel forwarded to backend pid {target.ProcessId}");
         }
@@ -69,7 +77,7 @@ internal static class CancelForwarder
         finally
         {
             clientSocket?.Dispose();
-            done?.Invoke();
+            done?.Invoke(confirmed || !sent);
         }
     }
 }

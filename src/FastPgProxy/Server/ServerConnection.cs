@@ -164,6 +164,12 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// </summary>
     public long ReadyCount { get; set; }
 
+    /// <summary>
+    /// A cancel was sent for this backend and PostgreSQL did not close the cancel connection within
+    /// cancel_timeout: it may still act on it, so the backend must not serve another client. Loop-owned.
+    /// </summary>
+    public bool CancelUnconfirmed { get; set; }
+
     /// <summary>The proxy-named prepared statements this backend holds (transaction mode); null until the first.</summary>
     public PreparedStatementCache? PreparedStatements { get; set; }
 

@@ -56,12 +56,13 @@ internal sealed partial class ServerPool
             server.CancelTarget,
             _proxy.Options.CancelTimeout,
             _proxy.CancelStats,
-            () => Loop.Post(() => OnCancelConnectionClosed(server)));
+            confirmed => Loop.Post(() => OnCancelConnectionClosed(server, confirmed)));
     }
 
-    private void OnCancelConnectionClosed(ServerConnection server)
+    private void OnCancelConnectionClosed(ServerConnection server, bool confirmed)
     {
         _cancelConnections--;
+        server.CancelUnconfirmed |= !confirmed;
         Settle(server);
         LaunchForWaiters();
     }
@@ -105,6 +106,35 @@ internal sealed partial class ServerPool
         finally
         {
             _servingCancels = false;
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="server"/> went back with cancels for it still waiting: the request they were meant
+    /// for has ended, so they are dropped now rather than holding the backend until their turn.
+    /// </summary>
+    private void DropEndedWaitingCancels(ServerConnection server)
+    {
+        List<WaitingCancel>? ended = null;
+        for (int i = _waitingCancels.Count; i > 0; i--)
+        {
+            WaitingCancel cancel = _waitingCancels.Dequeue();
+            if (cancel.Server == server && server.ReadyCount != cancel.ReadyCount)
+            {
+                (ended ??= new List<WaitingCancel>()).Add(cancel);
+            }
+            else
+            {
+                _waitingCancels.Enqueue(cancel);
+            }
+        }
+
+        if (ended is not null)
+        {
+            foreach (WaitingCancel cancel in ended)
+            {
+                DropWaiting(cancel, timedOut: false);
+            }
         }
     }
 

@@ -126,8 +126,10 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
     {
         Debug.Assert(Loop.InLoop);
         server.Channel.SetHandler(this);
-        if (!clean || server.State != ServerState.Ready || server.Channel.SendPending)
+        if (!clean || server.State != ServerState.Ready || server.Channel.SendPending || server.CancelUnconfirmed)
         {
+            // A cancel PostgreSQL received but never confirmed (cancel_timeout) could still interrupt
+            // whatever the backend runs next: such a backend is closed, not handed on.
             Drop(server);
             LaunchForWaiters();
             return;
@@ -136,8 +138,10 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
         if (server.PendingCancels > 0)
         {
             // A cancel for the last client's query is still on its way to PostgreSQL: nobody gets this
-            // backend until PostgreSQL has acted on it (OnCancelsDone).
+            // backend until PostgreSQL has acted on it (OnCancelsDone). Cancels for it still waiting for a
+            // cancel connection are for a request that has ended: they go now, not when their turn comes.
             _cooling[server] = reset;
+            DropEndedWaitingCancels(server);
             return;
         }
 

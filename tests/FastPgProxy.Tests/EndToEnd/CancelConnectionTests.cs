@@ -118,6 +118,116 @@ public sealed class CancelConnectionTests(PostgresFixture fixture, ITestOutputHe
         Assert.Equal("2", (await b.QueryAsync("SELECT 2", Patience)).Value);
     }
 
+    /// <summary>
+    /// pool_size 1, max_cancel_connections 1, PostgreSQL's postmaster suspended: one cancel for A hangs in
+    /// its listen queue and a second waits for a cancel connection. A's query (pg_sleep(2)) ends on its own
+    /// meanwhile: the waiting cancel is dropped at once as meant for an ended request (not after
+    /// cancel_wait_timeout, 30 s here), so it does not hold the backend.
+    /// </summary>
+    [Fact]
+    public async Task A_waiting_cancel_whose_query_ends_is_dropped_at_once()
+    {
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+        {
+            o.PoolMode = PoolMode.Transaction;
+            o.DefaultPoolSize = 1;
+            o.MaxCancelConnections = 1;
+            o.CancelWaitTimeout = TimeSpan.FromSeconds(30);
+            o.CancelTimeout = TimeSpan.FromSeconds(60);
+        });
+        CancelStats stats = proxy.Server.CancelStats;
+        using RawClient a = await RawClient.ConnectAsync(proxy, "cancel-ended-a");
+        ServerPool pool = Pool(proxy);
+        await using var observer = new NpgsqlConnection(_pg.ConnectionString());
+        await observer.OpenAsync();
+        await a.SendQueryAsync("SELECT 'slept' FROM pg_sleep(2) /* cancel-ended-a */");
+        await WaitActiveAsync(observer, "cancel-ended-a");
+        Snapshot before = Snapshot.Of(stats);
+
+        var cancels = new List<Socket>();
+        Result resultA;
+        var sw = Stopwatch.StartNew();
+        try
+        {
+            _pg.FreezePostmaster();
+            cancels.Add(await StartCancelAsync(proxy, a));
+            await PollAsync(() => pool.CancelConnections == 1, "the first cancel connection");
+            cancels.Add(await StartCancelAsync(proxy, a));
+            await PollAsync(() => pool.CancelsWaiting == 1, "the second cancel to wait");
+
+            // The query ends by itself, its cancel still in PostgreSQL's listen queue.
+            resultA = await a.ReadResultAsync(Patience);
+            await PollAsync(() => pool.CancelsWaiting == 0, "the waiting cancel to be dropped");
+            output.WriteLine($"A ended with {resultA.SqlState ?? "success"} {resultA.Value}; the waiting cancel was dropped {sw.ElapsedMilliseconds} ms after the freeze");
+            Snapshot delta = Snapshot.Of(stats) - before;
+            Assert.Equal(1, delta.DroppedIdle);
+            Assert.Equal(0, delta.WaitTimedOut);
+            Assert.Equal(1, pool.CoolingCount);
+        }
+        finally
+        {
+            _pg.ThawPostmaster();
+        }
+
+        Assert.Null(resultA.SqlState);
+        Assert.Equal("slept", resultA.Value);
+        foreach (Socket cancel in cancels)
+        {
+            (byte[] _, bool closed) = await RawProtocol.ReadUntilCloseAsync(cancel, Patience);
+            Assert.True(closed, "a cancel connection stayed open");
+            cancel.Dispose();
+        }
+
+        await PollAsync(() => pool.CancelConnections == 0 && pool.CoolingCount == 0, "the forwarded cancel to be settled");
+        Assert.Equal(1, (Snapshot.Of(stats) - before).Forwarded);
+        Assert.Equal("1", (await a.QueryAsync("SELECT 1", Patience)).Value);
+    }
+
+    /// <summary>
+    /// cancel_timeout 1 s while PostgreSQL's postmaster is suspended: the cancel was sent but never
+    /// confirmed, so PostgreSQL may act on it later. The backend is closed when A's query ends instead of
+    /// serving another client, and the next query gets a new backend once PostgreSQL resumes.
+    /// </summary>
+    [Fact]
+    public async Task A_backend_whose_cancel_was_never_confirmed_is_closed_not_reused()
+    {
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+        {
+            o.PoolMode = PoolMode.Transaction;
+            o.DefaultPoolSize = 1;
+            o.CancelTimeout = TimeSpan.FromSeconds(1);
+        });
+        CancelStats stats = proxy.Server.CancelStats;
+        using RawClient a = await RawClient.ConnectAsync(proxy, "cancel-unconfirmed-a");
+        ServerPool pool = Pool(proxy);
+        await using var observer = new NpgsqlConnection(_pg.ConnectionString());
+        await observer.OpenAsync();
+        await a.SendQueryAsync("SELECT 'slept' FROM pg_sleep(3) /* cancel-unconfirmed-a */");
+        await WaitActiveAsync(observer, "cancel-unconfirmed-a");
+        Snapshot before = Snapshot.Of(stats);
+
+        Result resultA;
+        try
+        {
+            _pg.FreezePostmaster();
+            await SendCancelAsync(proxy, a.ProcessId, a.SecretKey);
+            Assert.Equal(1, (Snapshot.Of(stats) - before).Failed);
+
+            // The query ends by itself; its backend is closed rather than pooled.
+            resultA = await a.ReadResultAsync(Patience);
+            await PollAsync(() => pool.Total == 0, "the backend to be closed");
+        }
+        finally
+        {
+            _pg.ThawPostmaster();
+        }
+
+        Assert.Null(resultA.SqlState);
+        Assert.Equal("slept", resultA.Value);
+        Assert.Equal("1", (await a.QueryAsync("SELECT 1", Patience)).Value);
+        Assert.Equal(1, pool.Total);
+    }
+
     /// <summary>Opens a cancel connection for <paramref name="client"/> and sends its CancelRequest, leaving the connection open.</summary>
     private static async Task<Socket> StartCancelAsync(ProxyHarness proxy, RawClient client)
     {
