@@ -110,7 +110,10 @@ internal sealed class EventLoop : IDisposable
         _timers.Enqueue(timer, dueTimestamp);
         if (dueTimestamp < _nextTimer)
         {
-            Volatile.Write(ref _nextTimer, dueTimestamp);
+            // A full fence between this write and the read of _sleepDeadline below, matched by the loop
+            // thread's fence between its write of _sleeping and its second read of _nextTimer: either the
+            // loop thread sees this timer before it sleeps, or this thread sees it asleep and wakes it.
+            Interlocked.Exchange(ref _nextTimer, dueTimestamp);
         }
 
         if (dueTimestamp < Volatile.Read(ref _sleepDeadline))
@@ -199,13 +202,15 @@ internal sealed class EventLoop : IDisposable
                 }
             }
 
-            int sleepMs = SleepMillis(Volatile.Read(ref _nextTimer));
+            long nextTimer = Volatile.Read(ref _nextTimer);
+            int sleepMs = SleepMillis(nextTimer);
             Volatile.Write(ref _sleepDeadline, Stopwatch.GetTimestamp() + (sleepMs * Stopwatch.Frequency / 1000));
             Interlocked.Exchange(ref _sleeping, 1);
-            if (owned && (!_queue.IsEmpty || _stopping))
+            if ((owned && (!_queue.IsEmpty || _stopping)) || Volatile.Read(ref _nextTimer) < nextTimer)
             {
-                // Work arrived between the drain and the flag: take the flag back, and if a waker took it
-                // first, consume the Release it made so the semaphore count stays at zero.
+                // Work arrived between the drain and the flag, or an earlier timer was scheduled: take the
+                // flag back, and if a waker took it first, consume the Release it made so the semaphore
+                // count stays at zero.
                 if (Interlocked.Exchange(ref _sleeping, 0) == 0)
                 {
                     _wake.Wait();
@@ -257,8 +262,9 @@ internal sealed class EventLoop : IDisposable
                 Log.Error($"loop {Index}: timer failed: {e}");
             }
 
-            // A timer may post work (a close); run it before the next timer.
-            Drain(int.MaxValue);
+            // A timer may post work (a close); run it before the next timer, within one drain's budget
+            // (this may be a socket thread draining inline; what is left stays queued).
+            Drain(InlineDrainBudget);
         }
 
         Volatile.Write(ref _nextTimer, long.MaxValue);
