@@ -370,8 +370,9 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
                 // Busy with this client's query or transaction: cancel what runs, then drain and roll
                 // back in the background, and keep the backend (cancel_on_disconnect).
                 ServerConnection server = _server;
-                if (_expectedReadyForQuery > 0)
+                if (_expectedReadyForQuery > 0 && server.PendingCancels == 0)
                 {
+                    // (A cancel already on its way, from a termination or query_timeout, is enough.)
                     CancelRunningQuery(null);
                 }
 

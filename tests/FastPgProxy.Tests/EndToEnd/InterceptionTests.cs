@@ -5,6 +5,7 @@ using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
 using FastPgProxy.Config;
+using FastPgProxy.Server;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 using NpgsqlTypes;
@@ -395,6 +396,7 @@ public sealed class InterceptionTests(PostgresFixture fixture)
         {
             Task<object?> running = sleep.ExecuteScalarAsync();
             await WaitRunningAsync(marker);
+            long forwardedBefore = proxy.Server.CancelStats.Forwarded;
 
             await using var terminate = new NpgsqlCommand("SELECT pg_terminate_backend(@pid)", b);
             terminate.Parameters.AddWithValue("pid", pid);
@@ -405,6 +407,11 @@ public sealed class InterceptionTests(PostgresFixture fixture)
             await AssertTerminatedAsync(a, running);
             await WaitNotRunningAsync(marker);
             await AssertProxyStillServesAsync(proxy, b);
+
+            // One cancel reached PostgreSQL: the termination's; closing the session does not send another.
+            ServerPool pool = proxy.Server.Pools.Pools.Single();
+            await CancelRaceTests.PollAsync(() => pool.CoolingCount == 0 && pool.CancelConnections == 0, "the cancel to be settled");
+            Assert.Equal(1, proxy.Server.CancelStats.Forwarded - forwardedBefore);
         }
         finally
         {
