@@ -31,7 +31,7 @@ internal sealed partial class ClientSession
         .With((byte)BackendMessage.ReadyForQuery).With((byte)BackendMessage.ParameterStatus).With((byte)BackendMessage.ErrorResponse)
         .With((byte)'1').With((byte)'3');
 
-    private static readonly MessageTypeSet s_oversizedBind = MessageTypeSet.None.With((byte)'B');
+    private static readonly MessageTypeSet s_oversized = MessageTypeSet.None.With((byte)'B').With((byte)FrontendMessage.Parse);
 
     // How far into a Bind too large to inspect its portal and statement names are looked for.
     private const int MaxBindHead = 1024;
@@ -45,7 +45,7 @@ internal sealed partial class ClientSession
     {
         _tracking = _pool!.Mode == PoolMode.Transaction && _proxy.Options.MaxPreparedStatements > 0;
         _clientFramer.CountSet = _tracking ? MessageTypeSet.None : s_readyForQueryEarners;
-        _clientFramer.OversizedSet = _tracking ? s_oversizedBind : MessageTypeSet.None;
+        _clientFramer.OversizedSet = _tracking ? s_oversized : MessageTypeSet.None;
     }
 
     /// <summary>
@@ -73,8 +73,19 @@ internal sealed partial class ClientSession
 
             if (status == FrameStatus.Oversized)
             {
-                // A Bind longer than a buffer (large parameters): only its head is rewritten.
-                LargeBind next = RewriteLargeBindHead(window, ref run, ref copied, ref outLength, ref output, length, server.PreparedStatements);
+                // A Bind longer than a buffer (large parameters): only its head is rewritten. A Parse that
+                // long can only be the unnamed statement's.
+                bool parse = window[run] == (byte)FrontendMessage.Parse;
+                LargeBind next = parse
+                    ? CheckLargeParse(window.Slice(run), length)
+                    : RewriteLargeBindHead(window, ref run, ref copied, ref outLength, ref output, length, server.PreparedStatements);
+                if (next == LargeBind.Streaming && parse)
+                {
+                    NoteForwarded((byte)FrontendMessage.Parse);
+                    _clientFramer.StreamRest(length, MessageFramer.HeaderLength);
+                    run += MessageFramer.HeaderLength;
+                }
+
                 if (next == LargeBind.Streaming)
                 {
                     continue;
@@ -176,7 +187,7 @@ internal sealed partial class ClientSession
         _client.Receive();
     }
 
-    /// <summary>What <see cref="RewriteLargeBindHead"/> did with a Bind too long to inspect.</summary>
+    /// <summary>What <see cref="RewriteLargeBindHead"/> or <see cref="CheckLargeParse"/> did with a message too long to inspect.</summary>
     private enum LargeBind
     {
         /// <summary>Forwarded as it is (no client statement named): the framer streams it.</summary>
@@ -185,6 +196,31 @@ internal sealed partial class ClientSession
         Stop,
         /// <summary>The session was closed.</summary>
         Failed,
+    }
+
+    /// <summary>
+    /// A Parse too long to hold whole (statement text over a buffer). The unnamed statement streams through:
+    /// it lives until the client's next Parse, within its own batch. A named one cannot be kept to prepare
+    /// again on other backends, and forwarded under the client's own name it would outlive the transaction
+    /// on that backend, where another client could bind it: the session is closed with 54000 instead.
+    /// </summary>
+    private LargeBind CheckLargeParse(ReadOnlySpan<byte> message, int total)
+    {
+        ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
+        int nameEnd = body.IndexOf((byte)0);
+        if (nameEnd < 0 && body.Length < MaxBindHead)
+        {
+            return LargeBind.Stop;
+        }
+
+        if (nameEnd == 0)
+        {
+            return LargeBind.Streaming;
+        }
+
+        Log.Warning($"session {Id}: named Parse of {total} bytes refused in transaction mode");
+        Fatal(SqlState.ProgramLimitExceeded, $"prepared statement of {total} bytes is too large for the proxy to prepare again on another server; use an unnamed statement or session pooling");
+        return LargeBind.Failed;
     }
 
     /// <summary>

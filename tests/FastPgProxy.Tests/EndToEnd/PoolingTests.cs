@@ -452,6 +452,48 @@ public sealed class PoolingTests(PostgresFixture fixture)
         await Task.WhenAll(clients).WaitAsync(Patience);
     }
 
+    /// <summary>
+    /// Statement text over a buffer in transaction mode: as an unnamed statement it streams through and
+    /// runs; prepared under a name (which the proxy could not keep to prepare again elsewhere), the
+    /// session is closed with 54000 before the Parse reaches PostgreSQL (no statement is left on the
+    /// backend), and the proxy serves on.
+    /// </summary>
+    [Fact]
+    public async Task Statement_text_larger_than_a_buffer_runs_unnamed_and_is_refused_named_in_transaction_mode()
+    {
+        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 1);
+        string literal = new('x', 40_000);
+        string sql = $"SELECT length('{literal}') + $1::int";
+
+        await using (var conn = new NpgsqlConnection(proxy.ConnectionString(User)))
+        {
+            await conn.OpenAsync();
+            await using var cmd = new NpgsqlCommand(sql, conn);
+            cmd.Parameters.AddWithValue(2);
+            Assert.Equal(40_002, await cmd.ExecuteScalarAsync());
+        }
+
+        await using (var conn = new NpgsqlConnection(proxy.ConnectionString(User)))
+        {
+            await conn.OpenAsync();
+            await using var cmd = new NpgsqlCommand(sql, conn);
+            cmd.Parameters.AddWithValue(2);
+            // The proxy sends FATAL 54000 and closes while the client may still be writing the statement:
+            // the client then sees either the error or the connection reset, as with PostgreSQL's own
+            // FATALs mid-message.
+            NpgsqlException e = await Assert.ThrowsAnyAsync<NpgsqlException>(() => cmd.PrepareAsync());
+            if (e is PostgresException pg)
+            {
+                Assert.Equal("54000", pg.SqlState);
+            }
+        }
+
+        await using var next = new NpgsqlConnection(proxy.ConnectionString(User));
+        await next.OpenAsync();
+        await using var check = new NpgsqlCommand("SELECT count(*) FROM pg_prepared_statements", next);
+        Assert.Equal(0L, await check.ExecuteScalarAsync());
+    }
+
     [Fact]
     public async Task Min_pool_size_backends_are_opened_and_kept_while_idle()
     {
