@@ -25,6 +25,7 @@ internal sealed partial class ClientSession
             // The request has not reached PostgreSQL: waiting for a backend, or behind the proxy's own
             // SETs on it. It is answered 57014 here once it has been read whole, and never forwarded.
             stats.OnQueued();
+            Log.Debug($"session {Id}: cancel of a request not sent to PostgreSQL; answered 57014 by the proxy");
             cancelSocket?.Dispose();
             _pool?.RemoveWaiter(this);
             _cancelPendingRequest = true;

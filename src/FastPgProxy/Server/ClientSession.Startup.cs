@@ -560,6 +560,7 @@ internal sealed partial class ClientSession
         if (_proxy.CancelGuard.IsBlocked(source))
         {
             stats.OnRateLimited();
+            Log.Debug($"cancel from {RemoteEndPoint}: dropped, source blocked for wrong keys");
             CloseCancelSocket();
             return;
         }
