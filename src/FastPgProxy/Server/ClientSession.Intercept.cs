@@ -92,8 +92,10 @@ internal sealed partial class ClientSession
             return true;
         }
 
+        // Only at a message boundary: inside a message streaming through (a large Bind's parameters), the
+        // window's first byte is data, not a message type.
         ReadOnlySpan<byte> window = _client.Window;
-        if (window.Length < MessageFramer.HeaderLength || window[0] is not ((byte)FrontendMessage.Query or (byte)FrontendMessage.Parse))
+        if (!_clientFramer.AtBoundary || window.Length < MessageFramer.HeaderLength || window[0] is not ((byte)FrontendMessage.Query or (byte)FrontendMessage.Parse))
         {
             return false;
         }

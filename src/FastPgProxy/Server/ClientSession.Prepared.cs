@@ -31,7 +31,14 @@ internal sealed partial class ClientSession
         .With((byte)BackendMessage.ReadyForQuery).With((byte)BackendMessage.ParameterStatus).With((byte)BackendMessage.ErrorResponse)
         .With((byte)'1').With((byte)'3');
 
-    private static readonly MessageTypeSet s_oversized = MessageTypeSet.None.With((byte)'B').With((byte)FrontendMessage.Parse);
+    // Inspected types that may legitimately exceed a buffer: they are reported at their start
+    // (FrameStatus.Oversized) so their bookkeeping is done and, for Bind, the statement renamed.
+    private static readonly MessageTypeSet s_oversized = MessageTypeSet.None.With((byte)'B').With((byte)FrontendMessage.Parse)
+        .With((byte)FrontendMessage.Query).With((byte)'F');
+
+    // Room a named Parse must leave in a buffer: when its statement is prepared again on another backend,
+    // the Parse goes out in one buffer with a Bind's head (names up to MaxBindHead) and an eviction Close.
+    private const int NamedParseReserve = 2 * MaxBindHead;
 
     // How far into a Bind too large to inspect its portal and statement names are looked for.
     private const int MaxBindHead = 1024;
@@ -63,7 +70,10 @@ internal sealed partial class ClientSession
         byte[]? output = null;
         while (true)
         {
-            FrameStatus status = _clientFramer.Scan(window.Slice(run), s_trackingClientInspect, Loop.Buffers.BufferSize, out int passThrough, out int length);
+            // Once something was rewritten, the run goes out of the rewrite buffer: scan no further than
+            // what still fits in it.
+            int end = output is null ? window.Length : Math.Min(window.Length, copied + Loop.Buffers.BufferSize - outLength);
+            FrameStatus status = _clientFramer.Scan(window.Slice(run, end - run), s_trackingClientInspect, Loop.Buffers.BufferSize, out int passThrough, out int length);
             run += passThrough;
             if (status == FrameStatus.Invalid)
             {
@@ -75,13 +85,17 @@ internal sealed partial class ClientSession
             {
                 // A Bind longer than a buffer (large parameters): only its head is rewritten. A Parse that
                 // long can only be the unnamed statement's.
-                bool parse = window[run] == (byte)FrontendMessage.Parse;
-                LargeBind next = parse
-                    ? CheckLargeParse(window.Slice(run), length)
-                    : RewriteLargeBindHead(window, ref run, ref copied, ref outLength, ref output, length, server.PreparedStatements);
-                if (next == LargeBind.Streaming && parse)
+                byte large = window[run];
+                LargeBind next = large switch
                 {
-                    NoteForwarded((byte)FrontendMessage.Parse);
+                    (byte)'B' => RewriteLargeBindHead(window, ref run, ref copied, ref outLength, ref output, length, server.PreparedStatements),
+                    (byte)FrontendMessage.Parse => CheckLargeParse(window.Slice(run), length, run),
+                    _ => LargeBind.Streaming,
+                };
+                if (next == LargeBind.Streaming && large != (byte)'B')
+                {
+                    // An unnamed Parse, a Query or a FunctionCall: forwarded as it is, and booked.
+                    NoteForwarded(large);
                     _clientFramer.StreamRest(length, MessageFramer.HeaderLength);
                     run += MessageFramer.HeaderLength;
                 }
@@ -118,14 +132,19 @@ internal sealed partial class ClientSession
                 break;
             }
 
-            // Room for what this message may turn into: itself renamed, a Parse to re-prepare, a Close to evict.
             ClientStatement? statement = FindStatementFor(message);
-            int worst = length + 128 + (statement?.ParseTail.Length ?? 0);
-            if (type == (byte)FrontendMessage.Parse)
+            bool namedParse = type == (byte)FrontendMessage.Parse && length > MessageFramer.HeaderLength && message[MessageFramer.HeaderLength] != 0;
+            if (statement is null && !namedParse && !IsStatementClose(message))
             {
-                worst += length;
+                NoteForwarded(type);
+                run += length;
+                continue;
             }
 
+            // Room for what this message may turn into: itself renamed, a Close to evict, and for a Bind or
+            // Describe a Parse to prepare the statement again. A named Parse leaves room for that Parse
+            // beside a Bind's head later (NamedParseReserve).
+            int worst = length + (namedParse ? NamedParseReserve : 128) + (type is (byte)'B' or (byte)'D' ? statement!.ParseTail.Length : 0);
             if (worst + (run - copied) + outLength > Loop.Buffers.BufferSize)
             {
                 if (run > 0)
@@ -133,15 +152,21 @@ internal sealed partial class ClientSession
                     break;
                 }
 
+                if (type == (byte)'B')
+                {
+                    // A Bind whose parameters and statement do not fit together: renamed in its head, the
+                    // parameters stream through, as for a Bind longer than a buffer.
+                    LargeBind next = RewriteLargeBindHead(window, ref run, ref copied, ref outLength, ref output, length, server.PreparedStatements);
+                    if (next == LargeBind.Failed)
+                    {
+                        return;
+                    }
+
+                    break;
+                }
+
                 Fatal(SqlState.ProgramLimitExceeded, "prepared statement too large for the proxy to prepare again on another server");
                 return;
-            }
-
-            if (statement is null && type != (byte)FrontendMessage.Parse && !IsStatementClose(message))
-            {
-                NoteForwarded(type);
-                run += length;
-                continue;
             }
 
             output ??= _rewriteBuffer ??= Loop.Buffers.Rent();
@@ -204,7 +229,7 @@ internal sealed partial class ClientSession
     /// again on other backends, and forwarded under the client's own name it would outlive the transaction
     /// on that backend, where another client could bind it: the session is closed with 54000 instead.
     /// </summary>
-    private LargeBind CheckLargeParse(ReadOnlySpan<byte> message, int total)
+    private LargeBind CheckLargeParse(ReadOnlySpan<byte> message, int total, int run)
     {
         ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
         int nameEnd = body.IndexOf((byte)0);
@@ -216,6 +241,12 @@ internal sealed partial class ClientSession
         if (nameEnd == 0)
         {
             return LargeBind.Streaming;
+        }
+
+        if (run > 0)
+        {
+            // What precedes it goes out first; the refusal comes on the next pass.
+            return LargeBind.Stop;
         }
 
         Log.Warning($"session {Id}: named Parse of {total} bytes refused in transaction mode");

@@ -426,6 +426,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     /// matches the client's own value.
     /// </summary>
     [Theory]
+    [InlineData(32_600)]
     [InlineData(40_000)]
     [InlineData(1_000_000)]
     public async Task Prepared_statements_with_parameters_larger_than_a_buffer_work_in_transaction_mode(int size)
@@ -453,16 +454,18 @@ public sealed class PoolingTests(PostgresFixture fixture)
     }
 
     /// <summary>
-    /// Statement text over a buffer in transaction mode: as an unnamed statement it streams through and
-    /// runs; prepared under a name (which the proxy could not keep to prepare again elsewhere), the
-    /// session is closed with 54000 before the Parse reaches PostgreSQL (no statement is left on the
-    /// backend), and the proxy serves on.
+    /// Long statement text in transaction mode. Unnamed, it runs at any length (as a Query too). Prepared
+    /// under a name, 20 KB is kept and prepared again on each backend that lacks it (two clients, one
+    /// backend each turn); 40 KB is more than the proxy can keep, so the session is closed with 54000
+    /// before the Parse reaches PostgreSQL, no statement is left on the backend, and the proxy serves on.
     /// </summary>
-    [Fact]
-    public async Task Statement_text_larger_than_a_buffer_runs_unnamed_and_is_refused_named_in_transaction_mode()
+    [Theory]
+    [InlineData(20_000)]
+    [InlineData(40_000)]
+    public async Task Long_statement_text_runs_unnamed_and_prepared_up_to_what_the_proxy_can_keep(int size)
     {
         await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 1);
-        string literal = new('x', 40_000);
+        string literal = new('x', size);
         string sql = $"SELECT length('{literal}') + $1::int";
 
         await using (var conn = new NpgsqlConnection(proxy.ConnectionString(User)))
@@ -470,28 +473,72 @@ public sealed class PoolingTests(PostgresFixture fixture)
             await conn.OpenAsync();
             await using var cmd = new NpgsqlCommand(sql, conn);
             cmd.Parameters.AddWithValue(2);
-            Assert.Equal(40_002, await cmd.ExecuteScalarAsync());
+            Assert.Equal(size + 2, await cmd.ExecuteScalarAsync());
+            await using var query = new NpgsqlCommand($"SELECT length('{literal}')", conn);
+            Assert.Equal(size, await query.ExecuteScalarAsync());
         }
 
-        await using (var conn = new NpgsqlConnection(proxy.ConnectionString(User)))
+        await using (var first = new NpgsqlConnection(proxy.ConnectionString(User)))
+        await using (var second = new NpgsqlConnection(proxy.ConnectionString(User)))
         {
-            await conn.OpenAsync();
-            await using var cmd = new NpgsqlCommand(sql, conn);
+            await first.OpenAsync();
+            await second.OpenAsync();
+            await using var cmd = new NpgsqlCommand(sql, first);
             cmd.Parameters.AddWithValue(2);
-            // The proxy sends FATAL 54000 and closes while the client may still be writing the statement:
-            // the client then sees either the error or the connection reset, as with PostgreSQL's own
-            // FATALs mid-message.
-            NpgsqlException e = await Assert.ThrowsAnyAsync<NpgsqlException>(() => cmd.PrepareAsync());
-            if (e is PostgresException pg)
+            if (size < 30_000)
             {
-                Assert.Equal("54000", pg.SqlState);
+                await cmd.PrepareAsync();
+                await using var other = new NpgsqlCommand(sql, second);
+                other.Parameters.AddWithValue(3);
+                await other.PrepareAsync();
+                for (int i = 0; i < 3; i++)
+                {
+                    Assert.Equal(size + 2, await cmd.ExecuteScalarAsync());
+                    Assert.Equal(size + 3, await other.ExecuteScalarAsync());
+                }
+            }
+            else
+            {
+                // The proxy sends FATAL 54000 and closes while the client may still be writing the
+                // statement: the client then sees either the error or the connection reset.
+                NpgsqlException e = await Assert.ThrowsAnyAsync<NpgsqlException>(() => cmd.PrepareAsync());
+                if (e is PostgresException pg)
+                {
+                    Assert.Equal("54000", pg.SqlState);
+                }
             }
         }
 
         await using var next = new NpgsqlConnection(proxy.ConnectionString(User));
         await next.OpenAsync();
-        await using var check = new NpgsqlCommand("SELECT count(*) FROM pg_prepared_statements", next);
+        await using var check = new NpgsqlCommand("SELECT count(*) FROM pg_prepared_statements WHERE name NOT LIKE 'fpp%'", next);
         Assert.Equal(0L, await check.ExecuteScalarAsync());
+    }
+
+    /// <summary>
+    /// Pool size 1: A sends a 40 KB simple Query (raw protocol: Npgsql always uses the extended one) that
+    /// sleeps a second, B a small one. B must wait for A's query to end and get its own answer: a long
+    /// Query keeps the backend until its ReadyForQuery.
+    /// </summary>
+    [Fact]
+    public async Task A_query_longer_than_a_buffer_keeps_its_backend_until_it_ends()
+    {
+        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 1);
+        await using NpgsqlConnection b = await OpenAsync(proxy);
+        await using (var warm = new NpgsqlCommand("SELECT 1", b))
+        {
+            await warm.ExecuteScalarAsync();
+        }
+
+        using CancelRaceTests.RawClient a = await CancelRaceTests.RawClient.ConnectAsync(proxy);
+        string literal = new('y', 40_000);
+        await a.SendQueryAsync($"SELECT length('{literal}') FROM pg_sleep(1)");
+        await Task.Delay(200);
+        await using var small = new NpgsqlCommand("SELECT 'b'", b);
+        Assert.Equal("b", await small.ExecuteScalarAsync().WaitAsync(Patience));
+        CancelRaceTests.Result resultA = await a.ReadResultAsync(Patience);
+        Assert.Null(resultA.SqlState);
+        Assert.Equal("40000", resultA.Value);
     }
 
     [Fact]
