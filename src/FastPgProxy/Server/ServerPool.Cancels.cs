@@ -93,7 +93,7 @@ internal sealed partial class ServerPool
                 {
                     DropWaiting(cancel, timedOut: true);
                 }
-                else if (server.ReadyCount != cancel.ReadyCount || server.State == ServerState.Closed || !_all.Contains(server))
+                else if (RequestEnded(cancel) || server.State == ServerState.Closed || !_all.Contains(server))
                 {
                     DropWaiting(cancel, timedOut: false);
                 }
@@ -119,7 +119,7 @@ internal sealed partial class ServerPool
         for (int i = _waitingCancels.Count; i > 0; i--)
         {
             WaitingCancel cancel = _waitingCancels.Dequeue();
-            if (cancel.Server == server && server.ReadyCount != cancel.ReadyCount)
+            if (cancel.Server == server && RequestEnded(cancel))
             {
                 (ended ??= new List<WaitingCancel>()).Add(cancel);
             }
@@ -147,6 +147,9 @@ internal sealed partial class ServerPool
             DropWaiting(cancel, timedOut: true);
         }
     }
+
+    /// <summary>The backend answered ReadyForQuery since the cancel started waiting: what it was meant for has ended.</summary>
+    private static bool RequestEnded(WaitingCancel cancel) => cancel.Server.ReadyCount != cancel.ReadyCount;
 
     private bool IsWaitOver(WaitingCancel cancel, long now) =>
         Stopwatch.GetElapsedTime(cancel.Since, now) >= _proxy.Options.CancelWaitTimeout;

@@ -594,9 +594,23 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
     {
         using Socket socket = await proxy.ConnectRawAsync();
         await socket.SendAsync(RawProtocol.CancelRequest(pid, key));
+        await AssertClosedSilentlyAsync(socket, $"the proxy kept a cancel connection for session {pid} open for {Patience}");
+    }
+
+    /// <summary>Waits for the proxy to close a cancel connection, which it does without writing anything on it.</summary>
+    internal static async Task AssertClosedSilentlyAsync(Socket socket, string failure)
+    {
         (byte[] data, bool closed) = await RawProtocol.ReadUntilCloseAsync(socket, Patience);
-        Assert.True(closed, $"the proxy kept a cancel connection for session {pid} open for {Patience}");
+        Assert.True(closed, failure);
         Assert.Empty(data);
+    }
+
+    /// <summary>Waits until PostgreSQL runs a query containing <paramref name="marker"/>, watching from a connection of its own.</summary>
+    internal static async Task WaitActiveAsync(PostgresServer pg, string marker)
+    {
+        await using var observer = new NpgsqlConnection(pg.ConnectionString());
+        await observer.OpenAsync();
+        await WaitActiveAsync(observer, marker);
     }
 
     /// <summary>Waits until PostgreSQL runs a query containing <paramref name="marker"/>.</summary>

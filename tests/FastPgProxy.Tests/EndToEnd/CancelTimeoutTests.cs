@@ -208,12 +208,10 @@ public sealed class CancelTimeoutTests(PostgresFixture fixture, ITestOutputHelpe
         await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, o => o.CancelBadKeyLimit = 5);
         CancelStats stats = proxy.Server.CancelStats;
         using RawClient a = await RawClient.ConnectAsync(proxy);
-        await using var observer = new NpgsqlConnection(_pg.ConnectionString());
-        await observer.OpenAsync();
         Snapshot before = Snapshot.Of(stats);
 
         await a.SendQueryAsync("SELECT 'finished' FROM pg_sleep(2) /* bad-key-limit */");
-        await WaitActiveAsync(observer, "bad-key-limit");
+        await WaitActiveAsync(_pg, "bad-key-limit");
         for (int i = 1; i <= 10; i++)
         {
             await SendCancelAsync(proxy, a.ProcessId, a.SecretKey ^ i);
