@@ -308,6 +308,7 @@ internal sealed partial class AdminConsole
         Add("buffers_in_use", inUse);
         Add("buffers_allocated", allocated);
         Add("buffer_bytes_in_use", inUse * ProxyServer.BufferSize);
+        Add("client_statement_bytes", Proxy.Stats.ClientStatementBytes);
     }
 
     /// <summary><c>DroppedIdle</c> → <c>dropped_idle</c>.</summary>

@@ -140,6 +140,9 @@ internal static class ConfigLoader
             case "client_login_timeout":
                 o.ClientLoginTimeout = ParseDuration(value, source, line, key);
                 break;
+            case "client_message_timeout":
+                o.ClientMessageTimeout = ParseDuration(value, source, line, key);
+                break;
             case "server_connect_timeout":
                 o.ServerConnectTimeout = ParseDuration(value, source, line, key);
                 break;
@@ -169,6 +172,12 @@ internal static class ConfigLoader
                 break;
             case "max_prepared_statements":
                 o.MaxPreparedStatements = ParseInt(value, 0, 100_000, source, line, key);
+                break;
+            case "max_client_prepared_statements":
+                o.MaxClientPreparedStatements = ParseInt(value, 1, 10_000_000, source, line, key);
+                break;
+            case "max_client_prepared_bytes":
+                o.MaxClientPreparedBytes = (long)ParseInt(value, 1024, int.MaxValue, source, line, key);
                 break;
             case "ignore_startup_parameters":
                 AddNames(o.IgnoreStartupParameters, value);

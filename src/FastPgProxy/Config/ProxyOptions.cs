@@ -83,6 +83,12 @@ internal sealed class ProxyOptions
     /// <summary>A client that has not finished logging in by then is closed. Default 60 s.</summary>
     public TimeSpan ClientLoginTimeout { get; set; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>
+    /// A client that stops in the middle of a message (sent part of it, then nothing) for this long is
+    /// closed with FATAL 08P01, and a backend holding half of that message is closed; zero disables. Default 60 s.
+    /// </summary>
+    public TimeSpan ClientMessageTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
     /// <summary>Longest wait for a backend connection and its login. Default 15 s.</summary>
     public TimeSpan ServerConnectTimeout { get; set; } = TimeSpan.FromSeconds(15);
 
@@ -112,6 +118,18 @@ internal sealed class ProxyOptions
 
     /// <summary>Named prepared statements kept per backend in transaction mode (least recently used are closed); 0 turns tracking off. Default 200.</summary>
     public int MaxPreparedStatements { get; set; } = 200;
+
+    /// <summary>
+    /// Named prepared statements one client may keep in transaction mode (the proxy holds each to prepare
+    /// it again on other backends); a Parse past it is refused with 54000. Default 2000.
+    /// </summary>
+    public int MaxClientPreparedStatements { get; set; } = 2000;
+
+    /// <summary>
+    /// Bytes of statement text and parameter types one client's prepared statements may take in the proxy
+    /// in transaction mode; a Parse past it is refused with 53200. Default 32 MiB.
+    /// </summary>
+    public long MaxClientPreparedBytes { get; set; } = 32L * 1024 * 1024;
 
     /// <summary>Start-up parameters accepted from clients and not applied to backends (PgBouncer's ignore_startup_parameters).</summary>
     public HashSet<string> IgnoreStartupParameters { get; } = new(StringComparer.OrdinalIgnoreCase);

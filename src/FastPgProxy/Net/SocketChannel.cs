@@ -63,6 +63,13 @@ internal sealed class SocketChannel : IDisposable
     private bool _probing;
     private int _sendEnd;
 
+    // The few bytes of a message begun and not finished, kept while the channel waits without a buffer.
+    private byte[]? _parked;
+    private int _parkedLength;
+
+    /// <summary>Most unconsumed bytes a channel that idles without a buffer keeps aside instead of a buffer.</summary>
+    public const int ParkCapacity = 256;
+
     /// <summary>Wraps <paramref name="socket"/> (null for a channel that will connect) on <paramref name="loop"/>.</summary>
     public SocketChannel(EventLoop loop, Socket? socket, IChannelHandler handler)
     {
@@ -116,6 +123,9 @@ internal sealed class SocketChannel : IDisposable
     /// <summary>Bytes received and not consumed.</summary>
     public int Buffered => End - Start;
 
+    /// <summary>Bytes of a partial message kept aside while the channel waits without a buffer.</summary>
+    public int Parked => _parkedLength;
+
     /// <summary>The unconsumed bytes.</summary>
     public Span<byte> Window => Buffer.AsSpan(Start, End - Start);
 
@@ -133,7 +143,9 @@ internal sealed class SocketChannel : IDisposable
 
     /// <summary>
     /// When the window is empty, wait for readability with a zero-byte receive and hold no buffer
-    /// (an idle client costs no buffer memory); the buffer is rented once bytes are there.
+    /// (an idle client costs no buffer memory); the buffer is rented once bytes are there. A window of at
+    /// most <see cref="ParkCapacity"/> bytes (the start of a message) is kept aside in a small array of
+    /// the channel's own meanwhile, so a client that stalls mid-message costs no buffer either.
     /// </summary>
     public bool IdleWithoutBuffer { get; set; }
 
@@ -156,6 +168,13 @@ internal sealed class SocketChannel : IDisposable
             {
                 ReleaseBuffer();
             }
+        }
+        else if (IdleWithoutBuffer && End - Start <= ParkCapacity)
+        {
+            _parked ??= new byte[ParkCapacity];
+            _parkedLength = End - Start;
+            Window.CopyTo(_parked);
+            ReleaseBuffer();
         }
         else if (End == Buffer!.Length)
         {
@@ -304,8 +323,11 @@ internal sealed class SocketChannel : IDisposable
                     // Readable (or at end of stream): take a buffer and read for real.
                     _probing = false;
                     Buffer = Loop.Buffers.Rent();
-                    Start = End = 0;
-                    _receiveArgs.SetBuffer(Buffer, 0, Buffer.Length);
+                    Start = 0;
+                    End = _parkedLength;
+                    _parked.AsSpan(0, _parkedLength).CopyTo(Buffer);
+                    _parkedLength = 0;
+                    _receiveArgs.SetBuffer(Buffer, End, Buffer.Length - End);
                     StartReceive();
                     return;
                 }

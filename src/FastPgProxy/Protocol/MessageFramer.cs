@@ -14,6 +14,11 @@ internal enum FrameStatus
     /// <summary>A length word below 4 or above the limit: the stream cannot be framed.</summary>
     Invalid,
     /// <summary>
+    /// A message whose type is outside the <see cref="MessageFramer.AllowedSet"/> starts right after the
+    /// pass-through run (only its header need be there); nothing of it was counted or passed.
+    /// </summary>
+    Foreign,
+    /// <summary>
     /// A message of an <see cref="MessageFramer.OversizedSet"/> type too long to inspect starts right after
     /// the pass-through run (its header is there, and counted); the caller forwards its head its own way and
     /// then calls <see cref="MessageFramer.StreamRest"/>.
@@ -43,9 +48,37 @@ internal struct MessageFramer
     private long _passThroughRemaining;
     private MessageTypeSet _countSet;
     private MessageTypeSet _oversizedSet;
+    private MessageTypeSet _allowedSet;
+    private bool _restrictTypes;
+    private bool _wholeMessages;
     private int _counted;
     private byte _lastType;
     private byte _previousType;
+
+    /// <summary>
+    /// The only types the stream may carry (a client's messages after login): a header of any other type
+    /// stops the scan with <see cref="FrameStatus.Foreign"/>, so it is never passed on. Unset, every type passes.
+    /// </summary>
+    public MessageTypeSet AllowedSet
+    {
+        readonly get => _allowedSet;
+        set
+        {
+            _allowedSet = value;
+            _restrictTypes = true;
+        }
+    }
+
+    /// <summary>
+    /// Whether a message that fits in <c>maxInspectLength</c> is passed on only once it is all there, as
+    /// inspected ones are. Client to backend, this keeps half a message off a pooled backend: only a
+    /// message longer than a buffer streams, and then the client owns the backend until it ends.
+    /// </summary>
+    public bool WholeMessages
+    {
+        readonly get => _wholeMessages;
+        set => _wholeMessages = value;
+    }
 
     /// <summary>
     /// Inspected types whose messages, when longer than the inspect limit, are reported as
@@ -144,6 +177,12 @@ internal struct MessageFramer
                 return FrameStatus.Invalid;
             }
 
+            if (_restrictTypes && !_allowedSet.Contains(type))
+            {
+                passThrough = pos;
+                return FrameStatus.Foreign;
+            }
+
             int total = length + 1;
             if (total > maxInspectLength && _oversizedSet.Contains(type) && inspect.Contains(type))
             {
@@ -166,9 +205,14 @@ internal struct MessageFramer
                 return FrameStatus.Inspect;
             }
 
-            Count(type);
-
             int available = data.Length - pos;
+            if (total > available && _wholeMessages && total <= maxInspectLength)
+            {
+                passThrough = pos;
+                return FrameStatus.NeedMore;
+            }
+
+            Count(type);
             if (total > available)
             {
                 _passThroughRemaining = total - available;

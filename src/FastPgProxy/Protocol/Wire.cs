@@ -120,10 +120,16 @@ internal static class SqlState
     public const string FeatureNotSupported = "0A000";
     /// <summary>admin_shutdown.</summary>
     public const string AdminShutdown = "57P01";
+
+    /// <summary>crash_shutdown.</summary>
+    public const string CrashShutdown = "57P02";
     /// <summary>query_canceled.</summary>
     public const string QueryCanceled = "57014";
     /// <summary>program_limit_exceeded.</summary>
     public const string ProgramLimitExceeded = "54000";
+
+    /// <summary>out_of_memory.</summary>
+    public const string OutOfMemory = "53200";
     /// <summary>internal_error.</summary>
     public const string InternalError = "XX000";
 }

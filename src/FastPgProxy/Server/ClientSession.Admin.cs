@@ -139,7 +139,7 @@ internal sealed partial class ClientSession
             }
         }
 
-        _client.Receive();
+        ReceiveClient();
     }
 
     /// <summary>Sends what the output holds; the loop resumes when the send is done (AfterSend.ContinueRelay).</summary>

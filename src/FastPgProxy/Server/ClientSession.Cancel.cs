@@ -92,7 +92,7 @@ internal sealed partial class ClientSession
 
             if (status == FrameStatus.NeedMore)
             {
-                _client.Receive();
+                ReceiveClient();
                 return;
             }
         }

@@ -43,7 +43,11 @@ internal sealed partial class ClientSession
     // How far into a Bind too large to inspect its portal and statement names are looked for.
     private const int MaxBindHead = 1024;
 
+    // Bytes a statement costs the proxy besides its name and text: the entry, the object, the backend name.
+    private const int StatementOverhead = 96;
+
     private readonly Dictionary<string, ClientStatement> _statements = new(StringComparer.Ordinal);
+    private long _statementBytes;
     private readonly Queue<byte> _replyActions = new();
     private byte[]? _rewriteBuffer;
     private bool _tracking;
@@ -79,6 +83,18 @@ internal sealed partial class ClientSession
             {
                 Fatal(SqlState.ProtocolViolation, "invalid message length");
                 return;
+            }
+
+            if (status == FrameStatus.Foreign)
+            {
+                if (run == 0 && output is null)
+                {
+                    FatalForeignMessage(window[0]);
+                    return;
+                }
+
+                // What precedes it goes first; it is refused on the next pass.
+                break;
             }
 
             if (status == FrameStatus.Oversized)
@@ -134,6 +150,19 @@ internal sealed partial class ClientSession
 
             ClientStatement? statement = FindStatementFor(message);
             bool namedParse = type == (byte)FrontendMessage.Parse && length > MessageFramer.HeaderLength && message[MessageFramer.HeaderLength] != 0;
+            if (namedParse && StatementLimitRefusal(message.Slice(MessageFramer.HeaderLength), statement) is { } refusal)
+            {
+                if (run > 0)
+                {
+                    // What precedes it goes first; the refusal comes on the next pass.
+                    break;
+                }
+
+                // On a backend, in the middle of the client's batch, an ERROR cannot be put in the reply
+                // stream without PostgreSQL's own replies to sort around it: the session ends.
+                Fatal(refusal.SqlState, refusal.Message, refusal.Detail);
+                return;
+            }
             if (statement is null && !namedParse && !IsStatementClose(message))
             {
                 NoteForwarded(type);
@@ -209,7 +238,7 @@ internal sealed partial class ClientSession
             return;
         }
 
-        _client.Receive();
+        ReceiveClient();
     }
 
     /// <summary>What <see cref="RewriteLargeBindHead"/> or <see cref="CheckLargeParse"/> did with a message too long to inspect.</summary>
@@ -367,8 +396,16 @@ internal sealed partial class ClientSession
             if (window[at] == (byte)FrontendMessage.Parse)
             {
                 ReadOnlySpan<byte> body = window.Slice(at + MessageFramer.HeaderLength, total - MessageFramer.HeaderLength);
+                if (StatementLimitRefusal(body, replaced: null) is { } refusal)
+                {
+                    // As PostgreSQL does after an error: the rest of the batch up to Sync is skipped.
+                    Log.Warning($"client {RemoteEndPoint} session {Id}: {refusal.Message}");
+                    writer.WriteError(BackendMessage.ErrorResponse, "ERROR", refusal.SqlState, refusal.Message, refusal.Detail);
+                    break;
+                }
+
                 ReadOnlySpan<byte> name = CString(body);
-                _statements[Encoding.UTF8.GetString(name)] = new ClientStatement(body.Slice(name.Length + 1).ToArray());
+                AddStatement(Encoding.UTF8.GetString(name), new ClientStatement(body.Slice(name.Length + 1).ToArray()));
                 writer.BeginMessage((byte)'1');
                 writer.EndMessage();
             }
@@ -380,6 +417,65 @@ internal sealed partial class ClientSession
         _client.Consume(pos);
         SendOut(writer.Position, AfterSend.ContinueRelay);
         return true;
+    }
+
+    /// <summary>Why a named Parse is refused: PostgreSQL's error fields.</summary>
+    private sealed record StatementRefusal(string SqlState, string Message, string Detail);
+
+    /// <summary>
+    /// Whether keeping the statement a named Parse (<paramref name="body"/>: name, text, types) defines
+    /// would take this client past max_client_prepared_statements (54000) or max_client_prepared_bytes
+    /// (53200); null when it fits. <paramref name="replaced"/> is the statement of that name it redefines.
+    /// </summary>
+    private StatementRefusal? StatementLimitRefusal(ReadOnlySpan<byte> body, ClientStatement? replaced)
+    {
+        Config.ProxyOptions options = _proxy.Options;
+        ReadOnlySpan<byte> name = CString(body);
+        bool known = replaced is not null || _statements.ContainsKey(Encoding.UTF8.GetString(name));
+        if (!known && _statements.Count >= options.MaxClientPreparedStatements)
+        {
+            return new StatementRefusal(SqlState.ProgramLimitExceeded, "too many prepared statements",
+                $"The proxy keeps at most {options.MaxClientPreparedStatements} prepared statements per client (max_client_prepared_statements); deallocate some first.");
+        }
+
+        long bytes = _statementBytes + StatementCost(name.Length, body.Length - name.Length - 1) - (replaced is null ? 0 : StatementCost(name.Length, replaced.ParseTail.Length));
+        if (bytes > options.MaxClientPreparedBytes)
+        {
+            return new StatementRefusal(SqlState.OutOfMemory, "out of memory",
+                $"This client's prepared statements would take {bytes} bytes in the proxy, over max_client_prepared_bytes ({options.MaxClientPreparedBytes}).");
+        }
+
+        return null;
+    }
+
+    private static long StatementCost(int nameLength, int tailLength) => nameLength + tailLength + StatementOverhead;
+
+    private void AddStatement(string name, ClientStatement statement)
+    {
+        RemoveStatement(name);
+        _statements[name] = statement;
+        long cost = StatementCost(Encoding.UTF8.GetByteCount(name), statement.ParseTail.Length);
+        _statementBytes += cost;
+        _proxy.Stats.OnClientStatementBytes(cost);
+    }
+
+    private void RemoveStatement(string name)
+    {
+        if (_statements.Remove(name, out ClientStatement? old))
+        {
+            long cost = StatementCost(Encoding.UTF8.GetByteCount(name), old.ParseTail.Length);
+            _statementBytes -= cost;
+            _proxy.Stats.OnClientStatementBytes(-cost);
+        }
+    }
+
+    /// <summary>Forgets every statement of the client (the session ended): nothing of it stays in the proxy.</summary>
+    private void ForgetStatements()
+    {
+        _statements.Clear();
+        _statements.TrimExcess();
+        _proxy.Stats.OnClientStatementBytes(-_statementBytes);
+        _statementBytes = 0;
     }
 
     /// <summary>Books a message forwarded unchanged: what reply it earns and whether it leaves a batch open.</summary>
@@ -479,7 +575,7 @@ internal sealed partial class ClientSession
                 if (statement is null || !tail.SequenceEqual(statement.ParseTail))
                 {
                     statement = new ClientStatement(tail.ToArray());
-                    _statements[Encoding.UTF8.GetString(name)] = statement;
+                    AddStatement(Encoding.UTF8.GetString(name), statement);
                 }
 
                 WriteEviction(ref writer, cache.Add(statement.ServerName));
@@ -517,7 +613,7 @@ internal sealed partial class ClientSession
                 // Close of a statement: the client forgets it; the backend closes it if it has it, and a
                 // close of a name it lacks is no error (55.7, Close), so it is always forwarded renamed.
                 ReadOnlySpan<byte> name = CString(body.Slice(1));
-                _statements.Remove(Encoding.UTF8.GetString(name));
+                RemoveStatement(Encoding.UTF8.GetString(name));
                 writer.BeginMessage((byte)'C');
                 writer.WriteByte((byte)'S');
                 if (statement is not null)

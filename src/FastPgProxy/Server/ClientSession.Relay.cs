@@ -19,6 +19,15 @@ internal sealed partial class ClientSession
         .With((byte)BackendMessage.ParameterStatus)
         .With((byte)BackendMessage.ErrorResponse);
 
+    // What PostgreSQL accepts from a client after login (55.7): the simple and extended query messages,
+    // FunctionCall, COPY's three, Flush, Sync and Terminate. Anything else would reach a pooled backend,
+    // which answers FATAL 08P01 and quits, and the next client to get it would see that: the proxy says
+    // it to the sender instead, the way PostgreSQL would, and closes the session.
+    private static readonly MessageTypeSet s_frontendTypes = MessageTypeSet.None
+        .With((byte)FrontendMessage.Query).With((byte)FrontendMessage.Parse).With((byte)'B').With((byte)'E')
+        .With((byte)'D').With((byte)'C').With((byte)'H').With((byte)'S').With((byte)'F')
+        .With((byte)'d').With((byte)'c').With((byte)'f').With((byte)FrontendMessage.Terminate);
+
     // Client messages that each earn one ReadyForQuery: Query, Sync, FunctionCall.
     private static readonly MessageTypeSet s_readyForQueryEarners = MessageTypeSet.None
         .With((byte)FrontendMessage.Query)
@@ -40,6 +49,8 @@ internal sealed partial class ClientSession
         State = SessionState.Active;
         _proxy.Stats.OnSessionOpened();
         _authFramer.Reset();
+        _clientFramer.AllowedSet = s_frontendTypes;
+        _clientFramer.WholeMessages = true;
         ConfigureTracking();
         if (_server is null || TryReleaseServer())
         {
@@ -80,11 +91,19 @@ internal sealed partial class ClientSession
         {
             if (window.IsEmpty)
             {
-                _client.Receive();
+                ReceiveClient();
+            }
+            else if (!s_frontendTypes.Contains(window[0]))
+            {
+                FatalForeignMessage(window[0]);
             }
             else if (window[0] == (byte)FrontendMessage.Terminate)
             {
                 CloseOnTerminate();
+            }
+            else if (!FirstMessageReady(window))
+            {
+                // No backend for half a message: a client that stalls here holds nothing but a few bytes.
             }
             else if (_tracking && TryAnswerPrepareLocally())
             {
@@ -150,6 +169,13 @@ internal sealed partial class ClientSession
                 return;
             }
 
+            if (status == FrameStatus.Foreign && run == 0)
+            {
+                FatalForeignMessage(window[0]);
+                return;
+            }
+
+            // (A foreign type after other messages: they go first, it is refused on the next pass.)
             break;
         }
 
@@ -168,7 +194,39 @@ internal sealed partial class ClientSession
             return;
         }
 
-        _client.Receive();
+        ReceiveClient();
+    }
+
+    /// <summary>
+    /// Whether the first message in the window is all there, or is longer than a buffer and must stream;
+    /// until then the client gets no backend, and its next bytes are read.
+    /// </summary>
+    private bool FirstMessageReady(ReadOnlySpan<byte> window)
+    {
+        if (window.Length >= MessageFramer.HeaderLength)
+        {
+            int length = MessageFramer.ReadLength(window);
+            if (length < sizeof(int) || length > MessageFramer.MaxMessageLength)
+            {
+                Fatal(SqlState.ProtocolViolation, "invalid message length");
+                return false;
+            }
+
+            if (length + 1 <= window.Length || length + 1 > Loop.Buffers.BufferSize)
+            {
+                return true;
+            }
+        }
+
+        ReceiveClient();
+        return false;
+    }
+
+    /// <summary>A message type PostgreSQL does not take from a client after login: FATAL 08P01 to the sender, as PostgreSQL says it.</summary>
+    private void FatalForeignMessage(byte type)
+    {
+        Log.Warning($"client {RemoteEndPoint} session {Id}: invalid frontend message type {type}");
+        Fatal(SqlState.ProtocolViolation, $"invalid frontend message type {type}");
     }
 
     /// <summary>The client said Terminate: the session ends without the backend being told (it may be pooled).</summary>

@@ -7,13 +7,46 @@ namespace FastPgProxy.Server;
 /// <summary>
 /// query_timeout cancels a query on PostgreSQL (the client gets 57014 and keeps its session, unlike a
 /// dropped connection); idle_transaction_timeout closes a client that sits idle inside a transaction, and
-/// its backend is rolled back and kept. A timer that comes due after its query or idle spell ended does
-/// nothing.
+/// its backend is rolled back and kept; client_message_timeout closes a client that stops in the middle
+/// of a message. A timer that comes due after its query, idle spell or message ended does nothing.
 /// </summary>
 internal sealed partial class ClientSession
 {
     private SessionTimer? _queryTimer;
     private SessionTimer? _idleTimer;
+    private SessionTimer? _stallTimer;
+
+    /// <summary>Whether part of a client message has arrived and the rest has not (kept in the window, or streaming to the backend).</summary>
+    private bool ClientMidMessage => _client.Buffered > 0 || _client.Parked > 0 || !_clientFramer.AtBoundary;
+
+    /// <summary>
+    /// Reads the client's next bytes in the relay. Waiting for the rest of a message arms
+    /// client_message_timeout, and every read that brings more pushes it back; between messages it is off.
+    /// </summary>
+    private void ReceiveClient()
+    {
+        TimeSpan timeout = _proxy.Options.ClientMessageTimeout;
+        if (timeout > TimeSpan.Zero && ClientMidMessage)
+        {
+            (_stallTimer ??= new SessionTimer(this, OnClientMessageTimeout)).Arm(timeout);
+        }
+        else
+        {
+            _stallTimer?.Disarm();
+        }
+
+        _client.Receive();
+    }
+
+    private void OnClientMessageTimeout()
+    {
+        if (State == SessionState.Active && _client.ReceivePending && ClientMidMessage)
+        {
+            // Half a message may sit on the backend: it cannot go back to the pool, and Close drops it.
+            Log.Warning($"client {RemoteEndPoint} session {Id}: message not finished within client_message_timeout, closing");
+            Fatal(SqlState.ProtocolViolation, "incomplete message from client within client_message_timeout");
+        }
+    }
 
     /// <summary>A query went to the backend: arm query_timeout if it is not armed.</summary>
     private void OnQuerySent()

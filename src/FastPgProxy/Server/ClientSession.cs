@@ -205,6 +205,13 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
 
         if (error != SocketError.Success)
         {
+            if (channel != _client && _server is not null && channel == _server.Channel && State == SessionState.Active)
+            {
+                // The backend went away under the client's request: the client is told, never just dropped.
+                OnServerClosed(error);
+                return;
+            }
+
             LogPeerClose(channel == _client ? "client" : "server", error);
             Close();
             return;
@@ -402,6 +409,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
         _finished = true;
         ReturnOut();
         ReturnRewriteBuffer();
+        ForgetStatements();
         _client.Dispose();
         if (_server is not null)
         {
