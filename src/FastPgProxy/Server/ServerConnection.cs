@@ -243,7 +243,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     {
         if (State is ServerState.Connecting or ServerState.Login)
         {
-            Fail(null, $"timeout while connecting to server {_database.Host}:{_database.Port} (server_connect_timeout)");
+            FailToConnect($"timeout while connecting to server {_database.Host}:{_database.Port} (server_connect_timeout)");
         }
     }
 
@@ -257,7 +257,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
 
         if (error != SocketError.Success)
         {
-            Fail(null, $"could not connect to server {_database.Host}:{_database.Port}: {DescribeError(error)}");
+            FailToConnect($"could not connect to server {_database.Host}:{_database.Port}: {DescribeError(error)}");
             return;
         }
 
@@ -286,7 +286,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
 
         if (error != SocketError.Success)
         {
-            Fail(null, $"could not send to server: {DescribeError(error)}");
+            FailToConnect($"could not send to server: {DescribeError(error)}");
             return;
         }
 
@@ -306,7 +306,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
 
         if (bytes == 0)
         {
-            Fail(null, error == SocketError.Success ? "server closed the connection unexpectedly" : $"server connection failed: {DescribeError(error)}");
+            FailToConnect(error == SocketError.Success ? "server closed the connection unexpectedly" : $"server connection failed: {DescribeError(error)}");
             return;
         }
 
@@ -568,6 +568,18 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         }
 
         return false;
+    }
+
+    /// <summary>
+    /// The login failed at the connection itself (refused, reset, closed, timed out), as it does while
+    /// PostgreSQL restarts: worth trying again, unlike a refused password.
+    /// </summary>
+    public bool FailedToConnect { get; private set; }
+
+    private void FailToConnect(string reason)
+    {
+        FailedToConnect = true;
+        Fail(null, reason);
     }
 
     private void Fail(byte[]? errorResponse, string reason)

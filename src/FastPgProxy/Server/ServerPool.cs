@@ -30,6 +30,14 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
     private int _connecting;
     private bool _tickScheduled;
 
+    // Logins that failed in a row because PostgreSQL could not be reached or was not accepting yet
+    // (a restart); no login starts before _retryAt, and the clients keep waiting (query_wait_timeout).
+    private int _loginFailures;
+    private long _retryAt;
+    private byte[]? _lastLoginError;
+    private string? _lastLoginFailure;
+    private RetryTimer? _retryTimer;
+
     /// <summary>Creates an empty pool on <paramref name="loop"/>.</summary>
     public ServerPool(ProxyServer proxy, EventLoop loop, string database, string user, DatabaseOptions options, ServerCredentials credentials)
     {
@@ -239,7 +247,7 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
     private void LaunchForWaiters()
     {
         ServeWaitingCancels();
-        while (!Paused && _waiters.Count > _connecting && HasLoginRoom && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        while (!Paused && _waiters.Count > _connecting && LoginDue && HasLoginRoom && _proxy.Pools.TryReserveDatabaseConnection(Options))
         {
             Launch();
         }
@@ -260,6 +268,14 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
     public void OnServerReady(ServerConnection server)
     {
         _connecting--;
+        if (_loginFailures > 0)
+        {
+            Log.Info($"pool {Database}/{User}: backend login works again after {_loginFailures} failures");
+            _loginFailures = 0;
+            _lastLoginError = null;
+            _lastLoginFailure = null;
+        }
+
         Welcome ??= new Dictionary<string, ParameterStatus>(server.Parameters, StringComparer.OrdinalIgnoreCase);
         Log.Write(LogLevel.Info, $"pool {Database}/{User}: server {server.Id} logged in (pid {server.BackendPid})");
         MakeAvailable(server);
@@ -271,6 +287,24 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
         _connecting--;
         server.Channel.SetHandler(this);
         Forget(server);
+        if (Welcome is not null && IsRestartFailure(server, errorResponse))
+        {
+            // PostgreSQL worked for this pool before and is down or starting: the clients wait while the
+            // login is tried again with back-off (50 ms doubling to 1 s), until query_wait_timeout.
+            _loginFailures++;
+            _lastLoginError = errorResponse;
+            _lastLoginFailure = reason;
+            long delay = Stopwatch.Frequency / 20 << Math.Min(_loginFailures - 1, 4);
+            _retryAt = Stopwatch.GetTimestamp() + Math.Min(delay, Stopwatch.Frequency);
+            if (_loginFailures == 1 || _loginFailures % 20 == 0)
+            {
+                Log.Warning($"pool {Database}/{User}: backend login failed ({reason}); clients wait while it is tried again (failure {_loginFailures})");
+            }
+
+            Loop.Schedule(_retryTimer ??= new RetryTimer(this), _retryAt);
+            return;
+        }
+
         Log.Warning($"pool {Database}/{User}: backend login failed: {reason}");
 
         // The first waiter gets PostgreSQL's own answer; the others keep waiting for the next attempt.
@@ -283,6 +317,36 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
         }
 
         LaunchForWaiters();
+    }
+
+    /// <summary>
+    /// Whether a failed login is what a PostgreSQL restart looks like: no connection (refused, reset,
+    /// timed out), or a refusal for now: 57P03 (starting up, shutting down, in recovery) or 57P01/57P02
+    /// (shut down or crashed while the login ran).
+    /// </summary>
+    private static bool IsRestartFailure(ServerConnection server, byte[]? errorResponse)
+    {
+        if (errorResponse is null)
+        {
+            return server.FailedToConnect;
+        }
+
+        return ErrorFields.SqlStateOf(errorResponse) is SqlState.CannotConnectNow or SqlState.AdminShutdown or SqlState.CrashShutdown;
+    }
+
+    /// <summary>Whether a login may start now: not while a failed one waits out its back-off.</summary>
+    private bool LoginDue => _loginFailures == 0 || Stopwatch.GetTimestamp() >= _retryAt;
+
+    /// <summary>Starts the login that a back-off held back.</summary>
+    private sealed class RetryTimer(ServerPool pool) : ILoopTimer
+    {
+        public void OnTimer(long dueTimestamp)
+        {
+            if (pool.LoginDue)
+            {
+                pool.LaunchForWaiters();
+            }
+        }
     }
 
     /// <inheritdoc/>
@@ -412,12 +476,20 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
                 ClientSession client = first.Value;
                 _waiters.RemoveFirst();
                 client.WaitNode = null;
-                client.OnWaitTimeout();
+                if (_loginFailures > 0)
+                {
+                    // Waited out a PostgreSQL that never came back: say why, not just that time is up.
+                    client.OnServerUnavailable(_lastLoginError, _lastLoginFailure!);
+                }
+                else
+                {
+                    client.OnWaitTimeout();
+                }
             }
         }
 
         ExpireWaitingCancels(now);
-        while (HasLoginRoom && Total < Math.Min(o.MinPoolSize, Size) && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        while (LoginDue && HasLoginRoom && Total < Math.Min(o.MinPoolSize, Size) && _proxy.Pools.TryReserveDatabaseConnection(Options))
         {
             Launch();
         }
