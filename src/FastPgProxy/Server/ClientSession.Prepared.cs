@@ -475,6 +475,7 @@ internal sealed partial class ClientSession
         _statements.Clear();
         _statements.TrimExcess();
         _proxy.Stats.OnClientStatementBytes(-_statementBytes);
+        _proxy.Stats.OnClientMemoryFreed(_statementBytes);
         _statementBytes = 0;
     }
 

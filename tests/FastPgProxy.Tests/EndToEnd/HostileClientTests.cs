@@ -123,6 +123,66 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     }
 
     [Fact]
+    public async Task Two_thousand_garbage_start_up_packets_are_refused_without_touching_other_clients()
+    {
+        await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 3);
+        long baseline = await BuffersWhenIdleAsync(proxy, expected: null);
+        await using Bystanders bystanders = await Bystanders.StartAsync(proxy, clients: 2);
+        var random = new Random(2000);
+        for (int batch = 0; batch < 40; batch++)
+        {
+            var packets = new List<byte[]>();
+            for (int i = 0; i < 50; i++)
+            {
+                packets.Add(GarbageStartup(random));
+            }
+
+            await Task.WhenAll(packets.Select(async packet =>
+            {
+                using Socket socket = await proxy.ConnectRawAsync();
+                try
+                {
+                    await socket.SendAsync(packet);
+                }
+                catch (SocketException)
+                {
+                    // Refused while still sending: as good as a close.
+                    return;
+                }
+
+                // Each is answered (an error, N to an SSLRequest, an authentication request) or closed; none hangs the proxy.
+                await RawProtocol.ReadUntilCloseAsync(socket, TimeSpan.FromMilliseconds(100));
+            }));
+        }
+
+        await bystanders.StopAndAssertNoErrorsAsync();
+        await AssertEveryBackendWorksAsync(proxy, poolSize: 3);
+        await BuffersWhenIdleAsync(proxy, expected: baseline);
+    }
+
+    /// <summary>A start-up packet that is wrong in one of many ways: length, code, parameters, or all random.</summary>
+    private static byte[] GarbageStartup(Random random)
+    {
+        int kind = random.Next(6);
+        byte[] body = new byte[random.Next(0, kind == 5 ? 12_000 : 300)];
+        random.NextBytes(body);
+        int code = kind switch
+        {
+            0 => 3 << 16,                       // a StartupMessage with random parameters
+            1 => 80877102,                      // a CancelRequest of the wrong length or random key
+            2 => 80877103,                      // an SSLRequest with a body
+            3 => random.Next(),                 // an unknown code
+            _ => (random.Next(1, 4) << 16) | random.Next(0, 3),
+        };
+        int length = kind == 4 ? random.Next(-10, 20_000) : 8 + body.Length;
+        byte[] packet = new byte[8 + body.Length];
+        BinaryPrimitives.WriteInt32BigEndian(packet, length);
+        BinaryPrimitives.WriteInt32BigEndian(packet.AsSpan(4), code);
+        body.CopyTo(packet, 8);
+        return packet;
+    }
+
+    [Fact]
     public async Task Clients_that_stop_halfway_through_a_message_take_no_backend_and_no_buffer()
     {
         await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 3, o =>
