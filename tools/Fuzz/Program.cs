@@ -47,6 +47,10 @@ internal static class Program
             case "--libfuzzer":
                 Fuzzer.LibFuzzer.Run(span => target(span.ToArray()));
                 return 0;
+            case "--iterations" or "--run" when Instrumented():
+                // The instrumented code writes coverage to afl-fuzz's shared memory, which exists only under afl-fuzz.
+                Console.Error.WriteLine("fastpgproxy.dll next to this program is instrumented: run --iterations and --run from an uninstrumented build (tools/Fuzz/bin).");
+                return 2;
             case "--iterations" when args.Length >= 3:
                 long iterations = long.Parse(args[2], CultureInfo.InvariantCulture);
                 int seed = args.Length >= 5 && args[3] == "--seed" ? int.Parse(args[4], CultureInfo.InvariantCulture) : Environment.TickCount;
@@ -68,6 +72,10 @@ internal static class Program
                 return 2;
         }
     }
+
+    /// <summary>Whether the proxy's assembly was rewritten by <see cref="Instrument"/> (it then references SharpFuzz.Common).</summary>
+    private static bool Instrumented() =>
+        typeof(FastPgProxy.Protocol.MessageFramer).Assembly.GetReferencedAssemblies().Any(a => a.Name == "SharpFuzz.Common");
 
     /// <summary>Instruments the proxy's types for afl-fuzz (the job of SharpFuzz.CommandLine's <c>sharpfuzz</c>).</summary>
     private static void Instrument(string path)
