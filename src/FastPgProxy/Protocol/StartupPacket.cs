@@ -109,3 +109,27 @@ internal static class StartupParameters
         }
     }
 }
+
+/// <summary>Reads a CancelRequest (55.7): length, code, the backend's pid and its secret key.</summary>
+internal static class CancelRequest
+{
+    /// <summary>
+    /// Splits a whole CancelRequest packet (length and code words included) into the pid and the key.
+    /// False when the key is shorter than <see cref="StartupCodes.MinCancelKeyLength"/> or longer than
+    /// <see cref="StartupCodes.MaxCancelKeyLength"/> bytes (protocol 3.2 allows keys of 4 to 256 bytes).
+    /// </summary>
+    public static bool TryParse(ReadOnlySpan<byte> packet, out int pid, out ReadOnlySpan<byte> key)
+    {
+        pid = 0;
+        key = default;
+        int keyLength = packet.Length - (StartupCodes.MinStartupPacketLength + sizeof(int) /* pid */);
+        if (keyLength < StartupCodes.MinCancelKeyLength || keyLength > StartupCodes.MaxCancelKeyLength)
+        {
+            return false;
+        }
+
+        pid = BinaryPrimitives.ReadInt32BigEndian(packet.Slice(StartupCodes.MinStartupPacketLength));
+        key = packet.Slice(StartupCodes.MinStartupPacketLength + sizeof(int));
+        return true;
+    }
+}

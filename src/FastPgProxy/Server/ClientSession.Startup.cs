@@ -339,9 +339,7 @@ internal sealed partial class ClientSession
         switch (_authStage)
         {
             case AuthStage.Md5:
-                int end = body.IndexOf((byte)0);
-                ReadOnlySpan<byte> response = end >= 0 ? body.Slice(0, end) : body;
-                if (_userKnown && Md5Auth.Verify(_userSecret!, User!, _md5Salt, response))
+                if (_userKnown && Md5Auth.Verify(_userSecret!, User!, _md5Salt, PasswordMessages.ReadPassword(body)))
                 {
                     OnAuthenticated();
                 }
@@ -362,24 +360,9 @@ internal sealed partial class ClientSession
 
     private void HandleSaslInitialResponse(ReadOnlySpan<byte> body)
     {
-        int nameEnd = body.IndexOf((byte)0);
-        if (nameEnd < 0 || body.Length < nameEnd + 1 + sizeof(int))
+        if (!PasswordMessages.TryReadSaslInitialResponse(body, PgWriter.ScramMechanism, out ReadOnlySpan<byte> data, out string? malformed))
         {
-            Fatal(SqlState.ProtocolViolation, "malformed SASLInitialResponse message");
-            return;
-        }
-
-        if (!body.Slice(0, nameEnd).SequenceEqual(PgWriter.ScramMechanism))
-        {
-            Fatal(SqlState.ProtocolViolation, "client selected an invalid SASL authentication mechanism");
-            return;
-        }
-
-        int dataLength = BinaryPrimitives.ReadInt32BigEndian(body.Slice(nameEnd + 1));
-        ReadOnlySpan<byte> data = body.Slice(nameEnd + 1 + sizeof(int));
-        if (dataLength != data.Length)
-        {
-            Fatal(SqlState.ProtocolViolation, "malformed SASLInitialResponse message");
+            Fatal(SqlState.ProtocolViolation, malformed);
             return;
         }
 
@@ -547,8 +530,7 @@ internal sealed partial class ClientSession
         CancelStats stats = _proxy.CancelStats;
         stats.OnReceived();
         State = SessionState.Closed;
-        int keyLength = packet.Length - (StartupCodes.MinStartupPacketLength + sizeof(int));
-        if (keyLength < StartupCodes.MinCancelKeyLength || keyLength > StartupCodes.MaxCancelKeyLength)
+        if (!CancelRequest.TryParse(packet, out int pid, out ReadOnlySpan<byte> key))
         {
             stats.OnMalformed();
             Log.Debug($"cancel from {RemoteEndPoint}: malformed packet of {packet.Length} bytes");
@@ -565,8 +547,6 @@ internal sealed partial class ClientSession
             return;
         }
 
-        int pid = BinaryPrimitives.ReadInt32BigEndian(packet.Slice(StartupCodes.MinStartupPacketLength));
-        ReadOnlySpan<byte> key = packet.Slice(StartupCodes.MinStartupPacketLength + sizeof(int));
         if (!_proxy.Sessions.TryGet(pid, out ClientSession? target))
         {
             stats.OnUnknownSession();

@@ -1,0 +1,124 @@
+using System.Buffers.Binary;
+using System.Text;
+using CsCheck;
+using FastPgProxy.Protocol;
+using Xunit;
+
+namespace FastPgProxy.Tests.Fuzz;
+
+/// <summary>The start-up packet header, StartupMessage parameters and CancelRequest parsers (see <see cref="StartupOracle"/>).</summary>
+public class StartupProperties
+{
+    // Names and values: ASCII, Latin-1, CJK and emoji text, never NUL (a C string ends there).
+    private static readonly Gen<string> Text = Gen.Frequency(
+        (4, Gen.Char["abcdefghijklmnopqrstuvwxyz_.0123456789"].Array[1, 12].Select(c => new string(c))),
+        (1, Gen.Char['\u0001', '\uD7FF'].Array[1, 8].Select(c => new string(c))),
+        (1, Gen.OneOf("user", "database", "application_name", "options", "_pq_.x", "client_encoding", "😀", "é")));
+
+    private static readonly Gen<KeyValuePair<string, string>[]> Parameters =
+        Gen.Select(Text, Gen.Frequency((1, Gen.Const("")), (4, Text)), (k, v) => new KeyValuePair<string, string>(k, v))
+            .Array[0, 12]
+            .Select(ps => ps.DistinctBy(p => p.Key).ToArray());
+
+    private static readonly Gen<int> Code = Gen.Frequency(
+        (4, Gen.Int[0, 3].Select(minor => StartupCodes.Protocol30 | minor)),
+        (1, Gen.OneOf(StartupCodes.SslRequestCode, StartupCodes.GssEncRequestCode, 2 << 16, 1234 << 16)),
+        (1, Gen.Int));
+
+    internal static byte[] StartupMessage(int code, KeyValuePair<string, string>[] parameters)
+    {
+        var body = new List<byte>();
+        foreach ((string name, string value) in parameters)
+        {
+            body.AddRange(Encoding.UTF8.GetBytes(name));
+            body.Add(0);
+            body.AddRange(Encoding.UTF8.GetBytes(value));
+            body.Add(0);
+        }
+
+        body.Add(0);
+        var packet = new byte[8 + body.Count];
+        BinaryPrimitives.WriteInt32BigEndian(packet, packet.Length);
+        BinaryPrimitives.WriteInt32BigEndian(packet.AsSpan(4), code);
+        body.CopyTo(packet, 8);
+        return packet;
+    }
+
+    internal static byte[] CancelPacket(int pid, byte[] key)
+    {
+        var packet = new byte[12 + key.Length];
+        BinaryPrimitives.WriteInt32BigEndian(packet, packet.Length);
+        BinaryPrimitives.WriteInt32BigEndian(packet.AsSpan(4), StartupCodes.CancelRequestCode);
+        BinaryPrimitives.WriteInt32BigEndian(packet.AsSpan(8), pid);
+        key.CopyTo(packet, 12);
+        return packet;
+    }
+
+    internal static readonly Gen<byte[]> ValidStartup = Gen.Select(Code, Parameters, StartupMessage);
+
+    internal static readonly Gen<byte[]> ValidCancel = Gen.Select(Gen.Int, Gen.Byte.Array[4, 256], CancelPacket);
+
+    [Fact]
+    public void Startup_messages_round_trip_whatever_the_pieces_they_arrive_in()
+    {
+        Gen.Select(Code, Parameters, Gen.Byte.Array[0, 20]).Sample(
+            (code, parameters, after) =>
+            {
+                byte[] packet = StartupMessage(code, parameters);
+                byte[] data = [.. packet, .. after]; // bytes the client sent next stay out of the packet
+                for (int cut = 0; cut < packet.Length; cut++)
+                {
+                    StartupParseStatus early = StartupPacketHeader.TryRead(data.AsSpan(0, cut), out _);
+                    Property.Require(early == (packet.Length > 10_000 && cut >= 4 ? StartupParseStatus.Invalid : StartupParseStatus.NeedMore), $"prefix of {cut} bytes: {early}");
+                }
+
+                StartupParseStatus status = StartupPacketHeader.TryRead(data, out StartupPacketHeader header);
+                if (packet.Length > 10_000)
+                {
+                    Property.RequireEqual(StartupParseStatus.Invalid, status, "a packet over 10,000 bytes");
+                    return;
+                }
+
+                Property.RequireEqual(StartupParseStatus.Complete, status, "status");
+                Property.RequireEqual(new StartupPacketHeader(packet.Length, code), header, "header");
+                var parsed = new List<KeyValuePair<string, string>>();
+                Property.Require(StartupParameters.TryParse(packet.AsSpan(8), parsed, out string? error), $"parameters refused: {error}");
+                Property.Require(parsed.SequenceEqual(parameters), "parameters differ from those written");
+                StartupOracle.Check(data);
+            },
+            iter: FuzzSettings.Iterations(3_000));
+    }
+
+    [Fact]
+    public void Cancel_requests_round_trip_and_odd_key_lengths_are_refused()
+    {
+        Gen.Select(Gen.Int, Gen.Frequency((4, Gen.Byte.Array[4, 256]), (1, Gen.Byte.Array[0, 3]), (1, Gen.Byte.Array[257, 300]))).Sample(
+            (pid, key) =>
+            {
+                byte[] packet = CancelPacket(pid, key);
+                Property.RequireEqual(StartupParseStatus.Complete, StartupPacketHeader.TryRead(packet, out StartupPacketHeader header), "status");
+                Property.RequireEqual(StartupCodes.CancelRequestCode, header.Code, "code");
+                bool ok = CancelRequest.TryParse(packet, out int parsedPid, out ReadOnlySpan<byte> parsedKey);
+                Property.RequireEqual(key.Length is >= 4 and <= 256, ok, $"key of {key.Length} bytes accepted");
+                if (ok)
+                {
+                    Property.RequireEqual(pid, parsedPid, "pid");
+                    Property.Require(parsedKey.SequenceEqual(key), "key");
+                }
+
+                StartupOracle.Check(packet);
+            },
+            iter: FuzzSettings.Iterations(3_000));
+    }
+
+    [Fact]
+    public void Mutated_and_random_packets_parse_like_the_reference_and_never_throw()
+    {
+        Gen<byte[]> anyPacket = Gen.Frequency(
+            (3, Mutation.Mutated(ValidStartup)),
+            (2, Mutation.Mutated(ValidCancel)),
+            (1, Gen.Byte.Array[0, 64]),
+            (1, Gen.Int[0, 10_010].SelectMany(n => Gen.Byte.Array[0, 80].Select(rest => (byte[])[(byte)(n >> 24), (byte)(n >> 16), (byte)(n >> 8), (byte)n, .. rest]))));
+        anyPacket.Sample(StartupOracle.Check, iter: FuzzSettings.Iterations(6_000));
+    }
+}
