@@ -19,6 +19,7 @@ internal sealed class ProxyServer : IAsyncDisposable
     private readonly Socket _listener;
     private readonly CancellationTokenSource _stopping = new();
     private Task? _acceptLoop;
+    private DescriptorReserve? _reserve;
     private int _stopped;
 
     /// <summary>Loads the auth file and binds the listener; throws <see cref="ConfigException"/> for a bad auth file.</summary>
@@ -90,39 +91,116 @@ internal sealed class ProxyServer : IAsyncDisposable
     /// <summary>Starts accepting clients.</summary>
     public void Start()
     {
+        RuntimePreload.Run();
+        _reserve = new DescriptorReserve();
         _listener.Listen(1024);
         _acceptLoop = Task.Run(AcceptLoopAsync);
         Log.Info($"listening on {LocalEndPoint} with {Loops.Loops.Count} loop threads");
     }
 
+    /// <summary>
+    /// Accepts until the server stops. A failed accept leaves the connection in the listen queue; the loop
+    /// waits, from 10 ms doubling up to 1 s, and tries again, for as long as it takes. When it failed for
+    /// lack of descriptors (EMFILE, ENFILE), the loop also releases the descriptors it holds back for the
+    /// runtime and accepts again only once it could take them back with room to spare (see
+    /// <see cref="DescriptorReserve"/>). Nothing may end this loop but a stop: an exception that escaped it
+    /// would leave the listener open and nobody accepting.
+    /// </summary>
     private async Task AcceptLoopAsync()
     {
+        DescriptorReserve reserve = _reserve!;
+        int failures = 0;
+        TimeSpan backOff = FirstBackOff;
         while (!_stopping.IsCancellationRequested)
         {
+            if (reserve.Enabled && !reserve.IsHeld)
+            {
+                if (!reserve.TryTake())
+                {
+                    await BackOffAsync(backOff).ConfigureAwait(false);
+                    backOff = backOff * 2 < LongestBackOff ? backOff * 2 : LongestBackOff;
+                    continue;
+                }
+
+                Log.Warning("descriptors are free again: accepting");
+                failures = 0;
+            }
+
             Socket socket;
             try
             {
                 socket = await _listener.AcceptAsync(_stopping.Token).ConfigureAwait(false);
             }
-            catch (OperationCanceledException)
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
             {
                 return;
             }
-            catch (ObjectDisposedException)
+            catch (Exception e)
             {
-                return;
-            }
-            catch (SocketException e)
-            {
-                // EMFILE and friends: say so and keep accepting rather than dying.
-                Log.Warning($"accept failed: {e.SocketErrorCode}");
-                await Task.Delay(100).ConfigureAwait(false);
+                failures++;
+                if (e is SocketException { SocketErrorCode: SocketError.TooManyOpenSockets } && reserve.IsHeld)
+                {
+                    reserve.Release();
+                    Log.Warning($"accept failed: every file descriptor is in use (EMFILE or ENFILE); the {DescriptorReserve.Size} held back for the runtime are released, and accepting waits until descriptors are free");
+                }
+                else if (failures == 1)
+                {
+                    Log.Warning($"accept failed: {(e is SocketException s ? s.SocketErrorCode.ToString() : e.GetType().Name)}: {e.Message}; trying again until it succeeds");
+                }
+
+                await BackOffAsync(backOff).ConfigureAwait(false);
+                backOff = backOff * 2 < LongestBackOff ? backOff * 2 : LongestBackOff;
                 continue;
             }
 
+            if (failures > 0)
+            {
+                Log.Warning($"accepting again after {failures} failed accepts");
+                failures = 0;
+            }
+
+            backOff = FirstBackOff;
+            Admit(socket);
+        }
+    }
+
+    private static readonly TimeSpan FirstBackOff = TimeSpan.FromMilliseconds(10);
+    private static readonly TimeSpan LongestBackOff = TimeSpan.FromSeconds(1);
+
+    /// <summary>Waits before the next accept; returns early when the server stops. Never throws.</summary>
+    private async Task BackOffAsync(TimeSpan delay)
+    {
+        try
+        {
+            // The runtime's timer thread was started by RuntimePreload, so this needs no new thread.
+            await Task.Delay(delay, _stopping.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        catch (Exception e)
+        {
+            // Still no timer: wait on a thread-pool thread rather than on the socket thread that may run this.
+            Log.Warning($"accept back-off: {e.GetType().Name}: {e.Message}");
+            await Task.Yield();
+            Thread.Sleep(delay);
+        }
+    }
+
+    /// <summary>Hands an accepted socket to a session on the next loop.</summary>
+    private void Admit(Socket socket)
+    {
+        try
+        {
             socket.NoDelay = true;
             EventLoop loop = Loops.Next();
             loop.Post(new ClientSession(this, loop, socket));
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // Reset by the peer before it could be set up.
+            Log.Debug($"accepted connection dropped: {e.Message}");
+            socket.Dispose();
         }
     }
 
@@ -141,7 +219,15 @@ internal sealed class ProxyServer : IAsyncDisposable
         _listener.Dispose();
         if (_acceptLoop is not null)
         {
-            await _acceptLoop.ConfigureAwait(false);
+            try
+            {
+                await _acceptLoop.ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                // The loop catches everything it expects; whatever else ended it must not stop the shutdown.
+                Log.Error($"accept loop failed: {e}");
+            }
         }
 
         foreach (ClientSession session in Sessions.Snapshot())
@@ -178,6 +264,7 @@ internal sealed class ProxyServer : IAsyncDisposable
         }
 
         Loops.Stop(TimeSpan.FromSeconds(2));
+        _reserve?.Dispose();
         _stopping.Dispose();
         _stoppedSource.TrySetResult();
     }

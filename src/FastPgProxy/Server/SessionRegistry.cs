@@ -37,5 +37,12 @@ internal sealed class SessionRegistry
     public void Remove(int id) => _sessions.TryRemove(id, out _);
 
     /// <summary>A snapshot of the live sessions (shutdown, administration).</summary>
-    public ClientSession[] Snapshot() => _sessions.Values.ToArray();
+    public ClientSession[] Snapshot()
+    {
+        // ConcurrentDictionary.Values is already a copy; no LINQ on the shutdown path (see RuntimePreload).
+        ICollection<ClientSession> sessions = _sessions.Values;
+        var snapshot = new ClientSession[sessions.Count];
+        sessions.CopyTo(snapshot, 0);
+        return snapshot;
+    }
 }
