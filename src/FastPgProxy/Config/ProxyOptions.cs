@@ -68,8 +68,14 @@ internal sealed class ProxyOptions
     /// <summary>Pool mode. Default session.</summary>
     public PoolMode PoolMode { get; set; } = PoolMode.Session;
 
-    /// <summary>Most client connections at once; further logins get 53300. Default 100.</summary>
+    /// <summary>Most client connections at once, counting those still logging in; further logins get 53300. Default 100.</summary>
     public int MaxClientConnections { get; set; } = 100;
+
+    /// <summary>
+    /// Most client connections at once that have not finished logging in (start-up packet, authentication;
+    /// a CancelRequest until read); a connection over it gets FATAL 53300 at accept and is closed. Default 100.
+    /// </summary>
+    public int MaxLoginClients { get; set; } = 100;
 
     /// <summary>Number of event-loop threads; 0 picks from the processor count. Default 0.</summary>
     public int LoopThreads { get; set; }

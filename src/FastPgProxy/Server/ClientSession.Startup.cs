@@ -174,7 +174,9 @@ internal sealed partial class ClientSession
         RandomNumberGenerator.Fill(random);
         Volatile.Write(ref _secret, BinaryPrimitives.ReadInt32BigEndian(random));
         Id = _proxy.Sessions.Add(this);
-        if (_proxy.Sessions.Count > _proxy.Options.MaxClientConnections)
+
+        // Every client connection counts, this one included: logged in, logging in, or a cancel not yet read.
+        if (_proxy.Admission.Connections > _proxy.Options.MaxClientConnections)
         {
             Fatal(SqlState.TooManyConnections, "sorry, too many clients already");
             return;
@@ -434,6 +436,7 @@ internal sealed partial class ClientSession
     /// </summary>
     private void OnAuthenticated()
     {
+        OnLoginDone();
         if (_admin)
         {
             OnAdminAuthenticated();
@@ -547,6 +550,9 @@ internal sealed partial class ClientSession
         CancelStats stats = _proxy.CancelStats;
         stats.OnReceived();
         State = SessionState.Closed;
+
+        // Read: from here on the connection is the cancel path's, and no longer counts as a client.
+        OnConnectionClosed();
         int keyLength = packet.Length - (StartupCodes.MinStartupPacketLength + sizeof(int));
         if (keyLength < StartupCodes.MinCancelKeyLength || keyLength > StartupCodes.MaxCancelKeyLength)
         {

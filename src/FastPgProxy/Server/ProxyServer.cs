@@ -79,6 +79,9 @@ internal sealed class ProxyServer : IAsyncDisposable
     /// <summary>The event loops.</summary>
     public EventLoopGroup Loops { get; }
 
+    /// <summary>Client connections open and logging in; refuses connections over max_login_clients.</summary>
+    public ClientAdmission Admission { get; } = new();
+
     /// <summary>Live sessions by proxy session id.</summary>
     public SessionRegistry Sessions { get; } = new();
 
@@ -187,9 +190,17 @@ internal sealed class ProxyServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Hands an accepted socket to a session on the next loop.</summary>
+    /// <summary>
+    /// Hands an accepted socket to a session on the next loop, or refuses it at once (FATAL 53300) while
+    /// max_login_clients connections are logging in.
+    /// </summary>
     private void Admit(Socket socket)
     {
+        if (!Admission.TryAdmit(socket, Options.MaxLoginClients))
+        {
+            return;
+        }
+
         try
         {
             socket.NoDelay = true;
@@ -200,6 +211,8 @@ internal sealed class ProxyServer : IAsyncDisposable
         {
             // Reset by the peer before it could be set up.
             Log.Debug($"accepted connection dropped: {e.Message}");
+            Admission.OnLoginDone();
+            Admission.OnClosed();
             socket.Dispose();
         }
     }

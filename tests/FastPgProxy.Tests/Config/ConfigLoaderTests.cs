@@ -21,6 +21,7 @@ public class ConfigLoaderTests
             auth_file = /etc/fpp/userlist.txt
             pool_mode = session
             max_client_conn = 500
+            max_login_clients = 50
             loop_threads = 3
             socket_threads = 2
             client_login_timeout = 1500ms
@@ -31,6 +32,7 @@ public class ConfigLoaderTests
         Assert.Equal(AuthType.ScramSha256, o.AuthType);
         Assert.Equal("/etc/fpp/userlist.txt", o.AuthFile);
         Assert.Equal(500, o.MaxClientConnections);
+        Assert.Equal(50, o.MaxLoginClients);
         Assert.Equal(3, o.EffectiveLoopThreads);
         Assert.Equal(2, o.EffectiveSocketThreads);
         Assert.Equal(TimeSpan.FromMilliseconds(1500), o.ClientLoginTimeout);

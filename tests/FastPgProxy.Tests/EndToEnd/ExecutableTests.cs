@@ -234,6 +234,7 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         "auth_type = trust",
         "loop_threads = 2",
         "max_client_conn = 1000",
+        "max_login_clients = 1000",
         "[databases]",
         $"* = host=127.0.0.1 port={_pg.Port}");
 
