@@ -224,6 +224,23 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         }
     }
 
+    /// <summary>
+    /// The start-up log names the open-file limit, and warns when max_client_conn, max_login_clients and the
+    /// pools may need more descriptors than it allows.
+    /// </summary>
+    [Fact]
+    public async Task Start_up_logs_the_descriptor_limit_and_warns_when_the_configuration_may_exceed_it()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        using ProxyProcess proxy = ProxyProcess.Start(WriteFloodConfig(port), FloodFileLimit);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+        await proxy.WaitForLogAsync("file descriptor limit 256 (hard 256)", ReadyTimeout);
+        await proxy.WaitForLogAsync("WARNING file descriptor limit 256 is below the", ReadyTimeout);
+        await proxy.SignalAsync("TERM");
+        int exitCode = await proxy.WaitForExitAsync(ExitTimeout);
+        Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
+    }
+
     private const int FloodFileLimit = 256;
     private const int FloodConnections = 300;
 
