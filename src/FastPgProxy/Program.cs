@@ -74,6 +74,11 @@ internal static class Program
             Console.Error.WriteLine($"fastpgproxy: {e.Message}");
             return 1;
         }
+        catch (ListenException e)
+        {
+            Console.Error.WriteLine($"fastpgproxy: {e.Message}");
+            return 1;
+        }
         catch (System.Net.Sockets.SocketException e)
         {
             Console.Error.WriteLine($"fastpgproxy: cannot listen: {e.Message}");

@@ -22,6 +22,7 @@ internal sealed record ConfigSetting(string Key, Func<ProxyOptions, string> Get,
     [
         new("listen_addr", o => o.ListenAddress, null),
         new("listen_port", o => Int(o.ListenPort), null),
+        new("so_reuseport", o => o.SoReusePort ? "1" : "0", null),
         new("auth_type", o => o.AuthType switch { AuthType.Trust => "trust", AuthType.Md5 => "md5", _ => "scram-sha-256" }, null),
         new("auth_file", o => o.AuthFile ?? "", null),
         new("pool_mode", o => o.PoolMode == PoolMode.Session ? "session" : "transaction", null),

@@ -59,6 +59,12 @@ internal sealed class ProxyOptions
     /// <summary>Port to listen on; 0 picks a free port (tests). Default 6432.</summary>
     public int ListenPort { get; set; } = 6432;
 
+    /// <summary>
+    /// Whether the listener sets SO_REUSEPORT, so several instances that all set it share one port (the
+    /// kernel spreads new connections over them). Off: a port another listener holds fails the start. Default off.
+    /// </summary>
+    public bool SoReusePort { get; set; }
+
     /// <summary>Client authentication method. Default md5, as PgBouncer.</summary>
     public AuthType AuthType { get; set; } = AuthType.Md5;
 

@@ -1,11 +1,21 @@
 using System.Diagnostics;
 using System.Net;
+using System.Runtime.InteropServices;
 using System.Net.Sockets;
 using FastPgProxy.Auth;
 using FastPgProxy.Config;
 using FastPgProxy.Net;
 
 namespace FastPgProxy.Server;
+
+/// <summary>The listener cannot be bound; the message names the address and the reason.</summary>
+internal sealed class ListenException : Exception
+{
+    /// <summary>Creates the exception with a ready message and the socket error behind it.</summary>
+    public ListenException(string message, SocketException inner) : base(message, inner)
+    {
+    }
+}
 
 /// <summary>
 /// The proxy: one listener, a few event loops, the session registry and the counters. Tests build it from
@@ -22,7 +32,10 @@ internal sealed class ProxyServer : IAsyncDisposable
     private DescriptorReserve? _reserve;
     private int _stopped;
 
-    /// <summary>Loads the auth file and binds the listener; throws <see cref="ConfigException"/> for a bad auth file.</summary>
+    /// <summary>
+    /// Loads the auth file and binds the listener; throws <see cref="ConfigException"/> for a bad auth file
+    /// and <see cref="ListenException"/> when the address cannot be bound (a port in use, without so_reuseport).
+    /// </summary>
     public ProxyServer(ProxyOptions options)
     {
         Options = options;
@@ -44,18 +57,63 @@ internal sealed class ProxyServer : IAsyncDisposable
             "localhost" => IPAddress.Loopback,
             _ => IPAddress.Parse(options.ListenAddress),
         };
+        var endPoint = new IPEndPoint(address, options.ListenPort);
         _listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        if (address.Equals(IPAddress.IPv6Any))
+        try
         {
-            _listener.DualMode = true;
+            if (address.Equals(IPAddress.IPv6Any))
+            {
+                _listener.DualMode = true;
+            }
+
+            SetReuseOptions(_listener, options.SoReusePort);
+            _listener.Bind(endPoint);
+        }
+        catch (SocketException e)
+        {
+            _listener.Dispose();
+            throw new ListenException(
+                e.SocketErrorCode == SocketError.AddressAlreadyInUse
+                    ? $"cannot listen on {endPoint}: {e.Message} (another process listens there; only instances that all set so_reuseport = 1 may share a port)"
+                    : $"cannot listen on {endPoint}: {e.Message}",
+                e);
         }
 
-        _listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-        _listener.Bind(new IPEndPoint(address, options.ListenPort));
         LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
         Loops = new EventLoopGroup(options.EffectiveLoopThreads, BufferSize);
         Pools = new PoolManager(this);
         CancelGuard = new CancelGuard(options.CancelBadKeyLimit);
+    }
+
+    // Linux values of SOL_SOCKET, SO_REUSEADDR and SO_REUSEPORT (asm-generic/socket.h).
+    private const int SolSocket = 1;
+    private const int SoReuseAddr = 2;
+    private const int SoReusePort = 15;
+
+    /// <summary>
+    /// SO_REUSEADDR, so a restart binds while the old process's connections linger in TIME_WAIT; SO_REUSEPORT
+    /// only when asked. (On Linux, SocketOptionName.ReuseAddress sets SO_REUSEPORT too, which let a second
+    /// instance bind a port in use and take half the new connections without a word.)
+    /// </summary>
+    private static void SetReuseOptions(Socket listener, bool reusePort)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            if (reusePort)
+            {
+                listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            }
+
+            return;
+        }
+
+        Span<byte> on = stackalloc byte[sizeof(int)];
+        MemoryMarshal.Write(on, 1);
+        listener.SetRawSocketOption(SolSocket, SoReuseAddr, on);
+        if (reusePort)
+        {
+            listener.SetRawSocketOption(SolSocket, SoReusePort, on);
+        }
     }
 
     /// <summary>Cancel storm and key-guessing protection.</summary>

@@ -76,6 +76,26 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     }
 
     /// <summary>
+    /// A second proxy on a port another one listens on does not start: exit code 1 and a message naming the
+    /// address (without so_reuseport the kernel would otherwise split new connections between the two).
+    /// </summary>
+    [Fact]
+    public async Task A_port_already_in_use_fails_the_start_naming_the_address()
+    {
+        await using ProxyHarness first = ProxyHarness.Start(_pg);
+        string path = WriteConfig(
+            "[fastpgproxy]",
+            "listen_addr = 127.0.0.1",
+            $"listen_port = {first.Port}",
+            "auth_type = trust",
+            "[databases]",
+            $"* = host=127.0.0.1 port={_pg.Port}");
+        var (exitCode, _, stderr) = await RunToExitAsync(path);
+        Assert.True(exitCode == 1, $"exit code {exitCode}; stderr:\n{stderr}");
+        Assert.Contains($"cannot listen on 127.0.0.1:{first.Port}", stderr, StringComparison.Ordinal);
+    }
+
+    /// <summary>
     /// SIGTERM or SIGINT stops the proxy cleanly. With <paramref name="startedIgnoringInterrupt"/>, the
     /// proxy is started with SIGINT ignored, as a shell without job control starts background commands:
     /// SIGINT must still stop it.
