@@ -21,6 +21,9 @@ internal enum AuthStage
 
 internal sealed partial class ClientSession
 {
+    // Compared with the key of a cancel for an unknown session, which is then refused as slowly as a wrong key.
+    private static readonly byte[] s_noSecret = new byte[sizeof(int)];
+
     private List<KeyValuePair<string, string>>? _startupParameters;
     private List<string>? _unrecognizedOptions;
     private int _requestedMinor;
@@ -543,7 +546,8 @@ internal sealed partial class ClientSession
     /// <summary>
     /// A CancelRequest (55.2.7): look the session up, check the secret in constant time, and hand the
     /// socket to the forwarder, which keeps it open until PostgreSQL has acted. Every failure is counted,
-    /// logged and answered by closing; nothing is written back.
+    /// logged and answered by closing; nothing is written back. A source over cancel_bad_key_limit has its
+    /// wrong keys dropped (rate_limited); its correct keys still cancel.
     /// </summary>
     private void HandleCancelRequest(ReadOnlySpan<byte> packet)
     {
@@ -562,31 +566,39 @@ internal sealed partial class ClientSession
             return;
         }
 
-        System.Net.IPAddress? source = RemoteEndPoint?.Address;
-        if (_proxy.CancelGuard.IsBlocked(source))
-        {
-            stats.OnRateLimited();
-            Log.Debug($"cancel from {RemoteEndPoint}: dropped, source blocked for wrong keys");
-            CloseCancelSocket();
-            return;
-        }
-
+        // The key is checked first, and a matching key is always honoured, whatever else came from its
+        // address: ids and secrets are random (about 63 bits together), so the guard only has guessing to
+        // slow down. Wrong keys from a blocked address are dropped without being counted against it again.
         int pid = BinaryPrimitives.ReadInt32BigEndian(packet.Slice(StartupCodes.MinStartupPacketLength));
         ReadOnlySpan<byte> key = packet.Slice(StartupCodes.MinStartupPacketLength + sizeof(int));
-        if (!_proxy.Sessions.TryGet(pid, out ClientSession? target))
+        bool known = _proxy.Sessions.TryGet(pid, out ClientSession? target);
+        if (!known)
         {
-            stats.OnUnknownSession();
-            _proxy.CancelGuard.OnBadKey(source);
-            Log.Debug($"cancel from {RemoteEndPoint}: no session {pid}");
-            CloseCancelSocket();
-            return;
+            // Compared all the same, so an unknown session takes as long to refuse as a wrong key.
+            CryptographicOperations.FixedTimeEquals(s_noSecret, key);
         }
 
-        if (!target.MatchesSecret(key))
+        if (!known || !target!.MatchesSecret(key))
         {
-            stats.OnWrongKey();
-            _proxy.CancelGuard.OnBadKey(source);
-            Log.Info($"cancel from {RemoteEndPoint}: wrong key for session {pid}");
+            System.Net.IPAddress? source = RemoteEndPoint?.Address;
+            if (_proxy.CancelGuard.IsBlocked(source))
+            {
+                stats.OnRateLimited();
+                Log.Debug($"cancel from {RemoteEndPoint}: dropped, source blocked for wrong keys");
+            }
+            else if (!known)
+            {
+                stats.OnUnknownSession();
+                _proxy.CancelGuard.OnBadKey(source);
+                Log.Debug($"cancel from {RemoteEndPoint}: no session {pid}");
+            }
+            else
+            {
+                stats.OnWrongKey();
+                _proxy.CancelGuard.OnBadKey(source);
+                Log.Info($"cancel from {RemoteEndPoint}: wrong key for session {pid}");
+            }
+
             CloseCancelSocket();
             return;
         }

@@ -416,7 +416,7 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
     /// <summary>
     /// With the bad-key limit off every packet goes through the session lookup and the key check; with the
     /// default limit (100 a minute) the source is blocked after the first hundred and the rest are dropped
-    /// unread.
+    /// as rate-limited once their key has been found wrong.
     /// </summary>
     [Theory]
     [InlineData(0)]
@@ -436,7 +436,7 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
                 clients.Add(await OpenAsync(proxy));
             }
 
-            // Ids far above the sequence the registry hands out, checked to be free.
+            // Ids nobody has: session ids are random, so these are checked to be free.
             int unknownBase = 1_500_000_000;
             for (int i = 0; i < storm; i++)
             {
