@@ -135,7 +135,7 @@ internal static class ConfigLoader
                 o.MaxClientConnections = ParseInt(value, 1, 1_000_000, source, line, key);
                 break;
             case "max_login_clients":
-                o.MaxLoginClients = ParseInt(value, 1, 1_000_000, source, line, key);
+                o.MaxLoginClients = ParseInt(value, 0, 1_000_000, source, line, key);
                 break;
             case "loop_threads":
                 o.LoopThreads = ParseInt(value, 0, 256, source, line, key);

@@ -79,9 +79,13 @@ internal sealed class ProxyOptions
 
     /// <summary>
     /// Most client connections at once that have not finished logging in (start-up packet, authentication;
-    /// a CancelRequest until read); a connection over it gets FATAL 53300 at accept and is closed. Default 100.
+    /// a CancelRequest until read); a connection over it gets FATAL 53300 at accept and is closed. 0 means
+    /// <see cref="MaxClientConnections"/>, so that every client may send a cancel at the same moment. Default 0.
     /// </summary>
-    public int MaxLoginClients { get; set; } = 100;
+    public int MaxLoginClients { get; set; }
+
+    /// <summary>The cap on connections logging in: <see cref="MaxLoginClients"/>, or <see cref="MaxClientConnections"/> when it is 0.</summary>
+    public int EffectiveMaxLoginClients => MaxLoginClients > 0 ? MaxLoginClients : MaxClientConnections;
 
     /// <summary>Number of event-loop threads; 0 picks from the processor count. Default 0.</summary>
     public int LoopThreads { get; set; }

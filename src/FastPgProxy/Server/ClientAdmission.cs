@@ -63,16 +63,22 @@ internal sealed class ClientAdmission
 
     private void Refuse(Socket socket, int maxLoggingIn)
     {
+        // Counted before the close, so whoever sees the close sees the count.
+        long refused = Interlocked.Increment(ref _refused);
         IPEndPoint? remote = null;
         try
         {
             remote = socket.RemoteEndPoint as IPEndPoint;
 
-            // One non-blocking send into an empty socket buffer; read what the client already sent, so the
-            // close is a FIN the client reads after the error rather than a reset that may discard it.
+            // Read what the client already sent, so the close is a FIN it reads after the error rather than
+            // a reset that discards it (bytes arriving after the close still get a reset: the error is best
+            // effort); then one non-blocking send into the empty socket buffer.
             socket.Blocking = false;
+            for (int i = 0; i < 16 && socket.Receive(_discard, SocketFlags.None, out SocketError error) > 0 && error == SocketError.Success; i++)
+            {
+            }
+
             socket.Send(s_tooManyClients, SocketFlags.None, out _);
-            socket.Receive(_discard, SocketFlags.None, out _);
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
@@ -80,20 +86,23 @@ internal sealed class ClientAdmission
         }
 
         socket.Dispose();
-        long refused = Interlocked.Increment(ref _refused);
         long now = Stopwatch.GetTimestamp();
-        if (refused == _refusedAtLastLog + 1 && now - _lastLog > s_logInterval)
+        if (now - _lastLog <= s_logInterval)
+        {
+            return;
+        }
+
+        if (refused == _refusedAtLastLog + 1)
         {
             Log.Warning($"connection from {remote} refused: max_login_clients ({maxLoggingIn}) clients are logging in; further refusals are logged every 10 s");
-            _refusedAtLastLog = refused;
-            _lastLog = now;
         }
-        else if (now - _lastLog > s_logInterval)
+        else
         {
             Log.Warning($"{refused - _refusedAtLastLog} connections refused in the last {Stopwatch.GetElapsedTime(_lastLog, now).TotalSeconds:0} s: max_login_clients ({maxLoggingIn}) clients were logging in");
-            _refusedAtLastLog = refused;
-            _lastLog = now;
         }
+
+        _refusedAtLastLog = refused;
+        _lastLog = now;
     }
 
     private static byte[] BuildTooManyClients()

@@ -70,7 +70,7 @@ internal static class DescriptorLimit
     /// </summary>
     public static long Needed(ProxyOptions options)
     {
-        long needed = (long)options.MaxClientConnections + options.MaxLoginClients;
+        long needed = (long)options.MaxClientConnections + options.EffectiveMaxLoginClients;
         foreach (DatabaseOptions db in options.Databases)
         {
             needed += (db.PoolSize ?? options.DefaultPoolSize) + options.MaxCancelConnections;
@@ -91,8 +91,8 @@ internal static class DescriptorLimit
         long needed = Needed(options);
         string limit = soft == long.MaxValue ? "unlimited" : soft.ToString(CultureInfo.InvariantCulture);
         string hardLimit = hard == long.MaxValue ? "unlimited" : hard.ToString(CultureInfo.InvariantCulture);
-        long pools = needed - options.MaxClientConnections - options.MaxLoginClients;
-        Log.Write(LogLevel.Warning, $"file descriptor limit {limit} (hard {hardLimit}); {open} in use after start-up; the configuration may need {needed} more: max_client_conn {options.MaxClientConnections} + max_login_clients {options.MaxLoginClients} + {pools} for one pool of each [databases] entry (pool_size + max_cancel_connections)");
+        long pools = needed - options.MaxClientConnections - options.EffectiveMaxLoginClients;
+        Log.Write(LogLevel.Warning, $"file descriptor limit {limit} (hard {hardLimit}); {open} in use after start-up; the configuration may need {needed} more: max_client_conn {options.MaxClientConnections} + max_login_clients {options.EffectiveMaxLoginClients} + {pools} for one pool of each [databases] entry (pool_size + max_cancel_connections)");
         if (soft != long.MaxValue && open + needed > soft)
         {
             Log.Warning($"file descriptor limit {limit} is below the {open + needed} the configuration may need: clients would be refused or wait when descriptors run out; raise the limit (ulimit -n, systemd LimitNOFILE) or lower max_client_conn, max_login_clients or the pool sizes");

@@ -254,7 +254,7 @@ internal sealed class ProxyServer : IAsyncDisposable
     /// </summary>
     private void Admit(Socket socket)
     {
-        if (!Admission.TryAdmit(socket, Options.MaxLoginClients))
+        if (!Admission.TryAdmit(socket, Options.EffectiveMaxLoginClients))
         {
             return;
         }

@@ -41,7 +41,9 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
     {
         const int repetitions = 30;
         const int cancels = 100;
-        await using ProxyHarness proxy = StartProxy(poolSize: 1);
+
+        // Up to twice 100 cancel connections at once, each counting as logging in until its packet is read.
+        await using ProxyHarness proxy = StartProxy(poolSize: 1, o => o.MaxLoginClients = 2 * cancels);
         CancelStats stats = proxy.Server.CancelStats;
         using RawClient a = await RawClient.ConnectAsync(proxy);
         await using NpgsqlConnection b = await OpenAsync(proxy);

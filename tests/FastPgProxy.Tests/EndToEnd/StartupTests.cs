@@ -229,12 +229,17 @@ public sealed class StartupTests(PostgresFixture fixture) : IAsyncLifetime
 
     /// <summary>
     /// Connections that have not finished logging in count against max_client_conn: with two of them open
-    /// (one byte of a start-up packet each), a third client gets 53300; once they are gone it logs in.
+    /// (one byte of a start-up packet each), a third client gets 53300 for its StartupMessage; once they
+    /// are gone it logs in. (max_login_clients is raised so that the third is not refused at accept.)
     /// </summary>
     [Fact]
     public async Task Connections_still_logging_in_count_against_max_client_conn()
     {
-        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o => o.MaxClientConnections = 2);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+        {
+            o.MaxClientConnections = 2;
+            o.MaxLoginClients = 10;
+        });
         List<Socket> halfOpen = await OpenHalfOpenAsync(proxy, 2);
         try
         {
@@ -250,16 +255,16 @@ public sealed class StartupTests(PostgresFixture fixture) : IAsyncLifetime
     }
 
     /// <summary>
-    /// At most max_login_clients connections may be logging in at once (default 100): the next one gets
-    /// FATAL 53300 at once and is closed, without a byte read from it. Once those logins are gone, clients
-    /// log in again.
+    /// At most max_login_clients connections may be logging in at once (by default max_client_conn, 100):
+    /// the next one gets FATAL 53300 at once and is closed, without a byte read from it. Once those logins
+    /// are gone, clients log in again.
     /// </summary>
     [Fact]
     public async Task Connections_over_max_login_clients_are_refused_at_once()
     {
         const int maxLoginClients = 100;
-        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o => o.MaxClientConnections = 1000);
-        Assert.Equal(maxLoginClients, proxy.Server.Options.MaxLoginClients);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg);
+        Assert.Equal(maxLoginClients, proxy.Server.Options.EffectiveMaxLoginClients);
         List<Socket> halfOpen = await OpenHalfOpenAsync(proxy, maxLoginClients);
         try
         {

@@ -43,5 +43,7 @@ public class DescriptorLimitTests
         options.Databases.Add(new DatabaseOptions { Name = "app", PoolSize = 50 });
         options.Databases.Add(new DatabaseOptions { Name = "*" });
         Assert.Equal(1000 + 100 + (50 + 32) + (20 + 32), DescriptorLimit.Needed(options));
+        options.MaxLoginClients = 0;
+        Assert.Equal(1000 + 1000 + (50 + 32) + (20 + 32), DescriptorLimit.Needed(options));
     }
 }
