@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Net;
-using System.Runtime.InteropServices;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using FastPgProxy.Auth;
 using FastPgProxy.Config;
 using FastPgProxy.Net;

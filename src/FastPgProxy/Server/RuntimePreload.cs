@@ -14,13 +14,11 @@ internal static class RuntimePreload
     private static readonly string[] s_runtimeLoaded = ["System.Diagnostics.StackTrace"];
     private static int s_done;
 
-    /// <summary>How many assemblies <see cref="Run"/> loaded (0 before it ran).</summary>
-    public static int AssembliesLoaded { get; private set; }
-
     /// <summary>
     /// Loads every assembly the proxy can reach (the transitive references of this assembly and of
-    /// System.Diagnostics.StackTrace: about 30 framework assemblies, two descriptors each) and starts the runtime's timer thread, which the first
-    /// <see cref="Task.Delay(TimeSpan)"/> would otherwise start. Once per process; any thread.
+    /// System.Diagnostics.StackTrace: about 30 framework assemblies, two descriptors each) and starts the
+    /// runtime's timer thread, which the first <see cref="Task.Delay(TimeSpan)"/> would otherwise start.
+    /// Once per process; any thread.
     /// </summary>
     public static void Run()
     {
@@ -73,6 +71,6 @@ internal static class RuntimePreload
             }
         }
 
-        AssembliesLoaded = loaded;
+        Log.Debug($"{loaded} assemblies loaded at start-up");
     }
 }
