@@ -74,6 +74,11 @@ internal static class Program
             Console.Error.WriteLine($"fastpgproxy: {e.Message}");
             return 1;
         }
+        catch (ListenException e)
+        {
+            Console.Error.WriteLine($"fastpgproxy: {e.Message}");
+            return 1;
+        }
         catch (System.Net.Sockets.SocketException e)
         {
             Console.Error.WriteLine($"fastpgproxy: cannot listen: {e.Message}");
@@ -92,6 +97,7 @@ internal static class Program
         using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         server.Start();
         Log.Write(LogLevel.Warning, $"fastpgproxy started: listening on {server.LocalEndPoint}");
+        DescriptorLimit.LogAtStart(server.Options);
         await Task.WhenAny(stop.Task, server.Stopped).ConfigureAwait(false);
         Log.Write(LogLevel.Warning, "shutting down");
         await server.StopAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);

@@ -281,6 +281,9 @@ internal sealed partial class AdminConsole
         Add("login_clients", snapshot.Clients.Count(c => c.State == "login"));
         Add("waiting_clients", snapshot.Clients.Count(c => c.State == "waiting"));
         Add("admin_clients", snapshot.Clients.Count(c => c.State == "admin"));
+        Add("client_connections", Proxy.Admission.Connections);
+        Add("connections_logging_in", Proxy.Admission.LoggingIn);
+        Add("refused_connections", Proxy.Admission.Refused);
         Add("servers", snapshot.Servers.Count);
         Add("idle_servers", snapshot.Servers.Count(s => s.State == "idle"));
         Add("active_servers", snapshot.Servers.Count(s => s.State == "active"));

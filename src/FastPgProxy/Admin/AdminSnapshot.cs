@@ -94,7 +94,8 @@ internal sealed class AdminSnapshot
             merged.Pools.AddRange(part.Pools);
         }
 
-        merged.Clients.Sort((a, b) => a.Id.CompareTo(b.Id));
+        // Session ids are random: clients are listed in the order they connected.
+        merged.Clients.Sort((a, b) => a.ConnectTime != b.ConnectTime ? a.ConnectTime.CompareTo(b.ConnectTime) : a.Id.CompareTo(b.Id));
         merged.Servers.Sort((a, b) => a.Id.CompareTo(b.Id));
         merged.Pools.Sort((a, b) => (string.CompareOrdinal(a.Database, b.Database) is int c && c != 0) ? c : string.CompareOrdinal(a.User, b.User));
         return merged;

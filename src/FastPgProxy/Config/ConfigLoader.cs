@@ -113,6 +113,9 @@ internal static class ConfigLoader
             case "listen_port":
                 o.ListenPort = ParseInt(value, 0, 65535, source, line, key);
                 break;
+            case "so_reuseport":
+                o.SoReusePort = ParseBool(value, source, line, key);
+                break;
             case "auth_type":
                 o.AuthType = value.ToLowerInvariant() switch
                 {
@@ -130,6 +133,9 @@ internal static class ConfigLoader
                 break;
             case "max_client_conn":
                 o.MaxClientConnections = ParseInt(value, 1, 1_000_000, source, line, key);
+                break;
+            case "max_login_clients":
+                o.MaxLoginClients = ParseInt(value, 0, 1_000_000, source, line, key);
                 break;
             case "loop_threads":
                 o.LoopThreads = ParseInt(value, 0, 256, source, line, key);
@@ -189,12 +195,7 @@ internal static class ConfigLoader
                 o.IdleTransactionTimeout = ParseDuration(value, source, line, key);
                 break;
             case "cancel_on_disconnect":
-                o.CancelOnDisconnect = value.ToLowerInvariant() switch
-                {
-                    "1" or "on" or "true" or "yes" => true,
-                    "0" or "off" or "false" or "no" => false,
-                    _ => throw Error(source, line, key, $"invalid value '{value}' (on or off)"),
-                };
+                o.CancelOnDisconnect = ParseBool(value, source, line, key);
                 break;
             case "server_reset_timeout":
                 o.ServerResetTimeout = ParseDuration(value, source, line, key);
@@ -342,6 +343,13 @@ internal static class ConfigLoader
 
         return s[start..pos];
     }
+
+    private static bool ParseBool(string value, string source, int line, string key) => value.ToLowerInvariant() switch
+    {
+        "1" or "on" or "true" or "yes" => true,
+        "0" or "off" or "false" or "no" => false,
+        _ => throw Error(source, line, key, $"invalid value '{value}' (on or off)"),
+    };
 
     private static string Unquote(string value) =>
         value.Length >= 2 && ((value[0] == '"' && value[^1] == '"') || (value[0] == '\'' && value[^1] == '\'')) ? value[1..^1] : value;

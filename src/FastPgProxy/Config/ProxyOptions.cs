@@ -59,6 +59,12 @@ internal sealed class ProxyOptions
     /// <summary>Port to listen on; 0 picks a free port (tests). Default 6432.</summary>
     public int ListenPort { get; set; } = 6432;
 
+    /// <summary>
+    /// Whether the listener sets SO_REUSEPORT, so several instances that all set it share one port (the
+    /// kernel spreads new connections over them). Off: a port another listener holds fails the start. Default off.
+    /// </summary>
+    public bool SoReusePort { get; set; }
+
     /// <summary>Client authentication method. Default md5, as PgBouncer.</summary>
     public AuthType AuthType { get; set; } = AuthType.Md5;
 
@@ -68,8 +74,18 @@ internal sealed class ProxyOptions
     /// <summary>Pool mode. Default session.</summary>
     public PoolMode PoolMode { get; set; } = PoolMode.Session;
 
-    /// <summary>Most client connections at once; further logins get 53300. Default 100.</summary>
+    /// <summary>Most client connections at once, counting those still logging in; further logins get 53300. Default 100.</summary>
     public int MaxClientConnections { get; set; } = 100;
+
+    /// <summary>
+    /// Most client connections at once that have not finished logging in (start-up packet, authentication;
+    /// a CancelRequest until read); a connection over it gets FATAL 53300 at accept and is closed. 0 means
+    /// <see cref="MaxClientConnections"/>, so that every client may send a cancel at the same moment. Default 0.
+    /// </summary>
+    public int MaxLoginClients { get; set; }
+
+    /// <summary>The cap on connections logging in: <see cref="MaxLoginClients"/>, or <see cref="MaxClientConnections"/> when it is 0.</summary>
+    public int EffectiveMaxLoginClients => MaxLoginClients > 0 ? MaxLoginClients : MaxClientConnections;
 
     /// <summary>Number of event-loop threads; 0 picks from the processor count. Default 0.</summary>
     public int LoopThreads { get; set; }

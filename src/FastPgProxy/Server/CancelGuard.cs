@@ -5,9 +5,12 @@ using System.Net;
 namespace FastPgProxy.Server;
 
 /// <summary>
-/// Protects PostgreSQL and the proxy from key guessing: counts wrong keys per source address in one-minute
-/// windows and blocks a source over cancel_bad_key_limit for a minute. (Cancel connections to PostgreSQL
-/// are bounded by each pool, see ServerPool.Cancels.cs.) Thread-safe; ordinary traffic never touches it.
+/// Slows key guessing down: counts wrong keys per source address in one-minute windows and blocks a source
+/// over cancel_bad_key_limit for a minute, during which its wrong keys are dropped without a log line of
+/// their own. A correct key is honoured whatever its source: keys are random (a 31-bit session id and a
+/// 32-bit secret), so a block must not cost everyone behind one address (a NAT) their Ctrl-C. (Cancel
+/// connections to PostgreSQL are bounded by each pool, see ServerPool.Cancels.cs.) Thread-safe; ordinary
+/// traffic never touches it.
 /// </summary>
 internal sealed class CancelGuard
 {
@@ -18,7 +21,7 @@ internal sealed class CancelGuard
     /// <summary>Creates a guard with the given limits (0 disables the bad-key limit).</summary>
     public CancelGuard(int badKeyLimit) => _badKeyLimit = badKeyLimit;
 
-    /// <summary>Whether cancels from <paramref name="address"/> are being dropped.</summary>
+    /// <summary>Whether wrong keys from <paramref name="address"/> are being dropped.</summary>
     public bool IsBlocked(IPAddress? address)
     {
         if (_badKeyLimit == 0 || address is null || !_sources.TryGetValue(address, out Source? source))

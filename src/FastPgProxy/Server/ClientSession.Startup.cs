@@ -21,6 +21,9 @@ internal enum AuthStage
 
 internal sealed partial class ClientSession
 {
+    // Compared with the key of a cancel for an unknown session, which is then refused as slowly as a wrong key.
+    private static readonly byte[] s_noSecret = new byte[sizeof(int)];
+
     private List<KeyValuePair<string, string>>? _startupParameters;
     private List<string>? _unrecognizedOptions;
     private int _requestedMinor;
@@ -174,7 +177,9 @@ internal sealed partial class ClientSession
         RandomNumberGenerator.Fill(random);
         Volatile.Write(ref _secret, BinaryPrimitives.ReadInt32BigEndian(random));
         Id = _proxy.Sessions.Add(this);
-        if (_proxy.Sessions.Count > _proxy.Options.MaxClientConnections)
+
+        // Every client connection counts, this one included: logged in, logging in, or a cancel not yet read.
+        if (_proxy.Admission.Connections > _proxy.Options.MaxClientConnections)
         {
             Fatal(SqlState.TooManyConnections, "sorry, too many clients already");
             return;
@@ -417,6 +422,7 @@ internal sealed partial class ClientSession
     /// </summary>
     private void OnAuthenticated()
     {
+        OnLoginDone();
         if (_admin)
         {
             OnAdminAuthenticated();
@@ -523,13 +529,17 @@ internal sealed partial class ClientSession
     /// <summary>
     /// A CancelRequest (55.2.7): look the session up, check the secret in constant time, and hand the
     /// socket to the forwarder, which keeps it open until PostgreSQL has acted. Every failure is counted,
-    /// logged and answered by closing; nothing is written back.
+    /// logged and answered by closing; nothing is written back. A source over cancel_bad_key_limit has its
+    /// wrong keys dropped (rate_limited); its correct keys still cancel.
     /// </summary>
     private void HandleCancelRequest(ReadOnlySpan<byte> packet)
     {
         CancelStats stats = _proxy.CancelStats;
         stats.OnReceived();
         State = SessionState.Closed;
+
+        // Read: from here on the connection is the cancel path's, and no longer counts as a client.
+        OnConnectionClosed();
         if (!CancelRequest.TryParse(packet, out int pid, out ReadOnlySpan<byte> key))
         {
             stats.OnMalformed();
@@ -538,29 +548,37 @@ internal sealed partial class ClientSession
             return;
         }
 
-        System.Net.IPAddress? source = RemoteEndPoint?.Address;
-        if (_proxy.CancelGuard.IsBlocked(source))
+        // The key is checked first, and a matching key is always honoured, whatever else came from its
+        // address: ids and secrets are random (about 63 bits together), so the guard only has guessing to
+        // slow down. Wrong keys from a blocked address are dropped without being counted against it again.
+        bool known = _proxy.Sessions.TryGet(pid, out ClientSession? target);
+        if (!known)
         {
-            stats.OnRateLimited();
-            Log.Debug($"cancel from {RemoteEndPoint}: dropped, source blocked for wrong keys");
-            CloseCancelSocket();
-            return;
+            // Compared all the same, so an unknown session takes as long to refuse as a wrong key.
+            CryptographicOperations.FixedTimeEquals(s_noSecret, key);
         }
 
-        if (!_proxy.Sessions.TryGet(pid, out ClientSession? target))
+        if (!known || !target!.MatchesSecret(key))
         {
-            stats.OnUnknownSession();
-            _proxy.CancelGuard.OnBadKey(source);
-            Log.Debug($"cancel from {RemoteEndPoint}: no session {pid}");
-            CloseCancelSocket();
-            return;
-        }
+            System.Net.IPAddress? source = RemoteEndPoint?.Address;
+            if (_proxy.CancelGuard.IsBlocked(source))
+            {
+                stats.OnRateLimited();
+                Log.Debug($"cancel from {RemoteEndPoint}: dropped, source blocked for wrong keys");
+            }
+            else if (!known)
+            {
+                stats.OnUnknownSession();
+                _proxy.CancelGuard.OnBadKey(source);
+                Log.Debug($"cancel from {RemoteEndPoint}: no session {pid}");
+            }
+            else
+            {
+                stats.OnWrongKey();
+                _proxy.CancelGuard.OnBadKey(source);
+                Log.Info($"cancel from {RemoteEndPoint}: wrong key for session {pid}");
+            }
 
-        if (!target.MatchesSecret(key))
-        {
-            stats.OnWrongKey();
-            _proxy.CancelGuard.OnBadKey(source);
-            Log.Info($"cancel from {RemoteEndPoint}: wrong key for session {pid}");
             CloseCancelSocket();
             return;
         }

@@ -56,6 +56,11 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     private bool _finished;
     private bool _outOwned;
 
+    // Counted by the proxy's ClientAdmission since accept: as logging in until authenticated, as a
+    // connection until closed.
+    private bool _countedLoggingIn = true;
+    private bool _countedConnection = true;
+
     // Length of a FATAL waiting in _out for the relay run ahead of it; -1 once it is being sent.
     private int _fatalLength;
 
@@ -354,6 +359,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
 
         bool wasActive = State == SessionState.Active;
         State = SessionState.Closed;
+        OnConnectionClosed();
         Volatile.Write(ref _cancelTarget, null);
         if (Id != 0)
         {
@@ -396,6 +402,27 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
         }
 
         TryFinish();
+    }
+
+    /// <summary>The session no longer counts as logging in (authenticated, or closing). Loop only; once.</summary>
+    private void OnLoginDone()
+    {
+        if (_countedLoggingIn)
+        {
+            _countedLoggingIn = false;
+            _proxy.Admission.OnLoginDone();
+        }
+    }
+
+    /// <summary>The session no longer counts as a client connection (closing). Loop only; once.</summary>
+    private void OnConnectionClosed()
+    {
+        OnLoginDone();
+        if (_countedConnection)
+        {
+            _countedConnection = false;
+            _proxy.Admission.OnClosed();
+        }
     }
 
     /// <summary>Releases buffers and socket arguments once no operation of either socket is outstanding.</summary>

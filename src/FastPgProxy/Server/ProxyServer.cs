@@ -1,11 +1,21 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using FastPgProxy.Auth;
 using FastPgProxy.Config;
 using FastPgProxy.Net;
 
 namespace FastPgProxy.Server;
+
+/// <summary>The listener cannot be bound; the message names the address and the reason.</summary>
+internal sealed class ListenException : Exception
+{
+    /// <summary>Creates the exception with a ready message and the socket error behind it.</summary>
+    public ListenException(string message, SocketException inner) : base(message, inner)
+    {
+    }
+}
 
 /// <summary>
 /// The proxy: one listener, a few event loops, the session registry and the counters. Tests build it from
@@ -19,9 +29,13 @@ internal sealed class ProxyServer : IAsyncDisposable
     private readonly Socket _listener;
     private readonly CancellationTokenSource _stopping = new();
     private Task? _acceptLoop;
+    private DescriptorReserve? _reserve;
     private int _stopped;
 
-    /// <summary>Loads the auth file and binds the listener; throws <see cref="ConfigException"/> for a bad auth file.</summary>
+    /// <summary>
+    /// Loads the auth file and binds the listener; throws <see cref="ConfigException"/> for a bad auth file
+    /// and <see cref="ListenException"/> when the address cannot be bound (a port in use, without so_reuseport).
+    /// </summary>
     public ProxyServer(ProxyOptions options)
     {
         Options = options;
@@ -43,18 +57,63 @@ internal sealed class ProxyServer : IAsyncDisposable
             "localhost" => IPAddress.Loopback,
             _ => IPAddress.Parse(options.ListenAddress),
         };
+        var endPoint = new IPEndPoint(address, options.ListenPort);
         _listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        if (address.Equals(IPAddress.IPv6Any))
+        try
         {
-            _listener.DualMode = true;
+            if (address.Equals(IPAddress.IPv6Any))
+            {
+                _listener.DualMode = true;
+            }
+
+            SetReuseOptions(_listener, options.SoReusePort);
+            _listener.Bind(endPoint);
+        }
+        catch (SocketException e)
+        {
+            _listener.Dispose();
+            throw new ListenException(
+                e.SocketErrorCode == SocketError.AddressAlreadyInUse
+                    ? $"cannot listen on {endPoint}: {e.Message} (another process listens there; only instances that all set so_reuseport = 1 may share a port)"
+                    : $"cannot listen on {endPoint}: {e.Message}",
+                e);
         }
 
-        _listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-        _listener.Bind(new IPEndPoint(address, options.ListenPort));
         LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
         Loops = new EventLoopGroup(options.EffectiveLoopThreads, BufferSize);
         Pools = new PoolManager(this);
         CancelGuard = new CancelGuard(options.CancelBadKeyLimit);
+    }
+
+    // Linux values of SOL_SOCKET, SO_REUSEADDR and SO_REUSEPORT (asm-generic/socket.h).
+    private const int SolSocket = 1;
+    private const int SoReuseAddr = 2;
+    private const int SoReusePort = 15;
+
+    /// <summary>
+    /// SO_REUSEADDR, so a restart binds while the old process's connections linger in TIME_WAIT; SO_REUSEPORT
+    /// only when asked. (On Linux, SocketOptionName.ReuseAddress sets SO_REUSEPORT too, which let a second
+    /// instance bind a port in use and take half the new connections without a word.)
+    /// </summary>
+    private static void SetReuseOptions(Socket listener, bool reusePort)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            if (reusePort)
+            {
+                listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            }
+
+            return;
+        }
+
+        Span<byte> on = stackalloc byte[sizeof(int)];
+        MemoryMarshal.Write(on, 1);
+        listener.SetRawSocketOption(SolSocket, SoReuseAddr, on);
+        if (reusePort)
+        {
+            listener.SetRawSocketOption(SolSocket, SoReusePort, on);
+        }
     }
 
     /// <summary>Cancel storm and key-guessing protection.</summary>
@@ -78,6 +137,9 @@ internal sealed class ProxyServer : IAsyncDisposable
     /// <summary>The event loops.</summary>
     public EventLoopGroup Loops { get; }
 
+    /// <summary>Client connections open and logging in; refuses connections over max_login_clients.</summary>
+    public ClientAdmission Admission { get; } = new();
+
     /// <summary>Live sessions by proxy session id.</summary>
     public SessionRegistry Sessions { get; } = new();
 
@@ -90,39 +152,126 @@ internal sealed class ProxyServer : IAsyncDisposable
     /// <summary>Starts accepting clients.</summary>
     public void Start()
     {
+        RuntimePreload.Run();
+        _reserve = new DescriptorReserve();
         _listener.Listen(1024);
         _acceptLoop = Task.Run(AcceptLoopAsync);
         Log.Info($"listening on {LocalEndPoint} with {Loops.Loops.Count} loop threads");
     }
 
+    /// <summary>
+    /// Accepts until the server stops. A failed accept leaves the connection in the listen queue; the loop
+    /// waits, from 10 ms doubling up to 1 s, and tries again, for as long as it takes. When it failed for
+    /// lack of descriptors (EMFILE, ENFILE), the loop also releases the descriptors it holds back for the
+    /// runtime and accepts again only once it could take them back with room to spare (see
+    /// <see cref="DescriptorReserve"/>). Nothing may end this loop but a stop: an exception that escaped it
+    /// would leave the listener open and nobody accepting.
+    /// </summary>
     private async Task AcceptLoopAsync()
     {
+        DescriptorReserve reserve = _reserve!;
+        int failures = 0;
+        TimeSpan backOff = FirstBackOff;
         while (!_stopping.IsCancellationRequested)
         {
+            if (reserve.Enabled && !reserve.IsHeld)
+            {
+                if (!reserve.TryTake())
+                {
+                    await BackOffAsync(backOff).ConfigureAwait(false);
+                    backOff = backOff * 2 < LongestBackOff ? backOff * 2 : LongestBackOff;
+                    continue;
+                }
+
+                Log.Warning("descriptors are free again: accepting");
+                failures = 0;
+            }
+
             Socket socket;
             try
             {
                 socket = await _listener.AcceptAsync(_stopping.Token).ConfigureAwait(false);
             }
-            catch (OperationCanceledException)
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
             {
                 return;
             }
-            catch (ObjectDisposedException)
+            catch (Exception e)
             {
-                return;
-            }
-            catch (SocketException e)
-            {
-                // EMFILE and friends: say so and keep accepting rather than dying.
-                Log.Warning($"accept failed: {e.SocketErrorCode}");
-                await Task.Delay(100).ConfigureAwait(false);
+                failures++;
+                if (e is SocketException { SocketErrorCode: SocketError.TooManyOpenSockets } && reserve.IsHeld)
+                {
+                    reserve.Release();
+                    Log.Warning($"accept failed: every file descriptor is in use (EMFILE or ENFILE); the {DescriptorReserve.Size} held back for the runtime are released, and accepting waits until descriptors are free");
+                }
+                else if (failures == 1)
+                {
+                    Log.Warning($"accept failed: {(e is SocketException s ? s.SocketErrorCode.ToString() : e.GetType().Name)}: {e.Message}; trying again until it succeeds");
+                }
+
+                await BackOffAsync(backOff).ConfigureAwait(false);
+                backOff = backOff * 2 < LongestBackOff ? backOff * 2 : LongestBackOff;
                 continue;
             }
 
+            if (failures > 0)
+            {
+                Log.Warning($"accepting again after {failures} failed accepts");
+                failures = 0;
+            }
+
+            backOff = FirstBackOff;
+            Admit(socket);
+        }
+    }
+
+    private static readonly TimeSpan FirstBackOff = TimeSpan.FromMilliseconds(10);
+    private static readonly TimeSpan LongestBackOff = TimeSpan.FromSeconds(1);
+
+    /// <summary>Waits before the next accept; returns early when the server stops. Never throws.</summary>
+    private async Task BackOffAsync(TimeSpan delay)
+    {
+        try
+        {
+            // The runtime's timer thread was started by RuntimePreload, so this needs no new thread.
+            await Task.Delay(delay, _stopping.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        catch (Exception e)
+        {
+            // Still no timer: wait on a thread-pool thread rather than on the socket thread that may run this.
+            Log.Warning($"accept back-off: {e.GetType().Name}: {e.Message}");
+            await Task.Yield();
+            Thread.Sleep(delay);
+        }
+    }
+
+    /// <summary>
+    /// Hands an accepted socket to a session on the next loop, or refuses it at once (FATAL 53300) while
+    /// max_login_clients connections are logging in.
+    /// </summary>
+    private void Admit(Socket socket)
+    {
+        if (!Admission.TryAdmit(socket, Options.EffectiveMaxLoginClients))
+        {
+            return;
+        }
+
+        try
+        {
             socket.NoDelay = true;
             EventLoop loop = Loops.Next();
             loop.Post(new ClientSession(this, loop, socket));
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // Reset by the peer before it could be set up.
+            Log.Debug($"accepted connection dropped: {e.Message}");
+            Admission.OnLoginDone();
+            Admission.OnClosed();
+            socket.Dispose();
         }
     }
 
@@ -141,7 +290,15 @@ internal sealed class ProxyServer : IAsyncDisposable
         _listener.Dispose();
         if (_acceptLoop is not null)
         {
-            await _acceptLoop.ConfigureAwait(false);
+            try
+            {
+                await _acceptLoop.ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                // The loop catches everything it expects; whatever else ended it must not stop the shutdown.
+                Log.Error($"accept loop failed: {e}");
+            }
         }
 
         foreach (ClientSession session in Sessions.Snapshot())
@@ -178,6 +335,7 @@ internal sealed class ProxyServer : IAsyncDisposable
         }
 
         Loops.Stop(TimeSpan.FromSeconds(2));
+        _reserve?.Dispose();
         _stopping.Dispose();
         _stoppedSource.TrySetResult();
     }

@@ -396,11 +396,15 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
             return;
         }
 
-        var keep = _idle.Where(s => s != server).Reverse().ToArray();
+        // Runs from the pool's tick: a plain copy rather than LINQ (see RuntimePreload).
+        ServerConnection[] idle = _idle.ToArray();
         _idle.Clear();
-        foreach (ServerConnection s in keep)
+        for (int i = idle.Length - 1; i >= 0; i--)
         {
-            _idle.Push(s);
+            if (idle[i] != server)
+            {
+                _idle.Push(idle[i]);
+            }
         }
     }
 

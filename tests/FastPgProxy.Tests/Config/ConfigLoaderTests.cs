@@ -17,10 +17,12 @@ public class ConfigLoaderTests
             [pgbouncer]
             listen_addr = 0.0.0.0
             listen_port = 7432
+            so_reuseport = 1
             auth_type = scram-sha-256
             auth_file = /etc/fpp/userlist.txt
             pool_mode = session
             max_client_conn = 500
+            max_login_clients = 50
             loop_threads = 3
             socket_threads = 2
             client_login_timeout = 1500ms
@@ -28,9 +30,11 @@ public class ConfigLoaderTests
         ProxyOptions o = ConfigLoader.Parse(text, "x.ini");
         Assert.Equal("0.0.0.0", o.ListenAddress);
         Assert.Equal(7432, o.ListenPort);
+        Assert.True(o.SoReusePort);
         Assert.Equal(AuthType.ScramSha256, o.AuthType);
         Assert.Equal("/etc/fpp/userlist.txt", o.AuthFile);
         Assert.Equal(500, o.MaxClientConnections);
+        Assert.Equal(50, o.MaxLoginClients);
         Assert.Equal(3, o.EffectiveLoopThreads);
         Assert.Equal(2, o.EffectiveSocketThreads);
         Assert.Equal(TimeSpan.FromMilliseconds(1500), o.ClientLoginTimeout);
@@ -55,6 +59,7 @@ public class ConfigLoaderTests
     [InlineData("[fastpgproxy]\nlisten_port = 6432\nbogus_key = 1\n[databases]\n* = host=h", "x.ini:3: bogus_key: unknown setting")]
     [InlineData("[fastpgproxy]\nlisten_port = seventy\n[databases]\n* = host=h", "x.ini:2: listen_port: invalid value 'seventy'")]
     [InlineData("[fastpgproxy]\nauth_type = ldap\n", "x.ini:2: auth_type: invalid value 'ldap'")]
+    [InlineData("[fastpgproxy]\nso_reuseport = 2\n", "x.ini:2: so_reuseport: invalid value '2'")]
     [InlineData("[databases]\napp = host=h colour=blue\n", "x.ini:2: app: unknown database parameter 'colour'")]
     [InlineData("[databases]\napp = host=h port=0\n", "x.ini:2: app: port: invalid value '0'")]
     [InlineData("[nope]\n", "x.ini:1: unknown section [nope]")]

@@ -41,7 +41,9 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
     {
         const int repetitions = 30;
         const int cancels = 100;
-        await using ProxyHarness proxy = StartProxy(poolSize: 1);
+
+        // Up to twice 100 cancel connections at once, each counting as logging in until its packet is read.
+        await using ProxyHarness proxy = StartProxy(poolSize: 1, o => o.MaxLoginClients = 2 * cancels);
         CancelStats stats = proxy.Server.CancelStats;
         using RawClient a = await RawClient.ConnectAsync(proxy);
         await using NpgsqlConnection b = await OpenAsync(proxy);
@@ -416,7 +418,7 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
     /// <summary>
     /// With the bad-key limit off every packet goes through the session lookup and the key check; with the
     /// default limit (100 a minute) the source is blocked after the first hundred and the rest are dropped
-    /// unread.
+    /// as rate-limited once their key has been found wrong.
     /// </summary>
     [Theory]
     [InlineData(0)]
@@ -436,7 +438,7 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
                 clients.Add(await OpenAsync(proxy));
             }
 
-            // Ids far above the sequence the registry hands out, checked to be free.
+            // Ids nobody has: session ids are random, so these are checked to be free.
             int unknownBase = 1_500_000_000;
             for (int i = 0; i < storm; i++)
             {

@@ -23,22 +23,9 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    /// <summary>The proxy assembly the project reference copies next to the tests.</summary>
-    private static string ProxyDll
-    {
-        get
-        {
-            string dll = Path.Combine(AppContext.BaseDirectory, "fastpgproxy.dll");
-            Assert.True(File.Exists(dll), $"{dll} is missing");
-            return dll;
-        }
-    }
+    private static string ProxyDll => ProxyProcess.ProxyDll;
 
-    /// <summary>The dotnet host: the one running the tests when the SDK says so, else the one on PATH.</summary>
-    private static string DotnetHost =>
-        Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host)
-            ? host
-            : ProcessRunner.FindOnPath("dotnet") ?? throw new InvalidOperationException("dotnet is not on PATH");
+    private static string DotnetHost => ProxyProcess.DotnetHost;
 
     private string WriteConfig(params string[] lines)
     {
@@ -86,6 +73,26 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         var (exitCode, _, stderr) = await RunToExitAsync(path);
         Assert.NotEqual(0, exitCode);
         Assert.Contains(path, stderr, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// A second proxy on a port another one listens on does not start: exit code 1 and a message naming the
+    /// address (without so_reuseport the kernel would otherwise split new connections between the two).
+    /// </summary>
+    [Fact]
+    public async Task A_port_already_in_use_fails_the_start_naming_the_address()
+    {
+        await using ProxyHarness first = ProxyHarness.Start(_pg);
+        string path = WriteConfig(
+            "[fastpgproxy]",
+            "listen_addr = 127.0.0.1",
+            $"listen_port = {first.Port}",
+            "auth_type = trust",
+            "[databases]",
+            $"* = host=127.0.0.1 port={_pg.Port}");
+        var (exitCode, _, stderr) = await RunToExitAsync(path);
+        Assert.True(exitCode == 1, $"exit code {exitCode}; stderr:\n{stderr}");
+        Assert.Contains($"cannot listen on 127.0.0.1:{first.Port}", stderr, StringComparison.Ordinal);
     }
 
     /// <summary>
@@ -177,6 +184,126 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
                 process.Kill(entireProcessTree: true);
                 process.WaitForExit(5_000);
             }
+        }
+    }
+
+    /// <summary>
+    /// Under a low open-file limit, 300 connections that each send one byte use up every descriptor and
+    /// accept fails with EMFILE. Once they close, the proxy accepts again: a new client logs in and runs a
+    /// query, and SIGTERM then stops the proxy with exit code 0.
+    /// </summary>
+    [Fact]
+    public async Task After_descriptors_ran_out_a_new_client_logs_in_and_SIGTERM_exits_0()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        using ProxyProcess proxy = ProxyProcess.Start(WriteFloodConfig(port), FloodFileLimit);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+
+        List<Socket> flood = await FloodAsync(port, FloodConnections);
+        try
+        {
+            await proxy.WaitForLogAsync("accept failed", ReadyTimeout);
+        }
+        finally
+        {
+            CloseAll(flood);
+        }
+
+        var builder = new NpgsqlConnectionStringBuilder(_pg.ConnectionString(port: port)) { Timeout = 60, CommandTimeout = 60, Pooling = false };
+        await using (var client = new NpgsqlConnection(builder.ConnectionString))
+        {
+            await client.OpenAsync();
+            await using var query = new NpgsqlCommand("SELECT 6 * 7", client);
+            Assert.Equal(42, await query.ExecuteScalarAsync());
+        }
+
+        await proxy.SignalAsync("TERM");
+        int exitCode = await proxy.WaitForExitAsync(ExitTimeout);
+        Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
+    }
+
+    /// <summary>SIGTERM while every descriptor is in use (the flood still open) stops the proxy with exit code 0.</summary>
+    [Fact]
+    public async Task SIGTERM_while_descriptors_are_exhausted_exits_0()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        using ProxyProcess proxy = ProxyProcess.Start(WriteFloodConfig(port), FloodFileLimit);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+
+        List<Socket> flood = await FloodAsync(port, FloodConnections);
+        try
+        {
+            await proxy.WaitForLogAsync("accept failed", ReadyTimeout);
+            await proxy.SignalAsync("TERM");
+            int exitCode = await proxy.WaitForExitAsync(ExitTimeout);
+            Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
+        }
+        finally
+        {
+            CloseAll(flood);
+        }
+    }
+
+    /// <summary>
+    /// The start-up log names the open-file limit, and warns when max_client_conn, max_login_clients and the
+    /// pools may need more descriptors than it allows.
+    /// </summary>
+    [Fact]
+    public async Task Start_up_logs_the_descriptor_limit_and_warns_when_the_configuration_may_exceed_it()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        using ProxyProcess proxy = ProxyProcess.Start(WriteFloodConfig(port), FloodFileLimit);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+        await proxy.WaitForLogAsync("file descriptor limit 256 (hard 256)", ReadyTimeout);
+        await proxy.WaitForLogAsync("WARNING file descriptor limit 256 is below the", ReadyTimeout);
+        await proxy.SignalAsync("TERM");
+        int exitCode = await proxy.WaitForExitAsync(ExitTimeout);
+        Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
+    }
+
+    private const int FloodFileLimit = 256;
+    private const int FloodConnections = 300;
+
+    private string WriteFloodConfig(int port) => WriteConfig(
+        "[fastpgproxy]",
+        "listen_addr = 127.0.0.1",
+        $"listen_port = {port}",
+        "auth_type = trust",
+        "loop_threads = 2",
+        "max_client_conn = 1000",
+        "max_login_clients = 1000",
+        "[databases]",
+        $"* = host=127.0.0.1 port={_pg.Port}");
+
+    /// <summary>Opens <paramref name="count"/> connections that each send one byte of a start-up packet and then wait.</summary>
+    private static async Task<List<Socket>> FloodAsync(int port, int count)
+    {
+        var sockets = new List<Socket>(count);
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+                sockets.Add(socket);
+                using var cts = new CancellationTokenSource(ReadyTimeout);
+                await socket.ConnectAsync("127.0.0.1", port, cts.Token);
+                await socket.SendAsync(new byte[] { 0 }, SocketFlags.None, cts.Token);
+            }
+        }
+        catch
+        {
+            CloseAll(sockets);
+            throw;
+        }
+
+        return sockets;
+    }
+
+    private static void CloseAll(List<Socket> sockets)
+    {
+        foreach (Socket socket in sockets)
+        {
+            socket.Dispose();
         }
     }
 

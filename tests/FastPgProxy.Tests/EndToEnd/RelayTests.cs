@@ -243,6 +243,39 @@ public sealed class RelayTests(PostgresFixture fixture) : IAsyncLifetime
         Assert.NotEqual(c.ProcessID, other.ProcessID);
     }
 
+    /// <summary>
+    /// Session ids (the pid of BackendKeyData) are random, so the key a client gets carries the pid's 31
+    /// random bits on top of the secret's 32: fifty sessions get distinct positive ids that are not a
+    /// sequence with a fixed step.
+    /// </summary>
+    [Fact]
+    public async Task Session_ids_are_random_positive_and_distinct()
+    {
+        // Transaction mode: the logins need no backend of their own once the pool has seen one.
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o => o.PoolMode = FastPgProxy.Config.PoolMode.Transaction);
+        var clients = new List<NpgsqlConnection>();
+        try
+        {
+            for (int i = 0; i < 50; i++)
+            {
+                clients.Add(await proxy.OpenAsync());
+            }
+
+            int[] ids = clients.Select(c => c.ProcessID).ToArray();
+            Assert.All(ids, id => Assert.True(id > 0, $"id {id} is not positive"));
+            Assert.Equal(ids.Length, ids.Distinct().Count());
+            int[] steps = ids.Zip(ids.Skip(1), (a, b) => b - a).Distinct().ToArray();
+            Assert.True(steps.Length > 1, $"ids {string.Join(", ", ids)} go up by a fixed step of {steps[0]}");
+        }
+        finally
+        {
+            foreach (NpgsqlConnection c in clients)
+            {
+                await c.DisposeAsync();
+            }
+        }
+    }
+
     [Fact]
     public async Task Server_parameters_reach_the_client()
     {

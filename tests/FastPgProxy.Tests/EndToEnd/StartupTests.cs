@@ -227,6 +227,100 @@ public sealed class StartupTests(PostgresFixture fixture) : IAsyncLifetime
         await AssertServesAsync(proxy);
     }
 
+    /// <summary>
+    /// Connections that have not finished logging in count against max_client_conn: with two of them open
+    /// (one byte of a start-up packet each), a third client gets 53300 for its StartupMessage; once they
+    /// are gone it logs in. (max_login_clients is raised so that the third is not refused at accept.)
+    /// </summary>
+    [Fact]
+    public async Task Connections_still_logging_in_count_against_max_client_conn()
+    {
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+        {
+            o.MaxClientConnections = 2;
+            o.MaxLoginClients = 10;
+        });
+        List<Socket> halfOpen = await OpenHalfOpenAsync(proxy, 2);
+        try
+        {
+            var e = await Assert.ThrowsAsync<PostgresException>(() => proxy.OpenAsync());
+            Assert.Equal("53300", e.SqlState);
+        }
+        finally
+        {
+            await CloseHalfOpenAsync(halfOpen);
+        }
+
+        await AssertServesAsync(proxy);
+    }
+
+    /// <summary>
+    /// At most max_login_clients connections may be logging in at once (by default max_client_conn, 100):
+    /// the next one gets FATAL 53300 at once and is closed, without a byte read from it. Once those logins
+    /// are gone, clients log in again.
+    /// </summary>
+    [Fact]
+    public async Task Connections_over_max_login_clients_are_refused_at_once()
+    {
+        const int maxLoginClients = 100;
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg);
+        Assert.Equal(maxLoginClients, proxy.Server.Options.EffectiveMaxLoginClients);
+        List<Socket> halfOpen = await OpenHalfOpenAsync(proxy, maxLoginClients);
+        try
+        {
+            using Socket refused = await proxy.ConnectRawAsync();
+            (byte[] data, bool closed) = await RawProtocol.ReadUntilCloseAsync(refused, ReplyTimeout);
+            Assert.True(closed, "a connection over max_login_clients was kept open");
+            Assert.Equal("53300", RawProtocol.ErrorCode(data));
+            Assert.Equal("sorry, too many clients already", RawProtocol.ErrorField(data, (byte)'M'));
+            Assert.Equal(1, proxy.Server.Admission.Refused);
+            Assert.Equal(maxLoginClients, proxy.Server.Admission.LoggingIn);
+        }
+        finally
+        {
+            await CloseHalfOpenAsync(halfOpen);
+        }
+
+        Assert.Equal(0, proxy.Server.Admission.Connections);
+        await AssertServesAsync(proxy);
+    }
+
+    /// <summary>Opens <paramref name="count"/> connections that each send one byte of a start-up packet and wait.</summary>
+    private static async Task<List<Socket>> OpenHalfOpenAsync(ProxyHarness proxy, int count)
+    {
+        var sockets = new List<Socket>(count);
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                Socket socket = await proxy.ConnectRawAsync();
+                sockets.Add(socket);
+                await socket.SendAsync(new byte[] { 0 });
+            }
+        }
+        catch
+        {
+            await CloseHalfOpenAsync(sockets);
+            throw;
+        }
+
+        return sockets;
+    }
+
+    /// <summary>Ends each half-open connection and waits until the proxy has closed its side too.</summary>
+    private static async Task CloseHalfOpenAsync(List<Socket> sockets)
+    {
+        foreach (Socket socket in sockets)
+        {
+            using (socket)
+            {
+                socket.Shutdown(SocketShutdown.Send);
+                (byte[] _, bool closed) = await RawProtocol.ReadUntilCloseAsync(socket, ReplyTimeout);
+                Assert.True(closed, "the proxy did not close a connection whose client had left");
+            }
+        }
+    }
+
     [Fact]
     public async Task Every_hostile_start_up_in_a_row_then_an_ordinary_query_still_works()
     {
