@@ -375,8 +375,10 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                 continue;
             }
 
-            bool ready = HandleLoginMessage(message, out bool sent);
+            // Consumed first: a login that fails on this message is disposed by its listener, its receive
+            // buffer back in the pool, before HandleLoginMessage returns; the channel is not touched after.
             Channel.Consume(length);
+            bool ready = HandleLoginMessage(message, out bool sent);
             if (State == ServerState.Closed)
             {
                 return;

@@ -271,6 +271,10 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
         _connecting--;
         server.Channel.SetHandler(this);
         Forget(server);
+
+        // Quiescent already (PostgreSQL's FATAL or end of stream was read): no completion is left to free
+        // its receive buffer. Otherwise the last completion comes to OnIdleEvent, which frees it.
+        server.DisposeWhenQuiescent();
         Log.Warning($"pool {Database}/{User}: backend login failed: {reason}");
 
         // The first waiter gets PostgreSQL's own answer; the others keep waiting for the next attempt.
