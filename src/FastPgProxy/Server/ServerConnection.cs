@@ -304,6 +304,15 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
             return;
         }
 
+        if (Channel.SendPending)
+        {
+            // An answer (or end of stream) that came before the completion of the send that asked for it:
+            // an internal query run while a receive was already outstanding. OnSend goes on from here
+            // (reading again finds end of stream again); were the listener told now, the send's completion
+            // would reach the listener, and _out would never be returned to the pool.
+            return;
+        }
+
         if (bytes == 0)
         {
             FailToConnect(error == SocketError.Success ? "server closed the connection unexpectedly" : $"server connection failed: {DescribeError(error)}");
@@ -375,8 +384,10 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                 continue;
             }
 
-            bool ready = HandleLoginMessage(message, out bool sent);
+            // Consumed first: a login that fails on this message is disposed by its listener, its receive
+            // buffer back in the pool, before HandleLoginMessage returns; the channel is not touched after.
             Channel.Consume(length);
+            bool ready = HandleLoginMessage(message, out bool sent);
             if (State == ServerState.Closed)
             {
                 return;

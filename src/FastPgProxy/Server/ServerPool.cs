@@ -287,6 +287,11 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
         _connecting--;
         server.Channel.SetHandler(this);
         Forget(server);
+
+        // Quiescent already (PostgreSQL's FATAL or end of stream was read): no completion is left to free
+        // its receive buffer. Otherwise the last completion comes to OnIdleEvent, which frees it.
+        server.DisposeWhenQuiescent();
+
         if (Welcome is not null && IsRestartFailure(server, errorResponse))
         {
             // PostgreSQL worked for this pool before and is down or starting: the clients wait while the

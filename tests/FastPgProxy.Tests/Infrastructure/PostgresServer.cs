@@ -265,6 +265,39 @@ public sealed class PostgresServer : IDisposable
     }
 
     /// <summary>
+    /// Restarts the server (<c>pg_ctl restart -m fast</c>): every backend is told to exit (FATAL 57P01) and
+    /// the server comes back on the same data directory and port.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">pg_ctl failed; the message includes the log tail.</exception>
+    public void Restart()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var (exitCode, stdout, stderr) = RunServerCommand(
+            _pgCtl, ["restart", "-D", DataDir, "-m", "fast", "-w", "-t", "60", "-l", _logFile], PgCtlTimeout);
+        _running = exitCode == 0;
+        if (exitCode != 0)
+        {
+            throw new InvalidOperationException($"pg_ctl restart failed ({exitCode}): {stderr}{stdout}{DescribeLog()}");
+        }
+    }
+
+    /// <summary>
+    /// Kills one backend with SIGKILL. Unlike <c>pg_terminate_backend</c>, this is a crash: the postmaster
+    /// ends every other backend (FATAL 57P02), refuses logins during crash recovery (57P03), then accepts
+    /// them again.
+    /// </summary>
+    /// <param name="pid">Process id of a backend of this server.</param>
+    public void KillBackend(int pid)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var (exitCode, _, stderr) = ProcessRunner.Run("kill", ["-KILL", pid.ToString(CultureInfo.InvariantCulture)], ShortCommandTimeout);
+        if (exitCode != 0)
+        {
+            throw new InvalidOperationException($"kill -KILL {pid} failed ({exitCode}): {stderr}");
+        }
+    }
+
+    /// <summary>
     /// Suspends the postmaster (SIGSTOP): running backends go on, but new connections, cancel requests
     /// included, wait in its listen queue until <see cref="ThawPostmaster"/>.
     /// </summary>
