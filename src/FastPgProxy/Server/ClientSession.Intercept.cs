@@ -32,8 +32,11 @@ internal sealed partial class ClientSession
         ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
         if (message[0] == (byte)FrontendMessage.Query)
         {
-            // $n has no value in a Simple Query: PostgreSQL's own error is the right answer.
-            return QueryScanner.TryMatch(CString(body), out InterceptedCall call)
+            // $n has no value in a Simple Query: PostgreSQL's own error is the right answer. So is its
+            // 08P01 for bytes after the text's terminating zero (a malformed message).
+            ReadOnlySpan<byte> text = CString(body);
+            return text.Length + 1 == body.Length
+                && QueryScanner.TryMatch(text, out InterceptedCall call)
                 && call.Argument.Kind != ArgumentKind.Parameter && call.Timeout.Kind != ArgumentKind.Parameter
                 && ResolvesLikePostgres(call, ReadOnlySpan<byte>.Empty);
         }
@@ -44,7 +47,16 @@ internal sealed partial class ClientSession
         }
 
         ReadOnlySpan<byte> sql = CString(body.Slice(1));
-        return QueryScanner.TryMatch(sql, out InterceptedCall parsed) && ResolvesLikePostgres(parsed, body.Slice(1 + sql.Length + 1));
+        ReadOnlySpan<byte> types = body.Slice(Math.Min(body.Length, 1 + sql.Length + 1));
+        return WellFormedParameterTypes(types)
+            && QueryScanner.TryMatch(sql, out InterceptedCall parsed) && ResolvesLikePostgres(parsed, types);
+    }
+
+    /// <summary>Whether a Parse ends in exactly an int16 count and that many int32 type OIDs, as PostgreSQL requires.</summary>
+    private static bool WellFormedParameterTypes(ReadOnlySpan<byte> types)
+    {
+        return types.Length >= sizeof(short)
+            && types.Length == sizeof(short) + (sizeof(int) * System.Buffers.Binary.BinaryPrimitives.ReadInt16BigEndian(types));
     }
 
     /// <summary>

@@ -208,7 +208,7 @@ public sealed class BufferReturnTests(PostgresFixture fixture)
     /// was woken without data (the runtime completes it on any readiness notification) holds a receive
     /// buffer until data comes; closed, it holds nothing.
     /// </summary>
-    private static async Task<long> BuffersInUseOnceIdleAsync(ProxyHarness proxy)
+    internal static async Task<long> BuffersInUseOnceIdleAsync(ProxyHarness proxy)
     {
         var sw = Stopwatch.StartNew();
         while (proxy.Server.Sessions.Count > 0 || !await OnPoolLoopsAsync(proxy, PoolIdle))

@@ -61,7 +61,6 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     public async Task Every_message_type_after_login_is_relayed_or_refused_without_touching_other_clients(bool transactionMode)
     {
         await using ProxyHarness proxy = Start(transactionMode ? PoolMode.Transaction : PoolMode.Session, poolSize: 3);
-        long baseline = await BuffersWhenIdleAsync(proxy, expected: null);
         await using Bystanders bystanders = await Bystanders.StartAsync(proxy, clients: 2);
         for (int type = 0; type < 256; type++)
         {
@@ -92,14 +91,30 @@ public sealed class HostileClientTests(PostgresFixture fixture)
 
         await bystanders.StopAndAssertNoErrorsAsync();
         await AssertEveryBackendWorksAsync(proxy, poolSize: 3);
-        await BuffersWhenIdleAsync(proxy, expected: baseline);
+        Assert.Equal(0, await BufferReturnTests.BuffersInUseOnceIdleAsync(proxy));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task An_intercepted_call_in_a_malformed_message_gets_PostgreSQLs_error_not_an_answer(bool simple)
+    {
+        await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 3);
+        using RawClient client = await RawClient.ConnectAsync(proxy, "malformed");
+        byte[] message = simple
+            ? RawClient.Message('Q', [.. Encoding.ASCII.GetBytes("select pg_backend_pid()"), 0, .. "junk"u8, 0])
+            : [.. RawClient.Message('P', [0, .. Encoding.ASCII.GetBytes("select pg_backend_pid()"), 0, 0, 1]),
+               .. RawProtocol.Bind("", "", [], [], []), .. RawProtocol.Execute(""), .. RawProtocol.Sync()];
+        await client.SendAsync(message);
+        CancelRaceTests.Result result = await client.ReadResultAsync(Patience);
+        Assert.Equal("08P01", result.SqlState);
+        Assert.Equal("7", (await client.QueryAsync("select 7", Patience)).Value);
     }
 
     [Fact]
     public async Task Random_bytes_after_login_hurt_only_their_sender()
     {
         await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 3);
-        long baseline = await BuffersWhenIdleAsync(proxy, expected: null);
         await using Bystanders bystanders = await Bystanders.StartAsync(proxy, clients: 2);
         var random = new Random(20261129);
         for (int i = 0; i < 200; i++)
@@ -119,14 +134,13 @@ public sealed class HostileClientTests(PostgresFixture fixture)
 
         await bystanders.StopAndAssertNoErrorsAsync();
         await AssertEveryBackendWorksAsync(proxy, poolSize: 3);
-        await BuffersWhenIdleAsync(proxy, expected: baseline);
+        Assert.Equal(0, await BufferReturnTests.BuffersInUseOnceIdleAsync(proxy));
     }
 
     [Fact]
     public async Task Two_thousand_garbage_start_up_packets_are_refused_without_touching_other_clients()
     {
         await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 3);
-        long baseline = await BuffersWhenIdleAsync(proxy, expected: null);
         await using Bystanders bystanders = await Bystanders.StartAsync(proxy, clients: 2);
         var random = new Random(2000);
         for (int batch = 0; batch < 40; batch++)
@@ -157,7 +171,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
 
         await bystanders.StopAndAssertNoErrorsAsync();
         await AssertEveryBackendWorksAsync(proxy, poolSize: 3);
-        await BuffersWhenIdleAsync(proxy, expected: baseline);
+        Assert.Equal(0, await BufferReturnTests.BuffersInUseOnceIdleAsync(proxy));
     }
 
     /// <summary>A start-up packet that is wrong in one of many ways: length, code, parameters, or all random.</summary>
@@ -190,7 +204,6 @@ public sealed class HostileClientTests(PostgresFixture fixture)
             o.QueryWaitTimeout = TimeSpan.FromSeconds(20);
             o.MaxClientConnections = 1000;
         });
-        long baseline = await BuffersWhenIdleAsync(proxy, expected: null);
         var stalled = new List<RawClient>();
         try
         {
@@ -217,14 +230,15 @@ public sealed class HostileClientTests(PostgresFixture fixture)
                 await client.SendAsync([(byte)'Q', 0, 0]);
             }
 
-            await WaitUntilAsync(() => BuffersInUse(proxy) <= baseline + 8, "stalled clients still hold buffers");
+            // (An idle backend may hold one whose zero-byte receive was woken without data: at most 3 here.)
+            await WaitUntilAsync(() => BuffersInUse(proxy) <= 8, "stalled clients still hold buffers");
         }
         finally
         {
             stalled.ForEach(c => c.Dispose());
         }
 
-        await BuffersWhenIdleAsync(proxy, expected: baseline);
+        Assert.Equal(0, await BufferReturnTests.BuffersInUseOnceIdleAsync(proxy));
     }
 
     [Fact]
@@ -414,21 +428,6 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     }
 
     private static long BuffersInUse(ProxyHarness proxy) => proxy.Server.Loops.Loops.Sum(l => l.Buffers.InUse);
-
-    /// <summary>
-    /// Waits until no client is connected, then returns the buffers in use; with <paramref name="expected"/>,
-    /// waits for exactly that figure first.
-    /// </summary>
-    private static async Task<long> BuffersWhenIdleAsync(ProxyHarness proxy, long? expected)
-    {
-        await WaitUntilAsync(() => proxy.Server.Sessions.Count == 0, "clients are still registered");
-        if (expected is { } figure)
-        {
-            await WaitUntilAsync(() => BuffersInUse(proxy) == figure, $"buffers in use did not return to {figure} (now {BuffersInUse(proxy)})");
-        }
-
-        return BuffersInUse(proxy);
-    }
 
     private static async Task WaitUntilAsync(Func<bool> condition, string failure)
     {
