@@ -1,7 +1,8 @@
 using System.Reflection;
 using System.Runtime.InteropServices;
 using FastPgProxy.Config;
-using FastPgProxy.Server;
+using FastPgProxy.Hosting;
+using FastPgProxy.Sessions;
 
 namespace FastPgProxy;
 

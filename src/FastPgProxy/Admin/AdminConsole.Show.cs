@@ -1,8 +1,10 @@
 using System.Reflection;
 using System.Text;
+using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
+using FastPgProxy.Hosting;
 using FastPgProxy.Net;
-using FastPgProxy.Server;
+using FastPgProxy.Sessions;
 
 namespace FastPgProxy.Admin;
 

@@ -1,5 +1,7 @@
 using FastPgProxy.Config;
-using FastPgProxy.Server;
+using FastPgProxy.Hosting;
+using FastPgProxy.Pooling;
+using FastPgProxy.Sessions;
 
 namespace FastPgProxy.Admin;
 

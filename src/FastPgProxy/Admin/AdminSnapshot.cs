@@ -1,7 +1,9 @@
 using System.Diagnostics;
 using FastPgProxy.Config;
+using FastPgProxy.Hosting;
 using FastPgProxy.Net;
-using FastPgProxy.Server;
+using FastPgProxy.Pooling;
+using FastPgProxy.Sessions;
 
 namespace FastPgProxy.Admin;
 

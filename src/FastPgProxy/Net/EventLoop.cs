@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using FastPgProxy.Server;
+using FastPgProxy.Hosting;
+using FastPgProxy.Sessions;
 
 namespace FastPgProxy.Net;
 

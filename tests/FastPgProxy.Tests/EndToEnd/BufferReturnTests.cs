@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using FastPgProxy.Config;
 using FastPgProxy.Net;
-using FastPgProxy.Server;
+using FastPgProxy.Pooling;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 using Xunit;

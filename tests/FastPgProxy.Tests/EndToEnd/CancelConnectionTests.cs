@@ -1,7 +1,8 @@
 using System.Diagnostics;
 using System.Net.Sockets;
+using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
-using FastPgProxy.Server;
+using FastPgProxy.Pooling;
 using FastPgProxy.Tests.Infrastructure;
 using Xunit;
 using Xunit.Abstractions;

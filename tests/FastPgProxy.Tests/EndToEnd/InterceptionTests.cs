@@ -5,7 +5,7 @@ using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
 using FastPgProxy.Config;
-using FastPgProxy.Server;
+using FastPgProxy.Pooling;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 using NpgsqlTypes;

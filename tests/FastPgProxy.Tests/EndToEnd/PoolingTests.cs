@@ -2,7 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
 using FastPgProxy.Config;
-using FastPgProxy.Server;
+using FastPgProxy.Pooling;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 using Xunit;

@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using FastPgProxy.Config;
-using FastPgProxy.Server;
+using FastPgProxy.Hosting;
+using FastPgProxy.Sessions;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 

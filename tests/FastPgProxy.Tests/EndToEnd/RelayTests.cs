@@ -1,5 +1,7 @@
 using System.Text;
-using FastPgProxy.Server;
+using FastPgProxy.Hosting;
+using FastPgProxy.Pooling;
+using FastPgProxy.Sessions;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 using Xunit;

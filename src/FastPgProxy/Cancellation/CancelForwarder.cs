@@ -1,0 +1,84 @@
+using System.Net;
+using System.Net.Sockets;
+using FastPgProxy.Hosting;
+using FastPgProxy.Protocol;
+
+namespace FastPgProxy.Cancellation;
+
+/// <summary>Where and how to cancel the query a backend runs: its server address and its own pid and key.</summary>
+internal sealed class CancelTarget
+{
+    /// <summary>Creates a target.</summary>
+    public CancelTarget(EndPoint endPoint, int processId, byte[] secretKey)
+    {
+        EndPoint = endPoint;
+        ProcessId = processId;
+        SecretKey = secretKey;
+    }
+
+    /// <summary>The PostgreSQL server the backend belongs to.</summary>
+    public EndPoint EndPoint { get; }
+
+    /// <summary>The backend's own pid, from its BackendKeyData.</summary>
+    public int ProcessId { get; }
+
+    /// <summary>The backend's own secret key.</summary>
+    public byte[] SecretKey { get; }
+}
+
+/// <summary>
+/// Sends a CancelRequest to PostgreSQL on a new connection (protocol 55.2.7). Runs as a task on the thread
+/// pool with non-blocking sockets, so no loop thread ever waits on a cancel. The client's cancel socket
+/// stays open until PostgreSQL closes the cancel connection (it has then signalled the backend), because
+/// libpq waits for that close before it reports the cancel as sent; then it is closed. Nothing is ever
+/// written to the client's cancel socket.
+/// </summary>
+internal static class CancelForwarder
+{
+    // CancellationTokenSource takes at most about 49 days; a longer cancel_timeout means "as long as that".
+    private static readonly TimeSpan s_longestTimeout = TimeSpan.FromDays(24);
+
+    /// <summary>
+    /// Forwards the cancel and closes <paramref name="clientSocket"/> afterwards; <paramref name="done"/>
+    /// runs when PostgreSQL has closed the cancel connection or the attempt failed, with false when the
+    /// request may have reached PostgreSQL without its close being seen (it may still act on it).
+    /// </summary>
+    public static async Task ForwardAsync(Socket? clientSocket, CancelTarget target, TimeSpan timeout, CancelStats stats, Action<bool>? done = null)
+    {
+        bool sent = false;
+        bool confirmed = false;
+        using var cts = new CancellationTokenSource(timeout < s_longestTimeout ? timeout : s_longestTimeout);
+        try
+        {
+            using Socket server = target.EndPoint is UnixDomainSocketEndPoint
+                ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+                : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            await server.ConnectAsync(target.EndPoint, cts.Token).ConfigureAwait(false);
+            byte[] packet = new byte[StartupCodes.CancelRequestLength - sizeof(int) + target.SecretKey.Length];
+            var writer = new PgWriter(packet);
+            writer.WriteCancelRequest(target.ProcessId, target.SecretKey);
+            sent = true;
+            await server.SendAsync(packet.AsMemory(0, writer.Position), SocketFlags.None, cts.Token).ConfigureAwait(false);
+
+            // PostgreSQL answers nothing and closes once it has signalled the backend.
+            byte[] sink = new byte[16];
+            while (await server.ReceiveAsync(sink, SocketFlags.None, cts.Token).ConfigureAwait(false) > 0)
+            {
+            }
+
+            confirmed = true;
+            stats.OnForwarded();
+            Log.Debug($"cancel forwarded to backend pid {target.ProcessId}");
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            stats.OnFailed();
+            Log.Warning($"cancel for backend pid {target.ProcessId} failed: {e.Message}");
+        }
+        finally
+        {
+            clientSocket?.Dispose();
+            done?.Invoke(confirmed || !sent);
+        }
+    }
+}

@@ -1,0 +1,72 @@
+using System.Globalization;
+using FastPgProxy.Pooling;
+using FastPgProxy.Sessions;
+
+namespace FastPgProxy.Hosting;
+
+/// <summary>Log levels, lowest first.</summary>
+internal enum LogLevel
+{
+    /// <summary>Protocol details and outcomes that peers caused.</summary>
+    Debug,
+    /// <summary>Connections and start-up.</summary>
+    Info,
+    /// <summary>Something the proxy caused or could not do.</summary>
+    Warning,
+    /// <summary>A bug or a failure of the proxy itself.</summary>
+    Error,
+}
+
+/// <summary>
+/// Minimal line logger to standard error. Check <see cref="IsEnabled"/> before formatting on hot paths so a
+/// disabled level costs one comparison and no allocation.
+/// </summary>
+internal static class Log
+{
+    private static readonly object s_gate = new();
+
+    /// <summary>The lowest level written. Default <see cref="LogLevel.Warning"/>.</summary>
+    public static LogLevel MinLevel { get; set; } = LogLevel.Warning;
+
+    /// <summary>Whether a message at <paramref name="level"/> would be written.</summary>
+    public static bool IsEnabled(LogLevel level) => level >= MinLevel;
+
+    /// <summary>Sets the level from PgBouncer's <c>verbose</c> count (0 = warnings, 1 = info, 2+ = debug).</summary>
+    public static void SetVerbosity(int verbose) =>
+        MinLevel = verbose switch { <= 0 => LogLevel.Warning, 1 => LogLevel.Info, _ => LogLevel.Debug };
+
+    /// <summary>Writes a debug line.</summary>
+    public static void Debug(string message) => Write(LogLevel.Debug, message);
+
+    /// <summary>Writes an informational line.</summary>
+    public static void Info(string message) => Write(LogLevel.Info, message);
+
+    /// <summary>Writes a warning.</summary>
+    public static void Warning(string message) => Write(LogLevel.Warning, message);
+
+    /// <summary>Writes an error.</summary>
+    public static void Error(string message) => Write(LogLevel.Error, message);
+
+    /// <summary>Writes a line when the level is enabled.</summary>
+    public static void Write(LogLevel level, string message)
+    {
+        if (level < MinLevel)
+        {
+            return;
+        }
+
+        string line = string.Create(CultureInfo.InvariantCulture, $"{DateTime.UtcNow:yyyy-MM-dd HH:mm:ss.fff} {Name(level)} {message}");
+        lock (s_gate)
+        {
+            Console.Error.WriteLine(line);
+        }
+    }
+
+    private static string Name(LogLevel level) => level switch
+    {
+        LogLevel.Debug => "DEBUG",
+        LogLevel.Info => "LOG",
+        LogLevel.Warning => "WARNING",
+        _ => "ERROR",
+    };
+}

@@ -1,0 +1,353 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using FastPgProxy.Auth;
+using FastPgProxy.Cancellation;
+using FastPgProxy.Config;
+using FastPgProxy.Net;
+using FastPgProxy.Pooling;
+using FastPgProxy.Sessions;
+
+namespace FastPgProxy.Hosting;
+
+/// <summary>The listener cannot be bound; the message names the address and the reason.</summary>
+internal sealed class ListenException : Exception
+{
+    /// <summary>Creates the exception with a ready message and the socket error behind it.</summary>
+    public ListenException(string message, SocketException inner) : base(message, inner)
+    {
+    }
+}
+
+/// <summary>
+/// The proxy: one listener, a few event loops, the session registry and the counters. Tests build it from
+/// typed <see cref="ProxyOptions"/>; the executable builds it from the config file.
+/// </summary>
+internal sealed class ProxyServer : IAsyncDisposable
+{
+    /// <summary>Size of every pooled buffer: a receive window and the proxy's own outgoing messages.</summary>
+    public const int BufferSize = 32 * 1024;
+
+    private readonly Socket _listener;
+    private readonly CancellationTokenSource _stopping = new();
+    private Task? _acceptLoop;
+    private DescriptorReserve? _reserve;
+    private int _stopped;
+
+    /// <summary>
+    /// Loads the auth file and binds the listener; throws <see cref="ConfigException"/> for a bad auth file
+    /// and <see cref="ListenException"/> when the address cannot be bound (a port in use, without so_reuseport).
+    /// </summary>
+    public ProxyServer(ProxyOptions options)
+    {
+        Options = options;
+        if (options.AuthFile is not null)
+        {
+            if (!UserList.TryLoad(options.AuthFile, out UserList? users, out string? error))
+            {
+                throw new ConfigException(error);
+            }
+
+            Users = users;
+        }
+
+        // Unknown users still go through a full SCRAM exchange against this throw-away verifier.
+        MockVerifier = ScramVerifier.FromPassword(Convert.ToBase64String(System.Security.Cryptography.RandomNumberGenerator.GetBytes(18)));
+        IPAddress address = options.ListenAddress switch
+        {
+            "*" => IPAddress.IPv6Any,
+            "localhost" => IPAddress.Loopback,
+            _ => IPAddress.Parse(options.ListenAddress),
+        };
+        var endPoint = new IPEndPoint(address, options.ListenPort);
+        _listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            if (address.Equals(IPAddress.IPv6Any))
+            {
+                _listener.DualMode = true;
+            }
+
+            SetReuseOptions(_listener, options.SoReusePort);
+            _listener.Bind(endPoint);
+        }
+        catch (SocketException e)
+        {
+            _listener.Dispose();
+            throw new ListenException(
+                e.SocketErrorCode == SocketError.AddressAlreadyInUse
+                    ? $"cannot listen on {endPoint}: {e.Message} (another process listens there; only instances that all set so_reuseport = 1 may share a port)"
+                    : $"cannot listen on {endPoint}: {e.Message}",
+                e);
+        }
+
+        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+        Loops = new EventLoopGroup(options.EffectiveLoopThreads, BufferSize);
+        Pools = new PoolManager(this);
+        CancelGuard = new CancelGuard(options.CancelBadKeyLimit);
+    }
+
+    // Linux values of SOL_SOCKET, SO_REUSEADDR and SO_REUSEPORT (asm-generic/socket.h).
+    private const int SolSocket = 1;
+    private const int SoReuseAddr = 2;
+    private const int SoReusePort = 15;
+
+    /// <summary>
+    /// SO_REUSEADDR, so a restart binds while the old process's connections linger in TIME_WAIT; SO_REUSEPORT
+    /// only when asked. (On Linux, SocketOptionName.ReuseAddress sets SO_REUSEPORT too, which let a second
+    /// instance bind a port in use and take half the new connections without a word.)
+    /// </summary>
+    private static void SetReuseOptions(Socket listener, bool reusePort)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            if (reusePort)
+            {
+                listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            }
+
+            return;
+        }
+
+        Span<byte> on = stackalloc byte[sizeof(int)];
+        MemoryMarshal.Write(on, 1);
+        listener.SetRawSocketOption(SolSocket, SoReuseAddr, on);
+        if (reusePort)
+        {
+            listener.SetRawSocketOption(SolSocket, SoReusePort, on);
+        }
+    }
+
+    /// <summary>Cancel storm and key-guessing protection.</summary>
+    public CancelGuard CancelGuard { get; }
+
+    /// <summary>The backend pools.</summary>
+    public PoolManager Pools { get; }
+
+    /// <summary>The options the server runs with.</summary>
+    public ProxyOptions Options { get; }
+
+    /// <summary>The auth_file contents; null when none is configured.</summary>
+    public UserList? Users { get; }
+
+    /// <summary>The verifier used to fail unknown users in SCRAM without revealing that they are unknown.</summary>
+    public ScramVerifier MockVerifier { get; }
+
+    /// <summary>Where the listener is bound (the real port when 0 was asked).</summary>
+    public IPEndPoint LocalEndPoint { get; }
+
+    /// <summary>The event loops.</summary>
+    public EventLoopGroup Loops { get; }
+
+    /// <summary>Client connections open and logging in; refuses connections over max_login_clients.</summary>
+    public ClientAdmission Admission { get; } = new();
+
+    /// <summary>Live sessions by proxy session id.</summary>
+    public SessionRegistry Sessions { get; } = new();
+
+    /// <summary>Outcomes of CancelRequests.</summary>
+    public CancelStats CancelStats { get; } = new();
+
+    /// <summary>Other counters.</summary>
+    public ProxyStats Stats { get; } = new();
+
+    /// <summary>Starts accepting clients.</summary>
+    public void Start()
+    {
+        RuntimePreload.Run();
+        _reserve = new DescriptorReserve();
+        _listener.Listen(1024);
+        _acceptLoop = Task.Run(AcceptLoopAsync);
+        Log.Info($"listening on {LocalEndPoint} with {Loops.Loops.Count} loop threads");
+    }
+
+    /// <summary>
+    /// Accepts until the server stops. A failed accept leaves the connection in the listen queue; the loop
+    /// waits, from 10 ms doubling up to 1 s, and tries again, for as long as it takes. When it failed for
+    /// lack of descriptors (EMFILE, ENFILE), the loop also releases the descriptors it holds back for the
+    /// runtime and accepts again only once it could take them back with room to spare (see
+    /// <see cref="DescriptorReserve"/>). Nothing may end this loop but a stop: an exception that escaped it
+    /// would leave the listener open and nobody accepting.
+    /// </summary>
+    private async Task AcceptLoopAsync()
+    {
+        DescriptorReserve reserve = _reserve!;
+        int failures = 0;
+        TimeSpan backOff = FirstBackOff;
+        while (!_stopping.IsCancellationRequested)
+        {
+            if (reserve.Enabled && !reserve.IsHeld)
+            {
+                if (!reserve.TryTake())
+                {
+                    await BackOffAsync(backOff).ConfigureAwait(false);
+                    backOff = backOff * 2 < LongestBackOff ? backOff * 2 : LongestBackOff;
+                    continue;
+                }
+
+                Log.Warning("descriptors are free again: accepting");
+                failures = 0;
+            }
+
+            Socket socket;
+            try
+            {
+                socket = await _listener.AcceptAsync(_stopping.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
+            {
+                return;
+            }
+            catch (Exception e)
+            {
+                failures++;
+                if (e is SocketException { SocketErrorCode: SocketError.TooManyOpenSockets } && reserve.IsHeld)
+                {
+                    reserve.Release();
+                    Log.Warning($"accept failed: every file descriptor is in use (EMFILE or ENFILE); the {DescriptorReserve.Size} held back for the runtime are released, and accepting waits until descriptors are free");
+                }
+                else if (failures == 1)
+                {
+                    Log.Warning($"accept failed: {(e is SocketException s ? s.SocketErrorCode.ToString() : e.GetType().Name)}: {e.Message}; trying again until it succeeds");
+                }
+
+                await BackOffAsync(backOff).ConfigureAwait(false);
+                backOff = backOff * 2 < LongestBackOff ? backOff * 2 : LongestBackOff;
+                continue;
+            }
+
+            if (failures > 0)
+            {
+                Log.Warning($"accepting again after {failures} failed accepts");
+                failures = 0;
+            }
+
+            backOff = FirstBackOff;
+            Admit(socket);
+        }
+    }
+
+    private static readonly TimeSpan FirstBackOff = TimeSpan.FromMilliseconds(10);
+    private static readonly TimeSpan LongestBackOff = TimeSpan.FromSeconds(1);
+
+    /// <summary>Waits before the next accept; returns early when the server stops. Never throws.</summary>
+    private async Task BackOffAsync(TimeSpan delay)
+    {
+        try
+        {
+            // The runtime's timer thread was started by RuntimePreload, so this needs no new thread.
+            await Task.Delay(delay, _stopping.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        catch (Exception e)
+        {
+            // Still no timer: wait on a thread-pool thread rather than on the socket thread that may run this.
+            Log.Warning($"accept back-off: {e.GetType().Name}: {e.Message}");
+            await Task.Yield();
+            Thread.Sleep(delay);
+        }
+    }
+
+    /// <summary>
+    /// Hands an accepted socket to a session on the next loop, or refuses it at once (FATAL 53300) while
+    /// max_login_clients connections are logging in.
+    /// </summary>
+    private void Admit(Socket socket)
+    {
+        if (!Admission.TryAdmit(socket, Options.EffectiveMaxLoginClients))
+        {
+            return;
+        }
+
+        try
+        {
+            socket.NoDelay = true;
+            EventLoop loop = Loops.Next();
+            loop.Post(new ClientSession(this, loop, socket));
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // Reset by the peer before it could be set up.
+            Log.Debug($"accepted connection dropped: {e.Message}");
+            Admission.OnLoginDone();
+            Admission.OnClosed();
+            socket.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Stops accepting, tells every client the server is going away (FATAL 57P01, as PostgreSQL's fast
+    /// shutdown does), waits up to <paramref name="grace"/> for the sessions to close, then stops the loops.
+    /// </summary>
+    public async Task StopAsync(TimeSpan grace)
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) != 0)
+        {
+            return;
+        }
+
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        _listener.Dispose();
+        if (_acceptLoop is not null)
+        {
+            try
+            {
+                await _acceptLoop.ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                // The loop catches everything it expects; whatever else ended it must not stop the shutdown.
+                Log.Error($"accept loop failed: {e}");
+            }
+        }
+
+        foreach (ClientSession session in Sessions.Snapshot())
+        {
+            session.Loop.Post(() => session.Terminate("terminating connection due to administrator command"));
+        }
+
+        var deadline = Stopwatch.StartNew();
+        while (Sessions.Count > 0 && deadline.Elapsed < grace)
+        {
+            await Task.Delay(20).ConfigureAwait(false);
+        }
+
+        // Backends left idle in the pools are closed too, so PostgreSQL sees a clean goodbye.
+        var closed = new List<Task>();
+        foreach (ServerPool pool in Pools.Pools)
+        {
+            var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            pool.Loop.Post(() =>
+            {
+                pool.CloseIdle();
+                done.TrySetResult();
+            });
+            closed.Add(done.Task);
+        }
+
+        try
+        {
+            await Task.WhenAll(closed).WaitAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            Log.Warning("idle backends did not close within 2 s");
+        }
+
+        Loops.Stop(TimeSpan.FromSeconds(2));
+        _reserve?.Dispose();
+        _stopping.Dispose();
+        _stoppedSource.TrySetResult();
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask DisposeAsync() => await StopAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+
+    private readonly TaskCompletionSource _stoppedSource = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Completes when a stop finished, whoever asked for it (a signal, the admin console's SHUTDOWN).</summary>
+    public Task Stopped => _stoppedSource.Task;
+}

@@ -1,0 +1,665 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using FastPgProxy.Auth;
+using FastPgProxy.Cancellation;
+using FastPgProxy.Config;
+using FastPgProxy.Hosting;
+using FastPgProxy.Net;
+using FastPgProxy.Protocol;
+
+namespace FastPgProxy.Pooling;
+
+/// <summary>Told how a backend login ended; runs on the backend's loop.</summary>
+internal interface IServerLoginListener
+{
+    /// <summary>The backend sent ReadyForQuery after logging in.</summary>
+    void OnServerReady(ServerConnection server);
+
+    /// <summary>
+    /// The login failed. <paramref name="errorResponse"/> is PostgreSQL's own ErrorResponse when it sent one
+    /// (forward it as is); otherwise <paramref name="reason"/> says what went wrong.
+    /// </summary>
+    void OnServerLoginFailed(ServerConnection server, byte[]? errorResponse, string reason);
+}
+
+/// <summary>Told when a query the proxy itself ran on a backend (reset, SET) has finished; runs on the backend's loop.</summary>
+internal interface IInternalQueryListener
+{
+    /// <summary>The backend answered ReadyForQuery; <paramref name="ok"/> is false when it reported an error or failed.</summary>
+    void OnInternalQueryDone(ServerConnection server, bool ok);
+}
+
+/// <summary>One ParameterStatus as the backend reported it: the value, and the message to replay to clients.</summary>
+internal sealed record ParameterStatus(string Value, byte[] Message)
+{
+    /// <summary>Parses a whole ParameterStatus message (type byte included); null when malformed.</summary>
+    public static (string Name, ParameterStatus Status)? TryParse(ReadOnlySpan<byte> message)
+    {
+        ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
+        int nameEnd = body.IndexOf((byte)0);
+        if (nameEnd <= 0)
+        {
+            return null;
+        }
+
+        ReadOnlySpan<byte> rest = body.Slice(nameEnd + 1);
+        int valueEnd = rest.IndexOf((byte)0);
+        if (valueEnd < 0)
+        {
+            return null;
+        }
+
+        return (Encoding.UTF8.GetString(body.Slice(0, nameEnd)), new ParameterStatus(Encoding.UTF8.GetString(rest.Slice(0, valueEnd)), message.ToArray()));
+    }
+
+    /// <summary>Builds the message for a value the proxy reports itself.</summary>
+    public static ParameterStatus Create(string name, string value)
+    {
+        byte[] buffer = new byte[MessageFramer.HeaderLength + Encoding.UTF8.GetByteCount(name) + Encoding.UTF8.GetByteCount(value) + 2];
+        var writer = new PgWriter(buffer);
+        writer.BeginMessage((byte)BackendMessage.ParameterStatus);
+        writer.WriteCString(name);
+        writer.WriteCString(value);
+        writer.EndMessage();
+        return new ParameterStatus(value, buffer);
+    }
+}
+
+/// <summary>What the proxy logs in to PostgreSQL with.</summary>
+internal sealed class ServerCredentials
+{
+    /// <summary>Role name on the server.</summary>
+    public required string User { get; init; }
+
+    /// <summary>Plaintext password, when known.</summary>
+    public string? Password { get; init; }
+
+    /// <summary>PostgreSQL's md5 hash ("md5" + hex), usable for md5 logins without the plaintext.</summary>
+    public string? Md5Hash { get; init; }
+
+    /// <summary>SCRAM keys learnt from the client's own SCRAM exchange, for a verifier-only auth_file entry.</summary>
+    public byte[]? ScramClientKey { get; init; }
+
+    /// <summary>The verifier's ServerKey that goes with <see cref="ScramClientKey"/>.</summary>
+    public byte[]? ScramServerKey { get; init; }
+}
+
+/// <summary>The state of a backend connection.</summary>
+internal enum ServerState
+{
+    /// <summary>Opening the TCP or Unix connection.</summary>
+    Connecting,
+    /// <summary>Sent StartupMessage; authenticating and reading parameters.</summary>
+    Login,
+    /// <summary>Logged in; idle in the pool or serving a client.</summary>
+    Ready,
+    /// <summary>Running a query of the proxy's own (reset, SET) and reading its answer.</summary>
+    InternalQuery,
+    /// <summary>Closed.</summary>
+    Closed,
+}
+
+/// <summary>
+/// One connection to PostgreSQL. It connects and logs in by itself (as a channel handler), then its channel
+/// is handed to the client session that relays through it. It keeps what the proxy needs from the login:
+/// the backend's own pid and cancel key, and the ParameterStatus messages to replay to a client.
+/// </summary>
+internal sealed class ServerConnection : IChannelHandler, ILoopTimer
+{
+    private readonly DatabaseOptions _database;
+    private readonly ServerCredentials _credentials;
+    private readonly string _databaseName;
+    private readonly TimeSpan _connectTimeout;
+    private IServerLoginListener? _listener;
+    private MessageFramer _framer;
+    private ScramClient? _scram;
+    private byte[]? _out;
+    private IInternalQueryListener? _queryListener;
+    private bool _queryFailed;
+    private static int s_lastId;
+
+    /// <summary>Creates a connection that will log in as <paramref name="credentials"/> to <paramref name="databaseName"/>.</summary>
+    public ServerConnection(
+        EventLoop loop,
+        DatabaseOptions database,
+        string databaseName,
+        ServerCredentials credentials,
+        TimeSpan connectTimeout)
+    {
+        _database = database;
+        _databaseName = databaseName;
+        _credentials = credentials;
+        _connectTimeout = connectTimeout;
+        Channel = new SocketChannel(loop, null, this) { IdleWithoutBuffer = true };
+        EndPoint = ResolveEndPoint(database);
+        Id = Interlocked.Increment(ref s_lastId);
+        CreatedAt = Stopwatch.GetTimestamp();
+        LastUsed = CreatedAt;
+    }
+
+    /// <summary>Proxy-wide number of this backend connection, for logs and the admin console.</summary>
+    public int Id { get; }
+
+    /// <summary>When the connection was opened (<see cref="Stopwatch"/> ticks).</summary>
+    public long CreatedAt { get; }
+
+    /// <summary>When the connection last went back to the pool (<see cref="Stopwatch"/> ticks).</summary>
+    public long LastUsed { get; set; }
+
+    /// <summary>The pool that owns this connection; set by the pool.</summary>
+    public ServerPool? Pool { get; set; }
+
+    /// <summary>
+    /// Cancels sent to PostgreSQL for this backend whose cancel connection has not closed yet. While above
+    /// zero the pool does not hand the backend to another client (a late cancel must not hit its query).
+    /// Loop-owned.
+    /// </summary>
+    public int PendingCancels { get; set; }
+
+    /// <summary>
+    /// ReadyForQuery messages read from the backend for clients (relayed or drained). A cancel that waited
+    /// for a cancel connection is dropped when this moved meanwhile: the request it was meant for has ended.
+    /// Loop-owned.
+    /// </summary>
+    public long ReadyCount { get; set; }
+
+    /// <summary>
+    /// A cancel was sent for this backend and PostgreSQL did not close the cancel connection within
+    /// cancel_timeout: it may still act on it, so the backend must not serve another client. Loop-owned.
+    /// </summary>
+    public bool CancelUnconfirmed { get; set; }
+
+    /// <summary>The proxy-named prepared statements this backend holds (transaction mode); null until the first.</summary>
+    public PreparedStatementCache? PreparedStatements { get; set; }
+
+
+    /// <summary>The socket and receive window.</summary>
+    public SocketChannel Channel { get; }
+
+    /// <summary>Where PostgreSQL listens; also where cancels for this backend go.</summary>
+    public EndPoint EndPoint { get; }
+
+    /// <summary>Current state.</summary>
+    public ServerState State { get; private set; }
+
+    /// <summary>The backend's own pid (BackendKeyData).</summary>
+    public int BackendPid { get; private set; }
+
+    /// <summary>The backend's own cancel key.</summary>
+    public byte[] BackendKey { get; private set; } = [];
+
+    /// <summary>Whether the backend sent BackendKeyData (some servers and poolers do not).</summary>
+    public bool HasCancelKey => BackendKey.Length > 0;
+
+    /// <summary>Where and how to cancel this backend's query; made once, so attaching a client allocates nothing.</summary>
+    public CancelTarget CancelTarget => _cancelTarget ??= new CancelTarget(EndPoint, BackendPid, BackendKey);
+
+    private CancelTarget? _cancelTarget;
+
+    /// <summary>The last transaction status the backend reported.</summary>
+    public TransactionStatus TransactionStatus { get; set; } = TransactionStatus.Idle;
+
+    /// <summary>ParameterStatus values as PostgreSQL reported them, by parameter name, with the messages for replay to clients.</summary>
+    public Dictionary<string, ParameterStatus> Parameters { get; } = new(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>Records a ParameterStatus message the backend sent.</summary>
+    public void OnParameterStatus(ReadOnlySpan<byte> message)
+    {
+        if (ParameterStatus.TryParse(message) is { } p)
+        {
+            Parameters[p.Name] = p.Status;
+        }
+    }
+
+    /// <summary>The user the backend is logged in as.</summary>
+    public string User => _credentials.User;
+
+    /// <summary>Maps a [databases] entry to an endpoint: a directory means PostgreSQL's Unix socket in it.</summary>
+    public static EndPoint ResolveEndPoint(DatabaseOptions database)
+    {
+        if (database.Host.StartsWith('/'))
+        {
+            return new UnixDomainSocketEndPoint(Path.Combine(database.Host, $".s.PGSQL.{database.Port}"));
+        }
+
+        return IPAddress.TryParse(database.Host, out IPAddress? address)
+            ? new IPEndPoint(address, database.Port)
+            : new DnsEndPoint(database.Host, database.Port);
+    }
+
+    /// <summary>Starts connecting; the outcome reaches <paramref name="listener"/> on this loop.</summary>
+    public void Connect(IServerLoginListener listener)
+    {
+        Debug.Assert(Channel.Loop.InLoop);
+        _listener = listener;
+        State = ServerState.Connecting;
+        Channel.Loop.Schedule(this, Stopwatch.GetTimestamp() + (long)(_connectTimeout.TotalSeconds * Stopwatch.Frequency));
+        Channel.Connect(EndPoint);
+    }
+
+    /// <inheritdoc/>
+    public void OnTimer(long dueTimestamp)
+    {
+        if (State is ServerState.Connecting or ServerState.Login)
+        {
+            FailToConnect($"timeout while connecting to server {_database.Host}:{_database.Port} (server_connect_timeout)");
+        }
+    }
+
+    /// <inheritdoc/>
+    public void OnConnect(SocketChannel channel, SocketError error)
+    {
+        if (State != ServerState.Connecting)
+        {
+            return;
+        }
+
+        if (error != SocketError.Success)
+        {
+            FailToConnect($"could not connect to server {_database.Host}:{_database.Port}: {DescribeError(error)}");
+            return;
+        }
+
+        State = ServerState.Login;
+        _out = Channel.Loop.Buffers.Rent();
+        var writer = new PgWriter(_out);
+        writer.BeginStartupPacket();
+        writer.WriteInt32(StartupCodes.Protocol30);
+        writer.WriteCString("user");
+        writer.WriteCString(_credentials.User);
+        writer.WriteCString("database");
+        writer.WriteCString(_databaseName);
+        writer.WriteByte(0);
+        writer.EndMessage();
+        Channel.Send(_out, 0, writer.Position);
+    }
+
+    /// <inheritdoc/>
+    public void OnSend(SocketChannel channel, SocketError error)
+    {
+        ReturnOut();
+        if (State is not (ServerState.Login or ServerState.InternalQuery))
+        {
+            return;
+        }
+
+        if (error != SocketError.Success)
+        {
+            FailToConnect($"could not send to server: {DescribeError(error)}");
+            return;
+        }
+
+        if (!Channel.ReceivePending)
+        {
+            ProcessControl();
+        }
+    }
+
+    /// <inheritdoc/>
+    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    {
+        if (State is not (ServerState.Login or ServerState.InternalQuery))
+        {
+            return;
+        }
+
+        if (Channel.SendPending)
+        {
+            // An answer (or end of stream) that came before the completion of the send that asked for it:
+            // an internal query run while a receive was already outstanding. OnSend goes on from here
+            // (reading again finds end of stream again); were the listener told now, the send's completion
+            // would reach the listener, and _out would never be returned to the pool.
+            return;
+        }
+
+        if (bytes == 0)
+        {
+            FailToConnect(error == SocketError.Success ? "server closed the connection unexpectedly" : $"server connection failed: {DescribeError(error)}");
+            return;
+        }
+
+        ProcessControl();
+    }
+
+    /// <summary>
+    /// Runs <paramref name="sql"/> (one Simple Query) on this idle backend for the proxy itself, reading
+    /// the answer here rather than relaying it; ParameterStatus changes are recorded.
+    /// </summary>
+    public void RunInternalQuery(string sql, IInternalQueryListener listener)
+    {
+        Debug.Assert(Channel.Loop.InLoop && State == ServerState.Ready && !Channel.SendPending);
+        State = ServerState.InternalQuery;
+        _queryListener = listener;
+        _queryFailed = false;
+        Channel.SetHandler(this);
+        _framer.Reset();
+        _out = Channel.Loop.Buffers.Rent();
+        var writer = new PgWriter(_out);
+        writer.BeginMessage((byte)FrontendMessage.Query);
+        writer.WriteCString(sql);
+        writer.EndMessage();
+        Channel.Send(_out, 0, writer.Position);
+    }
+
+    /// <summary>Handles every complete message buffered during login or an internal query; receives more, or waits for a reply to be sent.</summary>
+    private void ProcessControl()
+    {
+        while (true)
+        {
+            Span<byte> window = Channel.Window;
+            FrameStatus status = _framer.Scan(window, MessageTypeSet.All, window.Length, out _, out int length);
+            if (status == FrameStatus.Invalid)
+            {
+                Fail(null, "server sent an invalid message during login");
+                return;
+            }
+
+            if (status == FrameStatus.NeedMore)
+            {
+                if (Channel.Buffered >= Channel.Loop.Buffers.BufferSize)
+                {
+                    Fail(null, "server sent a login message larger than the buffer");
+                    return;
+                }
+
+                Channel.Receive();
+                return;
+            }
+
+            ReadOnlySpan<byte> message = window.Slice(0, length);
+            if (State == ServerState.InternalQuery)
+            {
+                bool done = HandleInternalQueryMessage(message);
+                Channel.Consume(length);
+                if (done)
+                {
+                    State = ServerState.Ready;
+                    IInternalQueryListener queryListener = _queryListener!;
+                    _queryListener = null;
+                    queryListener.OnInternalQueryDone(this, !_queryFailed);
+                    return;
+                }
+
+                continue;
+            }
+
+            // Consumed first: a login that fails on this message is disposed by its listener, its receive
+            // buffer back in the pool, before HandleLoginMessage returns; the channel is not touched after.
+            Channel.Consume(length);
+            bool ready = HandleLoginMessage(message, out bool sent);
+            if (State == ServerState.Closed)
+            {
+                return;
+            }
+
+            if (ready)
+            {
+                State = ServerState.Ready;
+                IServerLoginListener listener = _listener!;
+                _listener = null;
+                listener.OnServerReady(this);
+                return;
+            }
+
+            if (sent)
+            {
+                // One reply in flight at a time: OnSend resumes with whatever is buffered by then.
+                return;
+            }
+        }
+    }
+
+    private bool HandleInternalQueryMessage(ReadOnlySpan<byte> message)
+    {
+        switch ((BackendMessage)message[0])
+        {
+            case BackendMessage.ParameterStatus:
+                OnParameterStatus(message);
+                return false;
+            case BackendMessage.ErrorResponse:
+                _queryFailed = true;
+                Log.Warning($"server {Id} (pid {BackendPid}): internal query failed");
+                return false;
+            case BackendMessage.ReadyForQuery:
+                TransactionStatus = message.Length > MessageFramer.HeaderLength ? (TransactionStatus)message[MessageFramer.HeaderLength] : TransactionStatus.Idle;
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    private bool HandleLoginMessage(ReadOnlySpan<byte> message, out bool sent)
+    {
+        sent = false;
+        ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
+        switch ((BackendMessage)message[0])
+        {
+            case BackendMessage.Authentication:
+                sent = HandleAuthentication(body);
+                return false;
+            case BackendMessage.ParameterStatus:
+                OnParameterStatus(message);
+                return false;
+            case BackendMessage.BackendKeyData:
+                if (body.Length < sizeof(int) + StartupCodes.MinCancelKeyLength || body.Length > sizeof(int) + StartupCodes.MaxCancelKeyLength)
+                {
+                    Fail(null, "server sent an invalid BackendKeyData message");
+                    return false;
+                }
+
+                BackendPid = BinaryPrimitives.ReadInt32BigEndian(body);
+                BackendKey = body.Slice(sizeof(int)).ToArray();
+                return false;
+            case BackendMessage.ErrorResponse:
+                Fail(message.ToArray(), "server refused the login");
+                return false;
+            case BackendMessage.ReadyForQuery:
+                TransactionStatus = body.Length == 1 ? (TransactionStatus)body[0] : TransactionStatus.Idle;
+                return true;
+            default:
+                // NoticeResponse and NegotiateProtocolVersion need no action during login.
+                return false;
+        }
+    }
+
+    private bool HandleAuthentication(ReadOnlySpan<byte> body)
+    {
+        if (body.Length < sizeof(int))
+        {
+            Fail(null, "server sent an invalid authentication request");
+            return false;
+        }
+
+        var request = (AuthRequest)BinaryPrimitives.ReadInt32BigEndian(body);
+        ReadOnlySpan<byte> payload = body.Slice(sizeof(int));
+        byte[] output = _out = Channel.Loop.Buffers.Rent();
+        var writer = new PgWriter(output);
+        switch (request)
+        {
+            case AuthRequest.Ok:
+                ReturnOut();
+                return false;
+            case AuthRequest.CleartextPassword:
+                if (_credentials.Password is null)
+                {
+                    ReturnOut();
+                    Fail(null, $"server asked for a cleartext password for user \"{_credentials.User}\" and the proxy has none (auth_file holds a hash)");
+                    return false;
+                }
+
+                writer.WritePassword(Encoding.UTF8.GetBytes(_credentials.Password));
+                break;
+            case AuthRequest.Md5Password:
+                string? hash = _credentials.Md5Hash ?? (_credentials.Password is null ? null : Md5Auth.HashPassword(_credentials.User, _credentials.Password));
+                if (hash is null || payload.Length < Md5Auth.SaltLength)
+                {
+                    ReturnOut();
+                    Fail(null, $"server asked for an md5 password for user \"{_credentials.User}\" and the proxy has none usable");
+                    return false;
+                }
+
+                Span<byte> response = stackalloc byte[Md5Auth.ResponseLength];
+                Md5Auth.ComputeResponse(Encoding.ASCII.GetBytes(hash), payload.Slice(0, Md5Auth.SaltLength), response);
+                writer.WritePassword(response);
+                break;
+            case AuthRequest.Sasl:
+                if (!OffersScram(payload))
+                {
+                    ReturnOut();
+                    Fail(null, "server offered no supported SASL mechanism (SCRAM-SHA-256)");
+                    return false;
+                }
+
+                if (_credentials.Password is not null)
+                {
+                    _scram = new ScramClient(_credentials.Password);
+                }
+                else if (_credentials.ScramClientKey is not null && _credentials.ScramServerKey is not null)
+                {
+                    _scram = new ScramClient(_credentials.ScramClientKey, _credentials.ScramServerKey);
+                }
+                else
+                {
+                    ReturnOut();
+                    Fail(null, $"server asked for SCRAM for user \"{_credentials.User}\" and the proxy has no password or SCRAM keys for it");
+                    return false;
+                }
+
+                writer.WriteSaslInitialResponse(_scram.CreateClientFirst());
+                break;
+            case AuthRequest.SaslContinue:
+                if (_scram is null || !_scram.TryHandleServerFirst(payload, out byte[]? clientFinal, out string? error))
+                {
+                    ReturnOut();
+                    Fail(null, $"SCRAM login to server failed: {(_scram is null ? "unexpected SASLContinue" : "bad server-first-message")}");
+                    return false;
+                }
+
+                _ = error;
+                writer.WriteSaslResponse(clientFinal);
+                break;
+            case AuthRequest.SaslFinal:
+                ReturnOut();
+                if (_scram is null || !_scram.TryVerifyServerFinal(payload, out string? finalError))
+                {
+                    Fail(null, "SCRAM login to server failed: the server's signature did not verify");
+                    return false;
+                }
+
+                _ = finalError;
+                _scram = null;
+                return false;
+            default:
+                ReturnOut();
+                Fail(null, $"server asked for an unsupported authentication method ({(int)request})");
+                return false;
+        }
+
+        Channel.Send(output, 0, writer.Position);
+        return true;
+    }
+
+    private static bool OffersScram(ReadOnlySpan<byte> mechanisms)
+    {
+        while (!mechanisms.IsEmpty && mechanisms[0] != 0)
+        {
+            int end = mechanisms.IndexOf((byte)0);
+            if (end < 0)
+            {
+                return false;
+            }
+
+            if (mechanisms.Slice(0, end).SequenceEqual(PgWriter.ScramMechanism))
+            {
+                return true;
+            }
+
+            mechanisms = mechanisms.Slice(end + 1);
+        }
+
+        return false;
+    }
+
+    /// <summary>
+    /// The login failed at the connection itself (refused, reset, closed, timed out), as it does while
+    /// PostgreSQL restarts: worth trying again, unlike a refused password.
+    /// </summary>
+    public bool FailedToConnect { get; private set; }
+
+    private void FailToConnect(string reason)
+    {
+        FailedToConnect = true;
+        Fail(null, reason);
+    }
+
+    private void Fail(byte[]? errorResponse, string reason)
+    {
+        if (State == ServerState.Closed)
+        {
+            return;
+        }
+
+        Close();
+        IServerLoginListener? listener = _listener;
+        _listener = null;
+        listener?.OnServerLoginFailed(this, errorResponse, reason);
+        IInternalQueryListener? queryListener = _queryListener;
+        _queryListener = null;
+        if (queryListener is not null)
+        {
+            Log.Warning($"server {Id} (pid {BackendPid}): {reason}");
+            queryListener.OnInternalQueryDone(this, false);
+        }
+    }
+
+    /// <summary>Closes the connection; buffers are released by <see cref="DisposeWhenQuiescent"/>.</summary>
+    public void Close()
+    {
+        State = ServerState.Closed;
+        Channel.Close();
+    }
+
+    /// <summary>Frees the channel once no operation is outstanding; returns whether it did. Idempotent.</summary>
+    public bool DisposeWhenQuiescent()
+    {
+        if (_disposed)
+        {
+            return true;
+        }
+
+        if (!Channel.Quiescent)
+        {
+            return false;
+        }
+
+        _disposed = true;
+        ReturnOut();
+        Channel.Dispose();
+        return true;
+    }
+
+    private bool _disposed;
+
+    private void ReturnOut()
+    {
+        if (_out is not null && !Channel.SendPending)
+        {
+            Channel.Loop.Buffers.Return(_out);
+            _out = null;
+        }
+    }
+
+    /// <summary>Words for a socket error in messages.</summary>
+    public static string DescribeError(SocketError error) => error switch
+    {
+        SocketError.ConnectionRefused => "Connection refused",
+        SocketError.ConnectionReset => "Connection reset by peer",
+        SocketError.TimedOut => "Connection timed out",
+        SocketError.HostNotFound => "Name or service not known",
+        SocketError.OperationAborted => "operation aborted",
+        _ => error.ToString(),
+    };
+}

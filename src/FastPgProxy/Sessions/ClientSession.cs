@@ -1,0 +1,477 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using FastPgProxy.Auth;
+using FastPgProxy.Cancellation;
+using FastPgProxy.Hosting;
+using FastPgProxy.Net;
+using FastPgProxy.Pooling;
+using FastPgProxy.Protocol;
+
+namespace FastPgProxy.Sessions;
+
+/// <summary>Where a client session is in its life.</summary>
+internal enum SessionState
+{
+    /// <summary>Waiting for StartupMessage (or SSLRequest, GSSENCRequest, CancelRequest).</summary>
+    Startup,
+    /// <summary>Exchanging authentication messages with the client.</summary>
+    Authenticating,
+    /// <summary>Authenticated; a backend is being connected and logged in.</summary>
+    ConnectingServer,
+    /// <summary>Relaying between client and backend.</summary>
+    Active,
+    /// <summary>Closed or closing.</summary>
+    Closed,
+}
+
+/// <summary>What to do once the proxy's own message to the client has been sent.</summary>
+internal enum AfterSend
+{
+    /// <summary>Read the client's next message.</summary>
+    ReadClient,
+    /// <summary>Connect the backend (authentication finished).</summary>
+    ConnectServer,
+    /// <summary>Start relaying.</summary>
+    StartRelay,
+    /// <summary>Go on relaying the client's messages.</summary>
+    ContinueRelay,
+    /// <summary>Close the session.</summary>
+    Close,
+}
+
+/// <summary>
+/// One client connection and, while it has one, its backend. Owned by one loop: every callback runs there,
+/// and the only state other threads read is the published <see cref="CancelTarget"/> and the secret.
+/// Split by concern: start-up and authentication (ClientSession.Startup.cs), relay (ClientSession.Relay.cs).
+/// </summary>
+internal sealed partial class ClientSession : IChannelHandler, IInternalQueryListener, ILoopTimer, ILoopWork
+{
+    private readonly ProxyServer _proxy;
+    private readonly SocketChannel _client;
+    private ServerConnection? _server;
+    private ServerPool? _pool;
+    private byte[]? _out;
+    private AfterSend _afterSend;
+    private int _secret;
+    private CancelTarget? _cancelTarget;
+    private bool _finished;
+    private bool _outOwned;
+
+    // Counted by the proxy's ClientAdmission since accept: as logging in until authenticated, as a
+    // connection until closed.
+    private bool _countedLoggingIn = true;
+    private bool _countedConnection = true;
+
+    // Length of a FATAL waiting in _out for the relay run ahead of it; -1 once it is being sent.
+    private int _fatalLength;
+
+    /// <summary>Wraps an accepted socket; <see cref="Execute"/> starts it on <paramref name="loop"/>.</summary>
+    public ClientSession(ProxyServer proxy, EventLoop loop, Socket socket)
+    {
+        _proxy = proxy;
+        _loop = loop;
+        _client = new SocketChannel(loop, socket, this) { IdleWithoutBuffer = true };
+        RemoteEndPoint = socket.RemoteEndPoint as IPEndPoint;
+        ConnectTime = DateTime.UtcNow;
+    }
+
+    /// <summary>The owning loop: the accepting loop until StartupMessage, then the loop of the session's pool.</summary>
+    public EventLoop Loop
+    {
+        get => Volatile.Read(ref _loop);
+        private set => Volatile.Write(ref _loop, value);
+    }
+
+    private EventLoop _loop;
+
+    /// <summary>The node that carries this session in its pool's waiting queue, made once.</summary>
+    public LinkedListNode<ClientSession> QueueNode => _queueNode ??= new LinkedListNode<ClientSession>(this);
+
+    private LinkedListNode<ClientSession>? _queueNode;
+
+    /// <summary>Where the session sits in its pool's waiting queue; null when not waiting.</summary>
+    public LinkedListNode<ClientSession>? WaitNode { get; set; }
+
+    /// <summary>When the session started waiting for a backend (<see cref="Stopwatch"/> ticks).</summary>
+    public long WaitStarted { get; set; }
+
+    /// <summary>Proxy session id: the pid of the BackendKeyData the client got; 0 until StartupMessage.</summary>
+    public int Id { get; private set; }
+
+    /// <summary>Life-cycle state.</summary>
+    public SessionState State { get; private set; }
+
+    /// <summary>The client's address.</summary>
+    public IPEndPoint? RemoteEndPoint { get; }
+
+    /// <summary>When the client connected (UTC).</summary>
+    public DateTime ConnectTime { get; }
+
+    /// <summary>The user name from StartupMessage.</summary>
+    public string? User { get; private set; }
+
+    /// <summary>The database name from StartupMessage.</summary>
+    public string? Database { get; private set; }
+
+    /// <summary>The backend the client is on now, if any, for cancels from other threads.</summary>
+    public CancelTarget? CancelTarget => Volatile.Read(ref _cancelTarget);
+
+    /// <summary>Starts the session on its loop: arms the login timeout and reads the first packet.</summary>
+    public void Execute()
+    {
+        Debug.Assert(Loop.InLoop);
+        long due = Stopwatch.GetTimestamp() + (long)(_proxy.Options.ClientLoginTimeout.TotalSeconds * Stopwatch.Frequency);
+        Loop.Schedule(this, due);
+        _client.Receive();
+    }
+
+    /// <summary>Compares a cancel key with this session's secret in constant time; any thread.</summary>
+    public bool MatchesSecret(ReadOnlySpan<byte> key)
+    {
+        Span<byte> secret = stackalloc byte[sizeof(int)];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(secret, Volatile.Read(ref _secret));
+        return Id != 0 && CryptographicOperations.FixedTimeEquals(secret, key);
+    }
+
+    /// <inheritdoc/>
+    public void OnTimer(long dueTimestamp)
+    {
+        if (!Loop.InLoop)
+        {
+            // The session moved to its pool's loop after the timer was armed on the accepting one.
+            Loop.Post(() => OnTimer(dueTimestamp));
+            return;
+        }
+
+        if (State < SessionState.Active)
+        {
+            Log.Info($"client {RemoteEndPoint} closed: no login within client_login_timeout");
+            Close();
+        }
+    }
+
+    /// <inheritdoc/>
+    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    {
+        if (State == SessionState.Closed)
+        {
+            TryFinish();
+            return;
+        }
+
+        if (channel == _client)
+        {
+            if (bytes == 0)
+            {
+                LogPeerClose("client", error);
+                Close();
+                return;
+            }
+
+            switch (State)
+            {
+                case SessionState.Startup:
+                    ProcessStartup();
+                    break;
+                case SessionState.Authenticating:
+                    ProcessAuthentication();
+                    break;
+                case SessionState.Active:
+                    PumpClient();
+                    break;
+            }
+
+            return;
+        }
+
+        if (_server is null || channel != _server.Channel)
+        {
+            // A backend already handed back or closed: only its last completions come here.
+            TryFinish();
+            return;
+        }
+
+        if (bytes == 0)
+        {
+            OnServerClosed(error);
+            return;
+        }
+
+        PumpServer();
+    }
+
+    /// <inheritdoc/>
+    public void OnSend(SocketChannel channel, SocketError error)
+    {
+        if (State == SessionState.Closed)
+        {
+            TryFinish();
+            return;
+        }
+
+        if (error != SocketError.Success)
+        {
+            if (channel != _client && _server is not null && channel == _server.Channel && State == SessionState.Active)
+            {
+                // The backend went away under the client's request: the client is told, never just dropped.
+                OnServerClosed(error);
+                return;
+            }
+
+            LogPeerClose(channel == _client ? "client" : "server", error);
+            Close();
+            return;
+        }
+
+        if (channel != _client)
+        {
+            if (_server is not null && channel == _server.Channel)
+            {
+                OnClientRunSent();
+            }
+
+            return;
+        }
+
+        if (_fatalLength > 0)
+        {
+            int length = _fatalLength;
+            _fatalLength = -1;
+            SendOut(length, AfterSend.Close);
+            return;
+        }
+
+        if (_out is null)
+        {
+            OnServerRunSent();
+            return;
+        }
+
+        ReturnOut();
+        switch (_afterSend)
+        {
+            case AfterSend.ReadClient:
+                ContinueReading();
+                break;
+            case AfterSend.ConnectServer:
+                OnAuthenticated();
+                break;
+            case AfterSend.StartRelay:
+                StartRelay();
+                break;
+            case AfterSend.ContinueRelay:
+                PumpClient();
+                break;
+            default:
+                Close();
+                break;
+        }
+    }
+
+    /// <inheritdoc/>
+    public void OnConnect(SocketChannel channel, SocketError error) => TryFinish();
+
+    /// <summary>Sends what the writer holds in <see cref="_out"/> to the client, then does <paramref name="next"/>.</summary>
+    private void SendOut(int length, AfterSend next)
+    {
+        _afterSend = next;
+        _client.Send(_out!, 0, length);
+    }
+
+    /// <summary>Rents the buffer for the proxy's own messages to the client.</summary>
+    private byte[] RentOut()
+    {
+        Debug.Assert(_out is null);
+        return _out = Loop.Buffers.Rent();
+    }
+
+    private void ReturnOut()
+    {
+        if (_out is not null)
+        {
+            if (!_outOwned)
+            {
+                Loop.Buffers.Return(_out);
+            }
+
+            _out = null;
+            _outOwned = false;
+        }
+    }
+
+    /// <summary>
+    /// Sends <paramref name="length"/> bytes of a buffer that is not from the pool (a reply larger than a
+    /// pooled buffer, such as a long admin console listing), then does <paramref name="next"/>.
+    /// </summary>
+    private void SendOwned(byte[] data, int length, AfterSend next)
+    {
+        Debug.Assert(_out is null);
+        _out = data;
+        _outOwned = true;
+        SendOut(length, next);
+    }
+
+    /// <summary>Sends a FATAL ErrorResponse and closes (protocol 55.2: the server may report an error then close).</summary>
+    private void Fatal(string sqlState, string message, string? detail = null)
+    {
+        Log.Write(sqlState == SqlState.InternalError ? LogLevel.Warning : LogLevel.Info, $"client {RemoteEndPoint} session {Id}: {message}");
+        if (_out is not null || _fatalLength > 0)
+        {
+            // Another message of the proxy's own is on its way; nothing can be put in front of it.
+            Close();
+            return;
+        }
+
+        var writer = new PgWriter(RentOut());
+        writer.WriteError(BackendMessage.ErrorResponse, "FATAL", sqlState, message, detail);
+        if (_client.SendPending)
+        {
+            // A relay run is on its way: the error follows it, then the session closes.
+            _fatalLength = writer.Position;
+            return;
+        }
+
+        SendOut(writer.Position, AfterSend.Close);
+    }
+
+    /// <summary>Forwards PostgreSQL's own ErrorResponse to the client and closes.</summary>
+    private void ForwardErrorAndClose(byte[] errorResponse)
+    {
+        byte[] output = RentOut();
+        if (errorResponse.Length > output.Length)
+        {
+            ReturnOut();
+            Close();
+            return;
+        }
+
+        errorResponse.CopyTo(output, 0);
+        SendOut(errorResponse.Length, AfterSend.Close);
+    }
+
+    /// <summary>Closes once: unregisters, withdraws the cancel target, closes both sockets.</summary>
+    public void Close()
+    {
+        Debug.Assert(Loop.InLoop);
+        if (State == SessionState.Closed)
+        {
+            return;
+        }
+
+        bool wasActive = State == SessionState.Active;
+        State = SessionState.Closed;
+        OnConnectionClosed();
+        Volatile.Write(ref _cancelTarget, null);
+        if (Id != 0)
+        {
+            _proxy.Sessions.Remove(Id);
+        }
+
+        _pool?.RemoveWaiter(this);
+        _client.Close();
+        if (_server is not null)
+        {
+            if (wasActive && ServerIsClean())
+            {
+                // Nothing of this client is in flight on the backend: it goes back to the pool (after
+                // server_reset_query in session mode).
+                ServerConnection server = _server;
+                _server = null;
+                _pool!.Release(server, clean: true, reset: _pool.Mode == Config.PoolMode.Session);
+            }
+            else if (wasActive && CanDrainServer())
+            {
+                // Busy with this client's query or transaction: cancel what runs, then drain and roll
+                // back in the background, and keep the backend (cancel_on_disconnect).
+                ServerConnection server = _server;
+                if (_expectedReadyForQuery > 0 && server.PendingCancels == 0)
+                {
+                    // (A cancel already on its way, from a termination or query_timeout, is enough.)
+                    CancelRunningQuery(null);
+                }
+
+                _server = null;
+                _pool!.Drain(server, _expectedReadyForQuery, _openExtended, _serverFramer, reset: _pool.Mode == Config.PoolMode.Session);
+            }
+            else
+            {
+                // Mid-transaction, mid-COPY or a send outstanding: close it. Its completions come here
+                // until it is quiescent (a send may still read this client's buffer), then the pool forgets it.
+                _server.Channel.SetHandler(this);
+                _server.Close();
+            }
+        }
+
+        TryFinish();
+    }
+
+    /// <summary>The session no longer counts as logging in (authenticated, or closing). Loop only; once.</summary>
+    private void OnLoginDone()
+    {
+        if (_countedLoggingIn)
+        {
+            _countedLoggingIn = false;
+            _proxy.Admission.OnLoginDone();
+        }
+    }
+
+    /// <summary>The session no longer counts as a client connection (closing). Loop only; once.</summary>
+    private void OnConnectionClosed()
+    {
+        OnLoginDone();
+        if (_countedConnection)
+        {
+            _countedConnection = false;
+            _proxy.Admission.OnClosed();
+        }
+    }
+
+    /// <summary>Releases buffers and socket arguments once no operation of either socket is outstanding.</summary>
+    private void TryFinish()
+    {
+        if (_finished || !_client.Quiescent || (_server is not null && !_server.Channel.Quiescent))
+        {
+            return;
+        }
+
+        _finished = true;
+        ReturnOut();
+        ReturnRewriteBuffer();
+        ForgetStatements();
+        _client.Dispose();
+        if (_server is not null)
+        {
+            if (_pool is not null)
+            {
+                _pool.Release(_server, clean: false, reset: false);
+            }
+            else
+            {
+                _server.DisposeWhenQuiescent();
+            }
+
+            _server = null;
+        }
+    }
+
+    /// <summary>Stops the session for a server shutdown: FATAL 57P01 to the client, then close.</summary>
+    public void Terminate(string message)
+    {
+        if (State == SessionState.Closed)
+        {
+            return;
+        }
+
+        Fatal(SqlState.AdminShutdown, message);
+    }
+
+    private void LogPeerClose(string who, SocketError error)
+    {
+        if (Log.IsEnabled(LogLevel.Debug))
+        {
+            Log.Debug($"session {Id}: {who} closed the connection ({(error == SocketError.Success ? "end of stream" : error.ToString())})");
+        }
+    }
+}
