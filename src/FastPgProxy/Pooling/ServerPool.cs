@@ -25,6 +25,7 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
 {
     private readonly ProxyServer _proxy;
     private readonly Stack<ServerConnection> _idle = new();
+    private readonly List<ServerConnection> _idleScratch = new();
     private readonly LinkedList<ClientSession> _waiters = new();
     private readonly HashSet<ServerConnection> _all = new();
     private readonly Dictionary<ServerConnection, bool> _cooling = new();
@@ -403,16 +404,30 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
             return;
         }
 
-        // Runs from the pool's tick: a plain copy rather than LINQ (see RuntimePreload).
-        ServerConnection[] idle = _idle.ToArray();
-        _idle.Clear();
-        for (int i = idle.Length - 1; i >= 0; i--)
+        foreach (ServerConnection idle in TakeIdle())
         {
-            if (idle[i] != server)
+            if (idle != server)
             {
-                _idle.Push(idle[i]);
+                _idle.Push(idle);
             }
         }
+    }
+
+    /// <summary>
+    /// Empties the idle stack into a scratch list, least recently used first, for the caller to push back
+    /// what stays (in that order, so the most recently used is on top again). The list is the pool's own,
+    /// so the tick allocates nothing, and it is plain code rather than LINQ (see RuntimePreload).
+    /// </summary>
+    private List<ServerConnection> TakeIdle()
+    {
+        _idleScratch.Clear();
+        while (_idle.TryPop(out ServerConnection? server))
+        {
+            _idleScratch.Add(server);
+        }
+
+        _idleScratch.Reverse();
+        return _idleScratch;
     }
 
     /// <summary>Closes a backend and forgets it; its socket is released once quiescent.</summary>
@@ -448,34 +463,19 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
         ProxyOptions o = _proxy.Options;
         if (_idle.Count > 0 && Total > o.MinPoolSize)
         {
-            var keep = new List<ServerConnection>();
-            var expired = new List<ServerConnection>();
-            foreach (ServerConnection server in _idle.Reverse())
+            foreach (ServerConnection server in TakeIdle())
             {
                 bool idleTooLong = o.ServerIdleTimeout > TimeSpan.Zero && Stopwatch.GetElapsedTime(server.LastUsed, now) > o.ServerIdleTimeout;
                 bool tooOld = o.ServerLifetime > TimeSpan.Zero && Stopwatch.GetElapsedTime(server.CreatedAt, now) > o.ServerLifetime;
-                if ((idleTooLong || tooOld) && Total - expired.Count > o.MinPoolSize)
+                if ((idleTooLong || tooOld) && Total > o.MinPoolSize)
                 {
-                    expired.Add(server);
+                    // Drop forgets it at once, so Total counts what is left.
+                    Log.Write(LogLevel.Info, $"pool {Database}/{User}: closing idle server {server.Id}");
+                    Drop(server);
                 }
                 else
                 {
-                    keep.Add(server);
-                }
-            }
-
-            if (expired.Count > 0)
-            {
-                _idle.Clear();
-                foreach (ServerConnection server in keep)
-                {
                     _idle.Push(server);
-                }
-
-                foreach (ServerConnection server in expired)
-                {
-                    Log.Write(LogLevel.Info, $"pool {Database}/{User}: closing idle server {server.Id}");
-                    Drop(server);
                 }
             }
         }
