@@ -566,6 +566,56 @@ public sealed class PoolingTests(PostgresFixture fixture)
     }
 
     [Fact]
+    public async Task Idle_backends_past_server_idle_timeout_close_down_to_min_pool_size_and_old_ones_are_replaced()
+    {
+        DateTime since = await ServerNowAsync();
+        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 3, o =>
+        {
+            o.MinPoolSize = 1;
+            o.ServerIdleTimeout = TimeSpan.FromSeconds(1);
+        });
+        var clients = new List<NpgsqlConnection>();
+        try
+        {
+            // Three queries at once open three backends.
+            for (int i = 0; i < 3; i++)
+            {
+                clients.Add(await OpenAsync(proxy));
+            }
+
+            await Task.WhenAll(clients.Select(c => ScalarAsync<int>(c, "SELECT 1 FROM pg_sleep(0.3)")));
+            Assert.Equal(3L, await ProxyBackendsAsync(since));
+
+            // Idle for over a second: the tick closes two, the most recently used one stays.
+            var sw = Stopwatch.StartNew();
+            while (sw.Elapsed < Patience && await ProxyBackendsAsync(since) > 1)
+            {
+                await Task.Delay(100);
+            }
+
+            Assert.Equal(1L, await ProxyBackendsAsync(since));
+            Assert.Equal(1, await ScalarAsync<int>(clients[0], "SELECT 1"));
+        }
+        finally
+        {
+            foreach (NpgsqlConnection c in clients)
+            {
+                await c.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_backend_past_server_lifetime_is_closed_when_idle_and_the_next_query_gets_a_new_one()
+    {
+        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 2, o => o.ServerLifetime = TimeSpan.FromSeconds(1));
+        await using NpgsqlConnection c = await OpenAsync(proxy);
+        int first = await ScalarAsync<int>(c, RealBackendPid);
+        await Task.Delay(TimeSpan.FromSeconds(2.5));
+        Assert.NotEqual(first, await ScalarAsync<int>(c, RealBackendPid));
+    }
+
+    [Fact]
     public async Task Backend_login_failure_reaches_the_client_with_PostgreSQLs_error()
     {
         await using ProxyHarness proxy = StartProxy(PoolMode.Session, poolSize: 1, o =>
