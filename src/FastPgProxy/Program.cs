@@ -2,7 +2,6 @@ using System.Reflection;
 using System.Runtime.InteropServices;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
-using FastPgProxy.Sessions;
 
 namespace FastPgProxy;
 

@@ -4,7 +4,6 @@ using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
 using FastPgProxy.Net;
-using FastPgProxy.Sessions;
 
 namespace FastPgProxy.Admin;
 

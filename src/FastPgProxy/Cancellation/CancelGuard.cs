@@ -2,7 +2,6 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
 using FastPgProxy.Hosting;
-using FastPgProxy.Sessions;
 
 namespace FastPgProxy.Cancellation;
 

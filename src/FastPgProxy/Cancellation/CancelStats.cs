@@ -1,6 +1,3 @@
-using FastPgProxy.Pooling;
-using FastPgProxy.Sessions;
-
 namespace FastPgProxy.Cancellation;
 
 /// <summary>Counters of every outcome of a CancelRequest; updated from any thread.</summary>

@@ -1,6 +1,5 @@
 using System.Globalization;
 using FastPgProxy.Config;
-using FastPgProxy.Sessions;
 
 namespace FastPgProxy.Hosting;
 

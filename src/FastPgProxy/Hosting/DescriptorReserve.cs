@@ -1,5 +1,3 @@
-using FastPgProxy.Pooling;
-using FastPgProxy.Sessions;
 using Microsoft.Win32.SafeHandles;
 
 namespace FastPgProxy.Hosting;

@@ -1,6 +1,4 @@
 using System.Globalization;
-using FastPgProxy.Pooling;
-using FastPgProxy.Sessions;
 
 namespace FastPgProxy.Hosting;
 

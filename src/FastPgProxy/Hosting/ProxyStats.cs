@@ -1,6 +1,3 @@
-using FastPgProxy.Pooling;
-using FastPgProxy.Sessions;
-
 namespace FastPgProxy.Hosting;
 
 /// <summary>Process-wide counters; updated from any thread.</summary>

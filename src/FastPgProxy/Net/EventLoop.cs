@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using FastPgProxy.Hosting;
-using FastPgProxy.Sessions;
 
 namespace FastPgProxy.Net;
 

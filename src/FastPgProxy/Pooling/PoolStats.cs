@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using FastPgProxy.Hosting;
-using FastPgProxy.Sessions;
 
 namespace FastPgProxy.Pooling;
 

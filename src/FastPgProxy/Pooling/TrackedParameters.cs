@@ -1,6 +1,3 @@
-using FastPgProxy.Hosting;
-using FastPgProxy.Sessions;
-
 namespace FastPgProxy.Pooling;
 
 /// <summary>

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using FastPgProxy.Hosting;
 using FastPgProxy.Pooling;
 using FastPgProxy.Protocol;
 

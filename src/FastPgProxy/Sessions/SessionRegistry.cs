@@ -1,8 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics.CodeAnalysis;
 using System.Security.Cryptography;
-using FastPgProxy.Hosting;
-using FastPgProxy.Pooling;
 
 namespace FastPgProxy.Sessions;
 

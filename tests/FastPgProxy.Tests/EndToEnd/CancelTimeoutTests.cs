@@ -2,8 +2,6 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
-using FastPgProxy.Pooling;
-using FastPgProxy.Sessions;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 using Xunit;

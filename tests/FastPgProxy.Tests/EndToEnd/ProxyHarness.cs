@@ -1,7 +1,6 @@
 using System.Net.Sockets;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
-using FastPgProxy.Sessions;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 

@@ -1,6 +1,4 @@
 using System.Text;
-using FastPgProxy.Hosting;
-using FastPgProxy.Pooling;
 using FastPgProxy.Sessions;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;

@@ -1,6 +1,5 @@
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
-using FastPgProxy.Sessions;
 using Xunit;
 
 namespace FastPgProxy.Tests.Hosting;
