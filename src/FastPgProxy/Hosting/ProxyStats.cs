@@ -24,26 +24,4 @@ internal sealed class ProxyStats
 
     /// <summary>A client's prepared statements grew (or shrank, negative) by <paramref name="bytes"/>.</summary>
     public void OnClientStatementBytes(long bytes) => Interlocked.Add(ref _clientStatementBytes, bytes);
-
-    // What one client must have freed to be worth giving memory back to the system for, and how seldom.
-    private const long TrimThreshold = 8L * 1024 * 1024;
-    private static readonly long s_trimInterval = System.Diagnostics.Stopwatch.Frequency * 10;
-    private long _lastTrim = -s_trimInterval;
-
-    /// <summary>
-    /// A client that held many megabytes of statements went: collect and give the memory back to the system
-    /// now (on the thread pool, at most every 10 s), rather than whenever the next full collection comes,
-    /// which on an otherwise allocation-free proxy may be never.
-    /// </summary>
-    public void OnClientMemoryFreed(long bytes)
-    {
-        long now = System.Diagnostics.Stopwatch.GetTimestamp();
-        long last = Volatile.Read(ref _lastTrim);
-        if (bytes < TrimThreshold || now - last < s_trimInterval || Interlocked.CompareExchange(ref _lastTrim, now, last) != last)
-        {
-            return;
-        }
-
-        ThreadPool.UnsafeQueueUserWorkItem(static _ => GC.Collect(2, GCCollectionMode.Aggressive, blocking: true, compacting: true), null);
-    }
 }

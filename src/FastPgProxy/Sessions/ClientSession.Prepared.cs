@@ -427,14 +427,14 @@ internal sealed partial class ClientSession
     /// <summary>
     /// Whether keeping the statement a named Parse (<paramref name="body"/>: name, text, types) defines
     /// would take this client past max_client_prepared_statements (54000) or max_client_prepared_bytes
-    /// (53200); null when it fits. <paramref name="replaced"/> is the statement of that name it redefines.
+    /// (53200); null when it fits. <paramref name="replaced"/> is the statement of that name it redefines,
+    /// as the caller found it; null for a name the client has not used.
     /// </summary>
     private StatementRefusal? StatementLimitRefusal(ReadOnlySpan<byte> body, ClientStatement? replaced)
     {
         Config.ProxyOptions options = _proxy.Options;
         ReadOnlySpan<byte> name = CString(body);
-        bool known = replaced is not null || _statements.ContainsKey(Encoding.UTF8.GetString(name));
-        if (!known && _statements.Count >= options.MaxClientPreparedStatements)
+        if (replaced is null && _statements.Count >= options.MaxClientPreparedStatements)
         {
             return new StatementRefusal(SqlState.ProgramLimitExceeded, "too many prepared statements",
                 $"The proxy keeps at most {options.MaxClientPreparedStatements} prepared statements per client (max_client_prepared_statements); deallocate some first.");
@@ -477,7 +477,7 @@ internal sealed partial class ClientSession
         _statements.Clear();
         _statements.TrimExcess();
         _proxy.Stats.OnClientStatementBytes(-_statementBytes);
-        _proxy.Stats.OnClientMemoryFreed(_statementBytes);
+        _proxy.OnClientMemoryFreed(_statementBytes);
         _statementBytes = 0;
     }
 
