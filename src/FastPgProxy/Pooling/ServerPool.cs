@@ -345,16 +345,10 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
     /// <summary>Whether a login may start now: not while a failed one waits out its back-off.</summary>
     private bool LoginDue => _loginFailures == 0 || Stopwatch.GetTimestamp() >= _retryAt;
 
-    /// <summary>Starts the login that a back-off held back.</summary>
+    /// <summary>Starts the login that a back-off held back (LaunchForWaiters checks that it is due).</summary>
     private sealed class RetryTimer(ServerPool pool) : ILoopTimer
     {
-        public void OnTimer(long dueTimestamp)
-        {
-            if (pool.LoginDue)
-            {
-                pool.LaunchForWaiters();
-            }
-        }
+        public void OnTimer(long dueTimestamp) => pool.LaunchForWaiters();
     }
 
     /// <inheritdoc/>

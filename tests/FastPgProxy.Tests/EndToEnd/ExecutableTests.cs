@@ -195,19 +195,9 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     [Fact]
     public async Task After_descriptors_ran_out_a_new_client_logs_in_and_SIGTERM_exits_0()
     {
-        int port = NetUtil.GetFreeTcpPort();
-        using ProxyProcess proxy = ProxyProcess.Start(WriteFloodConfig(port), FloodFileLimit);
-        await proxy.WaitListeningAsync(port, ReadyTimeout);
-
-        List<Socket> flood = await FloodAsync(port, FloodConnections);
-        try
-        {
-            await proxy.WaitForLogAsync("accept failed", ReadyTimeout);
-        }
-        finally
-        {
-            CloseAll(flood);
-        }
+        (ProxyProcess flooded, List<Socket> flood, int port) = await StartFloodedAsync();
+        using ProxyProcess proxy = flooded;
+        CloseAll(flood);
 
         var builder = new NpgsqlConnectionStringBuilder(_pg.ConnectionString(port: port)) { Timeout = 60, CommandTimeout = 60, Pooling = false };
         await using (var client = new NpgsqlConnection(builder.ConnectionString))
@@ -226,14 +216,10 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     [Fact]
     public async Task SIGTERM_while_descriptors_are_exhausted_exits_0()
     {
-        int port = NetUtil.GetFreeTcpPort();
-        using ProxyProcess proxy = ProxyProcess.Start(WriteFloodConfig(port), FloodFileLimit);
-        await proxy.WaitListeningAsync(port, ReadyTimeout);
-
-        List<Socket> flood = await FloodAsync(port, FloodConnections);
+        (ProxyProcess flooded, List<Socket> flood, _) = await StartFloodedAsync();
+        using ProxyProcess proxy = flooded;
         try
         {
-            await proxy.WaitForLogAsync("accept failed", ReadyTimeout);
             await proxy.SignalAsync("TERM");
             int exitCode = await proxy.WaitForExitAsync(ExitTimeout);
             Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
@@ -241,6 +227,30 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         finally
         {
             CloseAll(flood);
+        }
+    }
+
+    /// <summary>
+    /// Starts the executable under the low open-file limit and opens connections until accept fails with
+    /// EMFILE. The caller closes the flood and disposes the process; on failure both are done here.
+    /// </summary>
+    private async Task<(ProxyProcess Proxy, List<Socket> Flood, int Port)> StartFloodedAsync()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        ProxyProcess proxy = ProxyProcess.Start(WriteFloodConfig(port), FloodFileLimit);
+        List<Socket> flood = [];
+        try
+        {
+            await proxy.WaitListeningAsync(port, ReadyTimeout);
+            flood = await FloodAsync(port, FloodConnections);
+            await proxy.WaitForLogAsync("accept failed", ReadyTimeout);
+            return (proxy, flood, port);
+        }
+        catch
+        {
+            CloseAll(flood);
+            proxy.Dispose();
+            throw;
         }
     }
 

@@ -89,9 +89,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
             }
         }
 
-        await bystanders.StopAndAssertNoErrorsAsync();
-        await AssertEveryBackendWorksAsync(proxy, poolSize: 3);
-        Assert.Equal(0, await BufferReturnTests.BuffersInUseOnceIdleAsync(proxy));
+        await AssertOthersUnharmedAsync(proxy, bystanders, poolSize: 3);
     }
 
     [Theory]
@@ -132,9 +130,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
             await client.ReadUntilCloseAsync(TimeSpan.FromMilliseconds(200));
         }
 
-        await bystanders.StopAndAssertNoErrorsAsync();
-        await AssertEveryBackendWorksAsync(proxy, poolSize: 3);
-        Assert.Equal(0, await BufferReturnTests.BuffersInUseOnceIdleAsync(proxy));
+        await AssertOthersUnharmedAsync(proxy, bystanders, poolSize: 3);
     }
 
     [Fact]
@@ -169,9 +165,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
             }));
         }
 
-        await bystanders.StopAndAssertNoErrorsAsync();
-        await AssertEveryBackendWorksAsync(proxy, poolSize: 3);
-        Assert.Equal(0, await BufferReturnTests.BuffersInUseOnceIdleAsync(proxy));
+        await AssertOthersUnharmedAsync(proxy, bystanders, poolSize: 3);
     }
 
     /// <summary>A start-up packet that is wrong in one of many ways: length, code, parameters, or all random.</summary>
@@ -398,6 +392,14 @@ public sealed class HostileClientTests(PostgresFixture fixture)
                 return (replies, false);
             }
         }
+    }
+
+    /// <summary>The bystanders saw no error, every pooled backend still works, and every buffer is back.</summary>
+    private static async Task AssertOthersUnharmedAsync(ProxyHarness proxy, Bystanders bystanders, int poolSize)
+    {
+        await bystanders.StopAndAssertNoErrorsAsync();
+        await AssertEveryBackendWorksAsync(proxy, poolSize);
+        Assert.Equal(0, await BufferReturnTests.BuffersInUseOnceIdleAsync(proxy));
     }
 
     /// <summary>Runs a query that lasts a moment on as many connections at once as the pool has backends, so every backend serves one.</summary>
