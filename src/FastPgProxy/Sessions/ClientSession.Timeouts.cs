@@ -24,7 +24,7 @@ internal sealed partial class ClientSession
     /// Reads the client's next bytes in the relay. Waiting for the rest of a message arms
     /// client_message_timeout, and every read that brings more pushes it back; between messages it is off.
     /// </summary>
-    private void ReceiveClient()
+    internal void ReceiveClient()
     {
         TimeSpan timeout = _proxy.Options.ClientMessageTimeout;
         if (timeout > TimeSpan.Zero && ClientMidMessage)

@@ -118,6 +118,18 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     /// <summary>The backend the client is on now, if any, for cancels from other threads.</summary>
     public CancelTarget? CancelTarget => Volatile.Read(ref _cancelTarget);
 
+    /// <summary>The client's socket: its receive window and sends. Loop only.</summary>
+    internal SocketChannel Client => _client;
+
+    /// <summary>The proxy this session belongs to.</summary>
+    internal ProxyServer Proxy => _proxy;
+
+    /// <summary>The cancel secret the client was given; any thread.</summary>
+    internal int Secret => Volatile.Read(ref _secret);
+
+    /// <summary>Whether a message of the proxy's own is on its way to the client. Loop only.</summary>
+    internal bool OutPending => _out is not null;
+
     /// <summary>Starts the session on its loop: arms the login timeout and reads the first packet.</summary>
     public void Execute()
     {
@@ -274,20 +286,20 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     public void OnConnect(SocketChannel channel, SocketError error) => TryFinish();
 
     /// <summary>Sends what the writer holds in <see cref="_out"/> to the client, then does <paramref name="next"/>.</summary>
-    private void SendOut(int length, AfterSend next)
+    internal void SendOut(int length, AfterSend next)
     {
         _afterSend = next;
         _client.Send(_out!, 0, length);
     }
 
     /// <summary>Rents the buffer for the proxy's own messages to the client.</summary>
-    private byte[] RentOut()
+    internal byte[] RentOut()
     {
         Debug.Assert(_out is null);
         return _out = Loop.Buffers.Rent();
     }
 
-    private void ReturnOut()
+    internal void ReturnOut()
     {
         if (_out is not null)
         {
@@ -305,7 +317,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     /// Sends <paramref name="length"/> bytes of a buffer that is not from the pool (a reply larger than a
     /// pooled buffer, such as a long admin console listing), then does <paramref name="next"/>.
     /// </summary>
-    private void SendOwned(byte[] data, int length, AfterSend next)
+    internal void SendOwned(byte[] data, int length, AfterSend next)
     {
         Debug.Assert(_out is null);
         _out = data;
@@ -314,7 +326,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     }
 
     /// <summary>Sends a FATAL ErrorResponse and closes (protocol 55.2: the server may report an error then close).</summary>
-    private void Fatal(string sqlState, string message, string? detail = null)
+    internal void Fatal(string sqlState, string message, string? detail = null)
     {
         Log.Write(sqlState == SqlState.InternalError ? LogLevel.Warning : LogLevel.Info, $"client {RemoteEndPoint} session {Id}: {message}");
         if (_out is not null || _fatalLength > 0)
@@ -429,7 +441,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     }
 
     /// <summary>Releases buffers and socket arguments once no operation of either socket is outstanding.</summary>
-    private void TryFinish()
+    internal void TryFinish()
     {
         if (_finished || !_client.Quiescent || (_server is not null && !_server.Channel.Quiescent))
         {
