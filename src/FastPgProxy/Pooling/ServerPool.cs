@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Net.Sockets;
+using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
 using FastPgProxy.Net;
@@ -19,9 +20,9 @@ namespace FastPgProxy.Pooling;
 /// idle backend and no room to open one wait in FIFO order; each released backend goes to the head of the
 /// queue. A one-second tick closes backends idle longer than <c>server_idle_timeout</c>, keeps
 /// <c>min_pool_size</c> open, and times waiting clients out after <c>query_wait_timeout</c>. Cancel
-/// connections count against the pool too (ServerPool.Cancels.cs).
+/// connections count against the pool too (its <see cref="CancelBudget"/>).
 /// </remarks>
-internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler, IInternalQueryListener, ILoopTimer
+internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInternalQueryListener, ILoopTimer
 {
     private readonly ProxyServer _proxy;
     private readonly Stack<ServerConnection> _idle = new();
@@ -29,6 +30,7 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
     private readonly LinkedList<ClientSession> _waiters = new();
     private readonly HashSet<ServerConnection> _all = new();
     private readonly Dictionary<ServerConnection, bool> _cooling = new();
+    private readonly CancelBudget _cancels;
     private ServerCredentials _credentials;
     private int _connecting;
     private bool _tickScheduled;
@@ -52,6 +54,7 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
         _credentials = credentials;
         Mode = options.PoolMode ?? proxy.Options.PoolMode;
         Size = options.PoolSize ?? proxy.Options.DefaultPoolSize;
+        _cancels = new CancelBudget(this, proxy);
     }
 
     /// <summary>The loop that owns the pool, its backends and its clients.</summary>
@@ -77,6 +80,29 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
 
     /// <summary>Backends open or opening.</summary>
     public int Total => _all.Count;
+
+    /// <summary>Cancel connections to PostgreSQL open now; loop only.</summary>
+    public int CancelConnections => _cancels.Connections;
+
+    /// <summary>Cancels waiting for a cancel connection; loop only.</summary>
+    public int CancelsWaiting => _cancels.Waiting;
+
+    /// <summary>Whether <paramref name="server"/> is one of this pool's backends (not yet closed and forgotten).</summary>
+    internal bool Owns(ServerConnection server) => _all.Contains(server);
+
+    /// <summary>
+    /// Cancels the query running on <paramref name="server"/> with the backend's own key, now or when a
+    /// cancel connection is free (<see cref="CancelBudget"/>). The backend stays out of the pool until the
+    /// cancel is settled; <paramref name="cancelSocket"/> (a client's cancel connection) is closed when it is.
+    /// </summary>
+    public void CancelQuery(ServerConnection server, Socket? cancelSocket)
+    {
+        EnsureTick();
+        _cancels.Cancel(server, cancelSocket);
+    }
+
+    /// <summary>A cancel connection closed: its slot may go to a waiting cancel or a login.</summary>
+    internal void OnCancelSlotFreed() => LaunchForWaiters();
 
     /// <summary>Backends idle in the pool.</summary>
     public int IdleCount => _idle.Count;
@@ -152,7 +178,7 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
             // backend until PostgreSQL has acted on it (OnCancelsDone). Cancels for it still waiting for a
             // cancel connection are for a request that has ended: they go now, not when their turn comes.
             _cooling[server] = reset;
-            DropEndedWaitingCancels(server);
+            _cancels.DropEnded(server);
             return;
         }
 
@@ -167,7 +193,7 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
     }
 
     /// <summary>The last pending cancel of a backend completed: a backend held back for it goes on to the pool.</summary>
-    private void OnCancelsDone(ServerConnection server)
+    internal void OnCancelsDone(ServerConnection server)
     {
         Debug.Assert(Loop.InLoop);
         if (server.PendingCancels == 0 && _cooling.Remove(server, out bool reset))
@@ -249,8 +275,8 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
     /// </summary>
     private void LaunchForWaiters()
     {
-        ServeWaitingCancels();
-        while (!Paused && _waiters.Count > _connecting && LoginDue && HasLoginRoom && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        _cancels.ServeWaiting();
+        while (!Paused && _waiters.Count > _connecting && LoginDue && _cancels.LeavesLoginRoom && _proxy.Pools.TryReserveDatabaseConnection(Options))
         {
             Launch();
         }
@@ -493,8 +519,8 @@ internal sealed partial class ServerPool : IServerLoginListener, IChannelHandler
             }
         }
 
-        ExpireWaitingCancels(now);
-        while (LoginDue && HasLoginRoom && Total < Math.Min(o.MinPoolSize, Size) && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        _cancels.ExpireWaiting(now);
+        while (LoginDue && _cancels.LeavesLoginRoom && Total < Math.Min(o.MinPoolSize, Size) && _proxy.Pools.TryReserveDatabaseConnection(Options))
         {
             Launch();
         }

@@ -7,12 +7,9 @@ using FastPgProxy.Protocol;
 namespace FastPgProxy.Sessions;
 
 /// <summary>
-/// Cancels bound to the query running when they are issued. Whatever starts a cancel (a CancelRequest, a
-/// <c>pg_cancel_backend</c>, a termination), the decision is made on the session's own loop: a query is
-/// running on an attached backend, so the backend's own key goes to PostgreSQL and the backend is held out
-/// of the pool until PostgreSQL has closed the cancel connection; the session waits in the pool's queue,
-/// so its pending query is answered 57014 without touching PostgreSQL; or nothing runs, and the cancel is
-/// dropped. A cancel can therefore never reach another client's query on a reused backend.
+/// The session's side of a cancel: what <see cref="CancelDecision"/> decides is carried out here, on the
+/// session's loop. A forwarded cancel goes through the backend's pool (its <see cref="CancelBudget"/>); a
+/// request the proxy still holds is read and answered 57014 without touching PostgreSQL.
 /// </summary>
 internal sealed partial class ClientSession
 {
@@ -23,32 +20,31 @@ internal sealed partial class ClientSession
     public void RequestCancel(Socket? cancelSocket) => Loop.Post(() =>
     {
         CancelStats stats = _proxy.CancelStats;
-        if (State == SessionState.Active && (WaitNode is not null || _syncingParameters) && !_cancelPendingRequest)
+        bool relaying = State == SessionState.Active;
+        bool running = _server is not null && !ServerIsClean();
+        switch (CancelDecision.Decide(relaying, WaitNode is not null || _syncingParameters, _cancelPendingRequest, running))
         {
-            // The request has not reached PostgreSQL: waiting for a backend, or behind the proxy's own
-            // SETs on it. It is answered 57014 here once it has been read whole, and never forwarded.
-            stats.OnQueued();
-            Log.Debug($"session {Id}: cancel of a request not sent to PostgreSQL; answered 57014 by the proxy");
-            cancelSocket?.Dispose();
-            _pool?.RemoveWaiter(this);
-            _cancelPendingRequest = true;
-            if (!_syncingParameters && !_client.ReceivePending && !_client.SendPending && _out is null)
-            {
-                PumpClient();
-            }
+            case CancelAction.AnswerLocally:
+                stats.OnQueued();
+                Log.Debug($"session {Id}: cancel of a request not sent to PostgreSQL; answered 57014 by the proxy");
+                cancelSocket?.Dispose();
+                _pool?.RemoveWaiter(this);
+                _cancelPendingRequest = true;
+                if (!_syncingParameters && !_client.ReceivePending && !_client.SendPending && _out is null)
+                {
+                    PumpClient();
+                }
 
-            return;
+                return;
+            case CancelAction.Drop:
+                stats.OnDroppedIdle();
+                Log.Debug($"session {Id}: cancel dropped, no query running (state {State}, backend {_server?.Id}, expected {_expectedReadyForQuery}, open {_openExtended})");
+                cancelSocket?.Dispose();
+                return;
+            default:
+                CancelRunningQuery(cancelSocket);
+                return;
         }
-
-        if (State != SessionState.Active || _server is null || ServerIsClean())
-        {
-            stats.OnDroppedIdle();
-            Log.Debug($"session {Id}: cancel dropped, no query running (state {State}, backend {_server?.Id}, expected {_expectedReadyForQuery}, open {_openExtended})");
-            cancelSocket?.Dispose();
-            return;
-        }
-
-        CancelRunningQuery(cancelSocket);
     });
 
     /// <summary>Has the pool send the backend's own CancelRequest, holding the backend until PostgreSQL has acted. Loop only.</summary>

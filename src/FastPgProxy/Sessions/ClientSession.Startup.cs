@@ -24,9 +24,6 @@ internal enum AuthStage
 
 internal sealed partial class ClientSession
 {
-    // Compared with the key of a cancel for an unknown session, which is then refused as slowly as a wrong key.
-    private static readonly byte[] s_noSecret = new byte[sizeof(int)];
-
     private List<KeyValuePair<string, string>>? _startupParameters;
     private List<string>? _unrecognizedOptions;
     private int _requestedMinor;
@@ -530,58 +527,18 @@ internal sealed partial class ClientSession
     }
 
     /// <summary>
-    /// A CancelRequest (55.2.7): look the session up, check the secret in constant time, and hand the
-    /// socket to the forwarder, which keeps it open until PostgreSQL has acted. Every failure is counted,
-    /// logged and answered by closing; nothing is written back. A source over cancel_bad_key_limit has its
-    /// wrong keys dropped (rate_limited); its correct keys still cancel.
+    /// A CancelRequest (55.2.7): checked by <see cref="CancelRequestCheck"/>. From here on the connection is
+    /// the cancel path's: with the right key its socket goes to the target session, which keeps it open
+    /// until PostgreSQL has acted; otherwise it is closed without a word.
     /// </summary>
     private void HandleCancelRequest(ReadOnlySpan<byte> packet)
     {
-        CancelStats stats = _proxy.CancelStats;
-        stats.OnReceived();
         State = SessionState.Closed;
 
-        // Read: from here on the connection is the cancel path's, and no longer counts as a client.
+        // Read: the connection no longer counts as a client.
         OnConnectionClosed();
-        if (!CancelRequest.TryParse(packet, out int pid, out ReadOnlySpan<byte> key))
+        if (CancelRequestCheck.FindTarget(_proxy, packet, RemoteEndPoint) is not { } target)
         {
-            stats.OnMalformed();
-            Log.Debug($"cancel from {RemoteEndPoint}: malformed packet of {packet.Length} bytes");
-            CloseCancelSocket();
-            return;
-        }
-
-        // The key is checked first, and a matching key is always honoured, whatever else came from its
-        // address: ids and secrets are random (about 63 bits together), so the guard only has guessing to
-        // slow down. Wrong keys from a blocked address are dropped without being counted against it again.
-        bool known = _proxy.Sessions.TryGet(pid, out ClientSession? target);
-        if (!known)
-        {
-            // Compared all the same, so an unknown session takes as long to refuse as a wrong key.
-            CryptographicOperations.FixedTimeEquals(s_noSecret, key);
-        }
-
-        if (!known || !target!.MatchesSecret(key))
-        {
-            System.Net.IPAddress? source = RemoteEndPoint?.Address;
-            if (_proxy.CancelGuard.IsBlocked(source))
-            {
-                stats.OnRateLimited();
-                Log.Debug($"cancel from {RemoteEndPoint}: dropped, source blocked for wrong keys");
-            }
-            else if (!known)
-            {
-                stats.OnUnknownSession();
-                _proxy.CancelGuard.OnBadKey(source);
-                Log.Debug($"cancel from {RemoteEndPoint}: no session {pid}");
-            }
-            else
-            {
-                stats.OnWrongKey();
-                _proxy.CancelGuard.OnBadKey(source);
-                Log.Info($"cancel from {RemoteEndPoint}: wrong key for session {pid}");
-            }
-
             CloseCancelSocket();
             return;
         }

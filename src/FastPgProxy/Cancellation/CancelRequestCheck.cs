@@ -1,0 +1,71 @@
+using System.Net;
+using System.Security.Cryptography;
+using FastPgProxy.Hosting;
+using FastPgProxy.Protocol;
+using FastPgProxy.Sessions;
+
+namespace FastPgProxy.Cancellation;
+
+/// <summary>
+/// The check of a CancelRequest read on a new connection (55.2.7): the session is looked up, the secret
+/// compared in constant time, and every failure counted and logged. A source over cancel_bad_key_limit has
+/// its wrong keys dropped (rate_limited); its correct keys still cancel. Nothing is ever written back.
+/// </summary>
+internal static class CancelRequestCheck
+{
+    // Compared with the key of a cancel for an unknown session, which is then refused as slowly as a wrong key.
+    private static readonly byte[] s_noSecret = new byte[sizeof(int)];
+
+    /// <summary>
+    /// The session a CancelRequest <paramref name="packet"/> from <paramref name="source"/> names, when
+    /// its key is right; null (counted and logged) when the packet is malformed, the session unknown or the
+    /// key wrong. The caller then hands the connection to the target or closes it.
+    /// </summary>
+    public static ClientSession? FindTarget(ProxyServer proxy, ReadOnlySpan<byte> packet, IPEndPoint? source)
+    {
+        CancelStats stats = proxy.CancelStats;
+        stats.OnReceived();
+        if (!CancelRequest.TryParse(packet, out int pid, out ReadOnlySpan<byte> key))
+        {
+            stats.OnMalformed();
+            Log.Debug($"cancel from {source}: malformed packet of {packet.Length} bytes");
+            return null;
+        }
+
+        // The key is checked first, and a matching key is always honoured, whatever else came from its
+        // address: ids and secrets are random (about 63 bits together), so the guard only has guessing to
+        // slow down. Wrong keys from a blocked address are dropped without being counted against it again.
+        bool known = proxy.Sessions.TryGet(pid, out ClientSession? target);
+        if (!known)
+        {
+            // Compared all the same, so an unknown session takes as long to refuse as a wrong key.
+            CryptographicOperations.FixedTimeEquals(s_noSecret, key);
+        }
+
+        if (known && target!.MatchesSecret(key))
+        {
+            return target;
+        }
+
+        IPAddress? address = source?.Address;
+        if (proxy.CancelGuard.IsBlocked(address))
+        {
+            stats.OnRateLimited();
+            Log.Debug($"cancel from {source}: dropped, source blocked for wrong keys");
+        }
+        else if (!known)
+        {
+            stats.OnUnknownSession();
+            proxy.CancelGuard.OnBadKey(address);
+            Log.Debug($"cancel from {source}: no session {pid}");
+        }
+        else
+        {
+            stats.OnWrongKey();
+            proxy.CancelGuard.OnBadKey(address);
+            Log.Info($"cancel from {source}: wrong key for session {pid}");
+        }
+
+        return null;
+    }
+}
