@@ -50,7 +50,6 @@ internal sealed partial class ClientSession
     {
         State = SessionState.Active;
         _proxy.Stats.OnSessionOpened();
-        _authFramer.Reset();
         _clientFramer.AllowedSet = s_frontendTypes;
         _clientFramer.WholeMessages = true;
         ConfigureTracking();

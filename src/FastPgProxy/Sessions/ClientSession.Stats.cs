@@ -51,7 +51,7 @@ internal sealed partial class ClientSession
                 return p.Value;
             }
 
-            foreach (KeyValuePair<string, string> s in _startupParameters ?? [])
+            foreach (KeyValuePair<string, string> s in StartupParameters ?? [])
             {
                 if (s.Key.Equals("application_name", StringComparison.OrdinalIgnoreCase))
                 {

@@ -44,7 +44,8 @@ internal enum AfterSend
 /// <summary>
 /// One client connection and, while it has one, its backend. Owned by one loop: every callback runs there,
 /// and the only state other threads read is the published <see cref="CancelTarget"/> and the secret.
-/// Split by concern: start-up and authentication (ClientSession.Startup.cs), relay (ClientSession.Relay.cs).
+/// Login is a <see cref="LoginHandshake"/> (ClientSession.Login.cs is the session's side of it); then the
+/// session relays to its pool (ClientSession.Relay.cs) or serves the admin console.
 /// </summary>
 internal sealed partial class ClientSession : IChannelHandler, IInternalQueryListener, ILoopTimer, ILoopWork
 {
@@ -73,6 +74,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
         _proxy = proxy;
         _loop = loop;
         _client = new SocketChannel(loop, socket, this) { IdleWithoutBuffer = true };
+        _login = new LoginHandshake(this, proxy);
         RemoteEndPoint = socket.RemoteEndPoint as IPEndPoint;
         ConnectTime = DateTime.UtcNow;
     }
@@ -185,10 +187,10 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
             switch (State)
             {
                 case SessionState.Startup:
-                    ProcessStartup();
+                    _login!.ReadStartup();
                     break;
                 case SessionState.Authenticating:
-                    ProcessAuthentication();
+                    _login!.ReadAuthentication();
                     break;
                 case SessionState.Active:
                     PumpClient();
@@ -265,7 +267,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
         switch (_afterSend)
         {
             case AfterSend.ReadClient:
-                ContinueReading();
+                _login?.Continue();
                 break;
             case AfterSend.ConnectServer:
                 OnAuthenticated();

@@ -1,17 +1,13 @@
-using System.Buffers.Binary;
 using System.Security.Cryptography;
-using System.Text;
 using FastPgProxy.Auth;
-using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
-using FastPgProxy.Net;
 using FastPgProxy.Pooling;
 using FastPgProxy.Protocol;
 
 namespace FastPgProxy.Sessions;
 
-/// <summary>Which authentication message the session waits for.</summary>
+/// <summary>Which authentication message the handshake waits for.</summary>
 internal enum AuthStage
 {
     /// <summary>PasswordMessage answering an MD5 challenge.</summary>
@@ -22,9 +18,18 @@ internal enum AuthStage
     ScramFinal,
 }
 
-internal sealed partial class ClientSession
+/// <summary>
+/// A client's way in: the first packet (StartupMessage, SSLRequest, GSSENCRequest or CancelRequest, 55.2.1
+/// and 55.2.10-12), the start-up parameters, and authentication (trust, MD5 or SCRAM-SHA-256 against
+/// auth_file). It owns what only the login needs (the parameters not yet accepted, the user's secret, the
+/// SCRAM exchange) and is dropped once the client is authenticated; the session then goes on as a relay
+/// to its pool or as an admin console session. The handshake talks to the client through its owner:
+/// the owner's channel, its output buffer and its Fatal.
+/// </summary>
+internal sealed class LoginHandshake
 {
-    private List<KeyValuePair<string, string>>? _startupParameters;
+    private readonly ClientSession _owner;
+    private readonly ProxyServer _proxy;
     private List<string>? _unrecognizedOptions;
     private int _requestedMinor;
     private DatabaseOptions? _databaseOptions;
@@ -34,38 +39,43 @@ internal sealed partial class ClientSession
     private byte[]? _md5Salt;
     private ScramServer? _scramServer;
     private MessageFramer _authFramer;
-    private Dictionary<string, ParameterStatus>? _clientParameters;
     private bool _sslAnswered;
-    private bool _admin;
     private bool _gssAnswered;
 
-    /// <summary>Reads the first packet of the connection (protocol 55.2.1 and 55.2.10-12).</summary>
-    private void ProcessStartup()
+    /// <summary>The handshake of <paramref name="owner"/>, which has read nothing yet.</summary>
+    public LoginHandshake(ClientSession owner, ProxyServer proxy)
     {
-        StartupParseStatus status = StartupPacketHeader.TryRead(_client.Window, out StartupPacketHeader header);
+        _owner = owner;
+        _proxy = proxy;
+    }
+
+    /// <summary>Reads the first packet of the connection (protocol 55.2.1 and 55.2.10-12).</summary>
+    public void ReadStartup()
+    {
+        StartupParseStatus status = StartupPacketHeader.TryRead(_owner.Client.Window, out StartupPacketHeader header);
         if (status == StartupParseStatus.NeedMore)
         {
-            _client.Receive();
+            _owner.Client.Receive();
             return;
         }
 
         if (status == StartupParseStatus.Invalid)
         {
-            Fatal(SqlState.ProtocolViolation, "invalid length of startup packet");
+            _owner.Fatal(SqlState.ProtocolViolation, "invalid length of startup packet");
             return;
         }
 
-        ReadOnlySpan<byte> packet = _client.Window.Slice(0, header.Length);
+        ReadOnlySpan<byte> packet = _owner.Client.Window.Slice(0, header.Length);
         switch (header.Code)
         {
             case StartupCodes.CancelRequestCode:
-                HandleCancelRequest(packet);
+                _owner.OnCancelRequest(packet);
                 return;
             case StartupCodes.SslRequestCode:
             case StartupCodes.GssEncRequestCode:
                 if (header.Length != StartupCodes.MinStartupPacketLength)
                 {
-                    Fatal(SqlState.ProtocolViolation, "invalid length of startup packet");
+                    _owner.Fatal(SqlState.ProtocolViolation, "invalid length of startup packet");
                     return;
                 }
 
@@ -74,7 +84,7 @@ internal sealed partial class ClientSession
                 bool ssl = header.Code == StartupCodes.SslRequestCode;
                 if (ssl ? _sslAnswered : _gssAnswered)
                 {
-                    Fatal(SqlState.FeatureNotSupported, $"unsupported frontend protocol {header.Major}.{header.Minor}: server supports 3.0 to 3.0");
+                    _owner.Fatal(SqlState.FeatureNotSupported, $"unsupported frontend protocol {header.Major}.{header.Minor}: server supports 3.0 to 3.0");
                     return;
                 }
 
@@ -87,23 +97,23 @@ internal sealed partial class ClientSession
                     _gssAnswered = true;
                 }
 
-                _client.Consume(header.Length);
-                if (_client.Buffered > 0)
+                _owner.Client.Consume(header.Length);
+                if (_owner.Client.Buffered > 0)
                 {
                     // The client may not send anything until it has read the answer (55.2.10).
-                    Fatal(SqlState.ProtocolViolation, "received unencrypted data after SSL request");
+                    _owner.Fatal(SqlState.ProtocolViolation, "received unencrypted data after SSL request");
                     return;
                 }
 
-                byte[] output = RentOut();
+                byte[] output = _owner.RentOut();
                 output[0] = (byte)'N';
-                SendOut(1, AfterSend.ReadClient);
+                _owner.SendOut(1, AfterSend.ReadClient);
                 return;
         }
 
         if (header.Major != 3)
         {
-            Fatal(
+            _owner.Fatal(
                 header.Major == 1234 ? SqlState.ProtocolViolation : SqlState.FeatureNotSupported,
                 $"unsupported frontend protocol {header.Major}.{header.Minor}: server supports 3.0 to 3.0");
             return;
@@ -113,11 +123,11 @@ internal sealed partial class ClientSession
         var parameters = new List<KeyValuePair<string, string>>();
         if (!StartupParameters.TryParse(packet.Slice(StartupCodes.MinStartupPacketLength), parameters, out string? error))
         {
-            Fatal(SqlState.ProtocolViolation, error!);
+            _owner.Fatal(SqlState.ProtocolViolation, error!);
             return;
         }
 
-        _client.Consume(header.Length);
+        _owner.Client.Consume(header.Length);
         HandleStartupMessage(parameters);
     }
 
@@ -127,18 +137,19 @@ internal sealed partial class ClientSession
         // out (the ones PostgreSQL reports with ParameterStatus) are honoured; others must be listed in
         // ignore_startup_parameters, as with PgBouncer.
         var tracked = new List<KeyValuePair<string, string>>();
+        string? user = null, database = null;
         foreach (KeyValuePair<string, string> p in parameters)
         {
             switch (p.Key)
             {
                 case "user":
-                    User = p.Value;
+                    user = p.Value;
                     break;
                 case "database":
-                    Database = p.Value;
+                    database = p.Value;
                     break;
                 case "replication":
-                    Fatal(SqlState.FeatureNotSupported, "replication connections are not supported by the proxy");
+                    _owner.Fatal(SqlState.FeatureNotSupported, "replication connections are not supported by the proxy");
                     return;
                 default:
                     if (p.Key.StartsWith("_pq_.", StringComparison.Ordinal))
@@ -151,7 +162,7 @@ internal sealed partial class ClientSession
                     }
                     else if (!_proxy.Options.IgnoreStartupParameters.Contains(p.Key))
                     {
-                        Fatal(SqlState.ProtocolViolation, $"unsupported startup parameter: {p.Key}");
+                        _owner.Fatal(SqlState.ProtocolViolation, $"unsupported startup parameter: {p.Key}");
                         return;
                     }
 
@@ -159,83 +170,51 @@ internal sealed partial class ClientSession
             }
         }
 
-        _startupParameters = tracked;
-        if (string.IsNullOrEmpty(User))
+        _owner.StartupParameters = tracked;
+        if (string.IsNullOrEmpty(user))
         {
-            Fatal(SqlState.InvalidAuthorization, "no PostgreSQL user name specified in startup packet");
+            _owner.Fatal(SqlState.InvalidAuthorization, "no PostgreSQL user name specified in startup packet");
             return;
         }
 
-        if (string.IsNullOrEmpty(Database))
+        if (string.IsNullOrEmpty(database))
         {
-            Database = User;
+            database = user;
         }
 
-        // Only a session that sent StartupMessage gets an id and a key; both exist before any reply so
-        // that the BackendKeyData sent at the end of login is already valid for cancels.
-        Span<byte> random = stackalloc byte[sizeof(int)];
-        RandomNumberGenerator.Fill(random);
-        Volatile.Write(ref _secret, BinaryPrimitives.ReadInt32BigEndian(random));
-        Id = _proxy.Sessions.Add(this);
+        _owner.Identify(user, database);
 
         // Every client connection counts, this one included: logged in, logging in, or a cancel not yet read.
         if (_proxy.Admission.Connections > _proxy.Options.MaxClientConnections)
         {
-            Fatal(SqlState.TooManyConnections, "sorry, too many clients already");
+            _owner.Fatal(SqlState.TooManyConnections, "sorry, too many clients already");
             return;
         }
 
-        if (Admin.AdminConsole.IsConsoleDatabase(Database))
+        if (Admin.AdminConsole.IsConsoleDatabase(database))
         {
             // The admin console is a virtual database on the proxy's own listener: no pool, no backend.
-            _admin = true;
-            _userKnown = _proxy.Users is { } consoleUsers && consoleUsers.TryGet(User, out _userSecret);
-            Log.Write(LogLevel.Info, $"session {Id}: admin console login attempt from {RemoteEndPoint}: user={User}");
+            _owner.MarkAdminConsole();
+            _userKnown = _proxy.Users is { } consoleUsers && consoleUsers.TryGet(user, out _userSecret);
+            Log.Write(LogLevel.Info, $"session {_owner.Id}: admin console login attempt from {_owner.RemoteEndPoint}: user={user}");
             BeginAuthentication();
             return;
         }
 
-        _databaseOptions = _proxy.Options.FindDatabase(Database);
+        _databaseOptions = _proxy.Options.FindDatabase(database);
         if (_databaseOptions is null)
         {
-            Fatal(SqlState.InvalidCatalogName, $"database \"{Database}\" does not exist");
+            _owner.Fatal(SqlState.InvalidCatalogName, $"database \"{database}\" does not exist");
             return;
         }
 
-        Log.Write(LogLevel.Info, $"session {Id}: login attempt from {RemoteEndPoint}: db={Database} user={User}");
-        _userKnown = _proxy.Users is { } users && users.TryGet(User, out _userSecret);
+        Log.Write(LogLevel.Info, $"session {_owner.Id}: login attempt from {_owner.RemoteEndPoint}: db={database} user={user}");
+        _userKnown = _proxy.Users is { } users && users.TryGet(user, out _userSecret);
         ServerCredentials credentials = BuildCredentials(_databaseOptions);
-        _pool = _proxy.Pools.Get(Database, credentials.User, _databaseOptions, credentials);
-        if (_pool.Loop != Loop)
+        if (_owner.JoinPool(_proxy.Pools.Get(database, credentials.User, _databaseOptions, credentials)))
         {
-            MoveTo(_pool.Loop);
-            return;
-        }
-
-        BeginAuthentication();
-    }
-
-    /// <summary>
-    /// Hands the session to its pool's loop, so the client, the pool and its backends share one owner.
-    /// Nothing is outstanding on the client socket here; unread bytes travel along.
-    /// </summary>
-    private void MoveTo(EventLoop target)
-    {
-        byte[] pending = _client.Window.ToArray();
-        _client.ReleaseBuffer();
-        _client.MoveTo(target);
-        Loop = target;
-        target.Post(() =>
-        {
-            if (State == SessionState.Closed)
-            {
-                TryFinish();
-                return;
-            }
-
-            _client.Restore(pending);
             BeginAuthentication();
-        });
+        }
     }
 
     /// <summary>Sends NegotiateProtocolVersion when the client asked for a newer minor version or for _pq_ options (55.2.1).</summary>
@@ -257,27 +236,28 @@ internal sealed partial class ClientSession
         writer.EndMessage();
     }
 
-    private void BeginAuthentication()
+    /// <summary>Asks for the client's password (or SCRAM exchange), or with trust goes straight on; NegotiateProtocolVersion first when due.</summary>
+    public void BeginAuthentication()
     {
         UserList? users = _proxy.Users;
         AuthType authType = _proxy.Options.AuthType;
-        var writer = new PgWriter(RentOut());
+        var writer = new PgWriter(_owner.RentOut());
         WriteNegotiateIfNeeded(ref writer);
         if (authType == AuthType.Trust)
         {
             if (users is not null && !_userKnown)
             {
-                ReturnOut();
-                Fatal(SqlState.InvalidAuthorization, $"role \"{User}\" does not exist");
+                _owner.ReturnOut();
+                _owner.Fatal(SqlState.InvalidAuthorization, $"role \"{_owner.User}\" does not exist");
             }
             else if (writer.Position > 0)
             {
-                SendOut(writer.Position, AfterSend.ConnectServer);
+                _owner.SendOut(writer.Position, AfterSend.ConnectServer);
             }
             else
             {
-                ReturnOut();
-                OnAuthenticated();
+                _owner.ReturnOut();
+                _owner.OnAuthenticated();
             }
 
             return;
@@ -286,7 +266,7 @@ internal sealed partial class ClientSession
         // Like PostgreSQL, an md5 setup still uses SCRAM for a user whose only secret is a SCRAM verifier,
         // and an unknown user goes through a full exchange that fails, so user names cannot be probed.
         bool scram = authType == AuthType.ScramSha256 || (_userSecret?.Kind == SecretKind.ScramSha256);
-        State = SessionState.Authenticating;
+        _owner.OnAuthenticationStarted();
         if (scram)
         {
             ScramVerifier verifier = _proxy.MockVerifier;
@@ -307,46 +287,46 @@ internal sealed partial class ClientSession
             writer.WriteAuthentication(AuthRequest.Md5Password, _md5Salt);
         }
 
-        SendOut(writer.Position, AfterSend.ReadClient);
+        _owner.SendOut(writer.Position, AfterSend.ReadClient);
     }
 
     /// <summary>Reads the client's next PasswordMessage/SASL message and acts on it.</summary>
-    private void ProcessAuthentication()
+    public void ReadAuthentication()
     {
-        Span<byte> window = _client.Window;
-        FrameStatus status = _authFramer.Scan(window, MessageTypeSet.All, _client.Loop.Buffers.BufferSize, out _, out int length);
+        Span<byte> window = _owner.Client.Window;
+        FrameStatus status = _authFramer.Scan(window, MessageTypeSet.All, _owner.Client.Loop.Buffers.BufferSize, out _, out int length);
         if (status == FrameStatus.NeedMore)
         {
             if (!_authFramer.AtBoundary)
             {
-                Fatal(SqlState.ProtocolViolation, "authentication message too long");
+                _owner.Fatal(SqlState.ProtocolViolation, "authentication message too long");
                 return;
             }
 
-            _client.Receive();
+            _owner.Client.Receive();
             return;
         }
 
         if (status == FrameStatus.Invalid)
         {
-            Fatal(SqlState.ProtocolViolation, "invalid message length");
+            _owner.Fatal(SqlState.ProtocolViolation, "invalid message length");
             return;
         }
 
         if (window[0] != (byte)FrontendMessage.Password)
         {
-            Fatal(SqlState.ProtocolViolation, $"expected password response, got message type {window[0]}");
+            _owner.Fatal(SqlState.ProtocolViolation, $"expected password response, got message type {window[0]}");
             return;
         }
 
         ReadOnlySpan<byte> body = window.Slice(MessageFramer.HeaderLength, length - MessageFramer.HeaderLength);
-        _client.Consume(length);
+        _owner.Client.Consume(length);
         switch (_authStage)
         {
             case AuthStage.Md5:
-                if (_userKnown && Md5Auth.Verify(_userSecret!, User!, _md5Salt, PasswordMessages.ReadPassword(body)))
+                if (_userKnown && Md5Auth.Verify(_userSecret!, _owner.User!, _md5Salt, PasswordMessages.ReadPassword(body)))
                 {
-                    OnAuthenticated();
+                    _owner.OnAuthenticated();
                 }
                 else
                 {
@@ -367,20 +347,20 @@ internal sealed partial class ClientSession
     {
         if (!PasswordMessages.TryReadSaslInitialResponse(body, PgWriter.ScramMechanism, out ReadOnlySpan<byte> data, out string? malformed))
         {
-            Fatal(SqlState.ProtocolViolation, malformed);
+            _owner.Fatal(SqlState.ProtocolViolation, malformed);
             return;
         }
 
         if (!_scramServer!.TryHandleClientFirst(data, out byte[]? serverFirst, out string? error))
         {
-            Fatal(SqlState.ProtocolViolation, error ?? "malformed SCRAM message");
+            _owner.Fatal(SqlState.ProtocolViolation, error ?? "malformed SCRAM message");
             return;
         }
 
         _authStage = AuthStage.ScramFinal;
-        var writer = new PgWriter(RentOut());
+        var writer = new PgWriter(_owner.RentOut());
         writer.WriteAuthentication(AuthRequest.SaslContinue, serverFirst);
-        SendOut(writer.Position, AfterSend.ReadClient);
+        _owner.SendOut(writer.Position, AfterSend.ReadClient);
     }
 
     private void HandleSaslResponse(ReadOnlySpan<byte> body)
@@ -389,7 +369,7 @@ internal sealed partial class ClientSession
         {
             if (_scramServer.State == ScramServerState.Malformed)
             {
-                Fatal(SqlState.ProtocolViolation, error ?? "malformed SCRAM message");
+                _owner.Fatal(SqlState.ProtocolViolation, error ?? "malformed SCRAM message");
             }
             else
             {
@@ -405,42 +385,15 @@ internal sealed partial class ClientSession
             return;
         }
 
-        var writer = new PgWriter(RentOut());
+        var writer = new PgWriter(_owner.RentOut());
         writer.WriteAuthentication(AuthRequest.SaslFinal, serverFinal);
-        SendOut(writer.Position, AfterSend.ConnectServer);
+        _owner.SendOut(writer.Position, AfterSend.ConnectServer);
     }
 
     private void PasswordFailed()
     {
         _proxy.Stats.OnLoginFailed();
-        Fatal(SqlState.InvalidPassword, $"password authentication failed for user \"{User}\"");
-    }
-
-    /// <summary>
-    /// The client is who it says. In transaction mode, once the pool knows the server's parameters, the
-    /// login completes without a backend; otherwise the session waits for one (session mode keeps it).
-    /// </summary>
-    private void OnAuthenticated()
-    {
-        OnLoginDone();
-        if (_admin)
-        {
-            OnAdminAuthenticated();
-            return;
-        }
-
-        _pool!.UpdateCredentials(BuildCredentials(_databaseOptions!));
-        if (_pool.Mode == PoolMode.Transaction && _pool.Welcome is { } welcome)
-        {
-            SendLoginTail(welcome);
-            return;
-        }
-
-        State = SessionState.ConnectingServer;
-        if (_pool.Acquire(this) is { } server)
-        {
-            OnServerAssigned(server);
-        }
+        _owner.Fatal(SqlState.InvalidPassword, $"password authentication failed for user \"{_owner.User}\"");
     }
 
     /// <summary>
@@ -451,7 +404,7 @@ internal sealed partial class ClientSession
     private ServerCredentials BuildCredentials(DatabaseOptions db)
     {
         UserSecret? secret = _userSecret;
-        string user = User!;
+        string user = _owner.User!;
         if (db.User is not null)
         {
             user = db.User;
@@ -493,79 +446,19 @@ internal sealed partial class ClientSession
         };
     }
 
-    /// <summary>
-    /// AuthenticationOk, the server's ParameterStatus set with the client's own start-up values on top,
-    /// the proxy's BackendKeyData and ReadyForQuery: the tail of a normal login (55.2.2), with the key
-    /// replaced by one the proxy can check.
-    /// </summary>
-    private void SendLoginTail(IReadOnlyDictionary<string, ParameterStatus> serverParameters)
+    /// <summary>The credentials for the backends of the client's pool, once the client has authenticated (see <see cref="BuildCredentials"/>).</summary>
+    public ServerCredentials Credentials => BuildCredentials(_databaseOptions!);
+
+    /// <summary>Reads on in the stage the handshake is in (after the proxy's own message went out).</summary>
+    public void Continue()
     {
-        _clientParameters = new Dictionary<string, ParameterStatus>(serverParameters, StringComparer.OrdinalIgnoreCase);
-        foreach (KeyValuePair<string, string> p in _startupParameters!)
+        if (_owner.State == SessionState.Startup)
         {
-            _clientParameters[p.Key] = ParameterStatus.Create(p.Key, p.Value);
+            ReadStartup();
         }
-
-        var writer = new PgWriter(RentOut());
-        writer.WriteAuthentication(AuthRequest.Ok);
-        foreach (ParameterStatus parameter in _clientParameters.Values)
+        else if (_owner.State == SessionState.Authenticating)
         {
-            if (parameter.Message.Length > writer.Remaining - 64)
-            {
-                ReturnOut();
-                Fatal(SqlState.InternalError, "server parameters do not fit in a buffer");
-                return;
-            }
-
-            writer.WriteBytes(parameter.Message);
-        }
-
-        writer.WriteBackendKeyData(Id, Volatile.Read(ref _secret));
-        writer.WriteReadyForQuery(TransactionStatus.Idle);
-        Log.Write(LogLevel.Info, $"session {Id}: login ok ({_pool!.Mode.ToString().ToLowerInvariant()} mode{(_server is null ? "" : $", backend pid {_server.BackendPid}")})");
-        SendOut(writer.Position, AfterSend.StartRelay);
-    }
-
-    /// <summary>
-    /// A CancelRequest (55.2.7): checked by <see cref="CancelRequestCheck"/>. From here on the connection is
-    /// the cancel path's: with the right key its socket goes to the target session, which keeps it open
-    /// until PostgreSQL has acted; otherwise it is closed without a word.
-    /// </summary>
-    private void HandleCancelRequest(ReadOnlySpan<byte> packet)
-    {
-        State = SessionState.Closed;
-
-        // Read: the connection no longer counts as a client.
-        OnConnectionClosed();
-        if (CancelRequestCheck.FindTarget(_proxy, packet, RemoteEndPoint) is not { } target)
-        {
-            CloseCancelSocket();
-            return;
-        }
-
-        // The decision is the target's own loop's: only there is it known whether a query is running and
-        // on which backend, atomically with that backend being handed back to the pool.
-        System.Net.Sockets.Socket? socket = _client.DetachSocket();
-        TryFinish();
-        target.RequestCancel(socket);
-    }
-
-    private void CloseCancelSocket()
-    {
-        _client.Close();
-        TryFinish();
-    }
-
-    private void ContinueReading()
-    {
-        switch (State)
-        {
-            case SessionState.Startup:
-                ProcessStartup();
-                break;
-            case SessionState.Authenticating:
-                ProcessAuthentication();
-                break;
+            ReadAuthentication();
         }
     }
 }

@@ -1,0 +1,177 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using FastPgProxy.Cancellation;
+using FastPgProxy.Config;
+using FastPgProxy.Hosting;
+using FastPgProxy.Net;
+using FastPgProxy.Pooling;
+using FastPgProxy.Protocol;
+
+namespace FastPgProxy.Sessions;
+
+/// <summary>
+/// The session's side of the login: the <see cref="LoginHandshake"/> reads and checks, and calls back here
+/// for what changes the session itself (its id and key, its pool and loop, its state), then the login ends
+/// with the tail a PostgreSQL server sends, or hands the connection to the cancel path.
+/// </summary>
+internal sealed partial class ClientSession
+{
+    private LoginHandshake? _login;
+    private Dictionary<string, ParameterStatus>? _clientParameters;
+    private bool _admin;
+
+    /// <summary>The start-up parameters the proxy honours (those it keeps in step on backends), as the client sent them; null before StartupMessage.</summary>
+    internal List<KeyValuePair<string, string>>? StartupParameters { get; set; }
+
+    /// <summary>
+    /// Names the session after StartupMessage: its user and database, and its id and cancel key. Only a
+    /// session that sent StartupMessage gets an id and a key; both exist before any reply so that the
+    /// BackendKeyData sent at the end of login is already valid for cancels.
+    /// </summary>
+    internal void Identify(string user, string database)
+    {
+        User = user;
+        Database = database;
+        Span<byte> random = stackalloc byte[sizeof(int)];
+        RandomNumberGenerator.Fill(random);
+        Volatile.Write(ref _secret, BinaryPrimitives.ReadInt32BigEndian(random));
+        Id = _proxy.Sessions.Add(this);
+    }
+
+    /// <summary>The session logs in to the admin console, not to a pool.</summary>
+    internal void MarkAdminConsole() => _admin = true;
+
+    /// <summary>The proxy asked for the client's password or SCRAM exchange.</summary>
+    internal void OnAuthenticationStarted() => State = SessionState.Authenticating;
+
+    /// <summary>
+    /// The session will relay to <paramref name="pool"/>. Returns true when the login goes on here; false
+    /// when the session first moves to the pool's loop, where the handshake goes on.
+    /// </summary>
+    internal bool JoinPool(ServerPool pool)
+    {
+        _pool = pool;
+        if (pool.Loop != Loop)
+        {
+            MoveTo(pool.Loop);
+            return false;
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// Hands the session to its pool's loop, so the client, the pool and its backends share one owner.
+    /// Nothing is outstanding on the client socket here; unread bytes travel along.
+    /// </summary>
+    private void MoveTo(EventLoop target)
+    {
+        byte[] pending = _client.Window.ToArray();
+        _client.ReleaseBuffer();
+        _client.MoveTo(target);
+        Loop = target;
+        target.Post(() =>
+        {
+            if (State == SessionState.Closed)
+            {
+                TryFinish();
+                return;
+            }
+
+            _client.Restore(pending);
+            _login!.BeginAuthentication();
+        });
+    }
+
+    /// <summary>
+    /// The client is who it says. In transaction mode, once the pool knows the server's parameters, the
+    /// login completes without a backend; otherwise the session waits for one (session mode keeps it).
+    /// </summary>
+    internal void OnAuthenticated()
+    {
+        OnLoginDone();
+        LoginHandshake login = _login!;
+        _login = null;
+        if (_admin)
+        {
+            OnAdminAuthenticated();
+            return;
+        }
+
+        _pool!.UpdateCredentials(login.Credentials);
+        if (_pool.Mode == PoolMode.Transaction && _pool.Welcome is { } welcome)
+        {
+            SendLoginTail(welcome);
+            return;
+        }
+
+        State = SessionState.ConnectingServer;
+        if (_pool.Acquire(this) is { } server)
+        {
+            OnServerAssigned(server);
+        }
+    }
+
+    /// <summary>
+    /// AuthenticationOk, the server's ParameterStatus set with the client's own start-up values on top,
+    /// the proxy's BackendKeyData and ReadyForQuery: the tail of a normal login (55.2.2), with the key
+    /// replaced by one the proxy can check.
+    /// </summary>
+    private void SendLoginTail(IReadOnlyDictionary<string, ParameterStatus> serverParameters)
+    {
+        _clientParameters = new Dictionary<string, ParameterStatus>(serverParameters, StringComparer.OrdinalIgnoreCase);
+        foreach (KeyValuePair<string, string> p in StartupParameters!)
+        {
+            _clientParameters[p.Key] = ParameterStatus.Create(p.Key, p.Value);
+        }
+
+        var writer = new PgWriter(RentOut());
+        writer.WriteAuthentication(AuthRequest.Ok);
+        foreach (ParameterStatus parameter in _clientParameters.Values)
+        {
+            if (parameter.Message.Length > writer.Remaining - 64)
+            {
+                ReturnOut();
+                Fatal(SqlState.InternalError, "server parameters do not fit in a buffer");
+                return;
+            }
+
+            writer.WriteBytes(parameter.Message);
+        }
+
+        writer.WriteBackendKeyData(Id, Volatile.Read(ref _secret));
+        writer.WriteReadyForQuery(TransactionStatus.Idle);
+        Log.Write(LogLevel.Info, $"session {Id}: login ok ({_pool!.Mode.ToString().ToLowerInvariant()} mode{(_server is null ? "" : $", backend pid {_server.BackendPid}")})");
+        SendOut(writer.Position, AfterSend.StartRelay);
+    }
+
+    /// <summary>
+    /// A CancelRequest (55.2.7): checked by <see cref="CancelRequestCheck"/>. From here on the connection is
+    /// the cancel path's: with the right key its socket goes to the target session, which keeps it open
+    /// until PostgreSQL has acted; otherwise it is closed without a word.
+    /// </summary>
+    internal void OnCancelRequest(ReadOnlySpan<byte> packet)
+    {
+        State = SessionState.Closed;
+
+        // Read: the connection no longer counts as a client.
+        OnConnectionClosed();
+        if (CancelRequestCheck.FindTarget(_proxy, packet, RemoteEndPoint) is not { } target)
+        {
+            CloseCancelSocket();
+            return;
+        }
+
+        // The decision is the target's own loop's: only there is it known whether a query is running and
+        // on which backend, atomically with that backend being handed back to the pool.
+        System.Net.Sockets.Socket? socket = _client.DetachSocket();
+        TryFinish();
+        target.RequestCancel(socket);
+    }
+
+    private void CloseCancelSocket()
+    {
+        _client.Close();
+        TryFinish();
+    }
+}
