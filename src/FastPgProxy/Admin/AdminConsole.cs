@@ -18,7 +18,7 @@ internal enum AdminRole
 
 /// <summary>
 /// The admin console: a virtual database on the proxy's own listener (<c>fastpgproxy</c>, alias
-/// <c>pgbouncer</c>). The session (ClientSession.Admin.cs) speaks the protocol; this class runs the
+/// <c>pgbouncer</c>). The session (<see cref="AdminSession"/>) speaks the protocol; this class runs the
 /// commands. Commands run on the thread pool: they read other loops' state only through snapshots taken
 /// on those loops (<see cref="AdminSnapshot"/>) or published values, and change it only through
 /// thread-safe entry points (a session's terminate or cancel, work posted to a pool's loop).

@@ -70,9 +70,9 @@ internal sealed partial class ClientSession
     private void PumpClient()
     {
         Debug.Assert(Loop.InLoop && !_client.ReceivePending);
-        if (_admin)
+        if (_adminSession is not null)
         {
-            PumpAdmin();
+            _adminSession.Pump();
             return;
         }
 
