@@ -32,7 +32,7 @@ internal sealed partial class ClientSession
 
         server.Channel.SetHandler(this);
         _serverFramer.Reset();
-        _replyActions.Clear();
+        _tracker?.ClearReplyActions();
         _expectedReadyForQuery = 0;
         _openExtended = false;
         _serverSentError = false;

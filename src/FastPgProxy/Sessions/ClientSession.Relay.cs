@@ -106,7 +106,7 @@ internal sealed partial class ClientSession
             {
                 // No backend for half a message: a client that stalls here holds nothing but a few bytes.
             }
-            else if (_tracking && TryAnswerPrepareLocally())
+            else if (_tracker is not null && TryAnswerPrepareLocally())
             {
                 return;
             }
@@ -123,7 +123,7 @@ internal sealed partial class ClientSession
             return;
         }
 
-        if (_tracking)
+        if (_tracker is not null)
         {
             PumpClientTracking();
             return;
@@ -246,7 +246,7 @@ internal sealed partial class ClientSession
         CountClientRun(_clientRun);
         _client.Consume(_clientRun);
         _clientRun = 0;
-        ReturnRewriteBuffer();
+        _tracker?.ReturnRewriteBuffer(Loop.Buffers);
         OnQuerySent();
         if (_terminateAfterRun)
         {
@@ -269,7 +269,7 @@ internal sealed partial class ClientSession
         Debug.Assert(!channel.ReceivePending);
         Span<byte> window = channel.Window;
         int run = 0;
-        MessageTypeSet inspect = _tracking ? s_trackingServerInspect : s_serverInspect;
+        MessageTypeSet inspect = _tracker is not null ? s_trackingServerInspect : s_serverInspect;
         while (true)
         {
             FrameStatus status = _serverFramer.Scan(window.Slice(run), inspect, Loop.Buffers.BufferSize, out int passThrough, out int length);
@@ -279,7 +279,7 @@ internal sealed partial class ClientSession
                 byte type = window[run];
                 if (type is (byte)'1' or (byte)'3')
                 {
-                    if (ShouldDropReply(type))
+                    if (_tracker?.ShouldDropReply(type) == true)
                     {
                         if (run > 0)
                         {
@@ -287,22 +287,19 @@ internal sealed partial class ClientSession
                             break;
                         }
 
-                        OnReplyHandled(type);
+                        _tracker?.OnReplyHandled(type);
                         channel.Consume(length);
                         window = channel.Window;
                         continue;
                     }
 
-                    OnReplyHandled(type);
+                    _tracker?.OnReplyHandled(type);
                     run += length;
                     continue;
                 }
 
                 OnServerMessage(window.Slice(run, length));
-                if (_tracking)
-                {
-                    OnReplyHandled(type);
-                }
+                _tracker?.OnReplyHandled(type);
 
                 run += length;
                 continue;

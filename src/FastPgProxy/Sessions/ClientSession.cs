@@ -452,8 +452,8 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
 
         _finished = true;
         ReturnOut();
-        ReturnRewriteBuffer();
-        ForgetStatements();
+        _tracker?.ReturnRewriteBuffer(Loop.Buffers);
+        _tracker?.ForgetStatements();
         _client.Dispose();
         if (_server is not null)
         {
