@@ -143,7 +143,7 @@ internal sealed partial class ClientSession
                     // Only a call that starts a new batch is the proxy's to answer: inside an extended
                     // batch not yet ended by Sync it belongs to PostgreSQL with the rest of the batch.
                     bool batchOpen = IsExtendedMessage(_clientFramer.PreviousType);
-                    if (batchOpen || MeasureInterceptedBatch(window.Slice(run)) == 0)
+                    if (batchOpen || Interception.InterceptedBatch.Measure(window.Slice(run)) == 0)
                     {
                         run += length;
                         continue;

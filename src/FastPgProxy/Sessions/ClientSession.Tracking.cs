@@ -132,7 +132,7 @@ internal sealed partial class ClientSession
                 break;
             }
 
-            if (type is (byte)FrontendMessage.Query or (byte)FrontendMessage.Parse && !_openExtended && MeasureInterceptedBatch(window.Slice(run)) > 0)
+            if (type is (byte)FrontendMessage.Query or (byte)FrontendMessage.Parse && !_openExtended && Interception.InterceptedBatch.Measure(window.Slice(run)) > 0)
             {
                 // Answered by the proxy once what precedes it is through.
                 break;
