@@ -151,7 +151,7 @@ internal sealed class AdminSnapshot
                 session.RemoteEndPoint?.Port,
                 session.ConnectTime,
                 session.LastRequest == 0 ? null : ToUtc(session.LastRequest, now, utcNow),
-                session.WaitNode is null ? 0 : Micros(now - session.WaitStarted),
+                !session.IsWaiting ? 0 : Micros(now - session.WaitStarted),
                 server is { HasCancelKey: true } ? server.BackendPid : null,
                 session.ApplicationName,
                 session.RequestStarted == 0 ? null : (long)Stopwatch.GetElapsedTime(session.RequestStarted, now).TotalMilliseconds,
@@ -225,7 +225,7 @@ internal sealed class AdminSnapshot
             return "admin";
         }
 
-        if (session.WaitNode is not null || session.State == SessionState.ConnectingServer)
+        if (session.IsWaiting || session.State == SessionState.ConnectingServer)
         {
             return "waiting";
         }

@@ -27,7 +27,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     private readonly ProxyServer _proxy;
     private readonly Stack<ServerConnection> _idle = new();
     private readonly List<ServerConnection> _idleScratch = new();
-    private readonly LinkedList<ClientSession> _waiters = new();
+    private readonly LinkedList<Relay> _waiters = new();
     private readonly HashSet<ServerConnection> _all = new();
     private readonly Dictionary<ServerConnection, bool> _cooling = new();
     private readonly CancelBudget _cancels;
@@ -118,10 +118,10 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
     /// <summary>
     /// Finds a backend for <paramref name="client"/>: an idle one at once (returned), or null after queueing
-    /// the client, which then gets <see cref="ClientSession.OnServerAssigned"/> or
-    /// <see cref="ClientSession.OnServerUnavailable"/> later.
+    /// the client, which then gets <see cref="Relay.OnServerAssigned"/> or
+    /// <see cref="Relay.OnServerUnavailable"/> later.
     /// </summary>
-    public ServerConnection? Acquire(ClientSession client)
+    public ServerConnection? Acquire(Relay client)
     {
         Debug.Assert(Loop.InLoop);
         EnsureTick();
@@ -136,7 +136,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
 
         // The session's own node is reused for every wait: queueing allocates nothing.
-        LinkedListNode<ClientSession> node = client.QueueNode;
+        LinkedListNode<Relay> node = client.QueueNode;
         _waiters.AddLast(node);
         client.WaitNode = node;
         client.WaitStarted = Stopwatch.GetTimestamp();
@@ -145,7 +145,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     }
 
     /// <summary>Takes a client out of the waiting queue (it closed, or timed out).</summary>
-    public void RemoveWaiter(ClientSession client)
+    public void RemoveWaiter(Relay client)
     {
         if (client.WaitNode is { } node)
         {
@@ -246,10 +246,10 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
         while (!Paused && _waiters.First is { } first)
         {
-            ClientSession client = first.Value;
+            Relay client = first.Value;
             _waiters.RemoveFirst();
             client.WaitNode = null;
-            if (client.State == SessionState.Closed)
+            if (client.Session.State == SessionState.Closed)
             {
                 continue;
             }
@@ -344,7 +344,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         // The first waiter gets PostgreSQL's own answer; the others keep waiting for the next attempt.
         if (_waiters.First is { } first)
         {
-            ClientSession client = first.Value;
+            Relay client = first.Value;
             _waiters.RemoveFirst();
             client.WaitNode = null;
             client.OnServerUnavailable(errorResponse, reason);
@@ -504,7 +504,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         {
             while (_waiters.First is { } first && Stopwatch.GetElapsedTime(first.Value.WaitStarted, now) > o.QueryWaitTimeout)
             {
-                ClientSession client = first.Value;
+                Relay client = first.Value;
                 _waiters.RemoveFirst();
                 client.WaitNode = null;
                 if (_loginFailures > 0)

@@ -17,7 +17,6 @@ namespace FastPgProxy.Sessions;
 internal sealed partial class ClientSession
 {
     private LoginHandshake? _login;
-    private Dictionary<string, ParameterStatus>? _clientParameters;
     private bool _admin;
 
     /// <summary>The start-up parameters the proxy honours (those it keeps in step on backends), as the client sent them; null before StartupMessage.</summary>
@@ -50,7 +49,7 @@ internal sealed partial class ClientSession
     /// </summary>
     internal bool JoinPool(ServerPool pool)
     {
-        _pool = pool;
+        _relay = new Relay(this, pool);
         if (pool.Loop != Loop)
         {
             MoveTo(pool.Loop);
@@ -98,52 +97,11 @@ internal sealed partial class ClientSession
             return;
         }
 
-        _pool!.UpdateCredentials(login.Credentials);
-        if (_pool.Mode == PoolMode.Transaction && _pool.Welcome is { } welcome)
-        {
-            SendLoginTail(welcome);
-            return;
-        }
-
-        State = SessionState.ConnectingServer;
-        if (_pool.Acquire(this) is { } server)
-        {
-            OnServerAssigned(server);
-        }
+        _relay!.OnAuthenticated(login.Credentials);
     }
 
-    /// <summary>
-    /// AuthenticationOk, the server's ParameterStatus set with the client's own start-up values on top,
-    /// the proxy's BackendKeyData and ReadyForQuery: the tail of a normal login (55.2.2), with the key
-    /// replaced by one the proxy can check.
-    /// </summary>
-    private void SendLoginTail(IReadOnlyDictionary<string, ParameterStatus> serverParameters)
-    {
-        _clientParameters = new Dictionary<string, ParameterStatus>(serverParameters, StringComparer.OrdinalIgnoreCase);
-        foreach (KeyValuePair<string, string> p in StartupParameters!)
-        {
-            _clientParameters[p.Key] = ParameterStatus.Create(p.Key, p.Value);
-        }
-
-        var writer = new PgWriter(RentOut());
-        writer.WriteAuthentication(AuthRequest.Ok);
-        foreach (ParameterStatus parameter in _clientParameters.Values)
-        {
-            if (parameter.Message.Length > writer.Remaining - 64)
-            {
-                ReturnOut();
-                Fatal(SqlState.InternalError, "server parameters do not fit in a buffer");
-                return;
-            }
-
-            writer.WriteBytes(parameter.Message);
-        }
-
-        writer.WriteBackendKeyData(Id, Volatile.Read(ref _secret));
-        writer.WriteReadyForQuery(TransactionStatus.Idle);
-        Log.Write(LogLevel.Info, $"session {Id}: login ok ({_pool!.Mode.ToString().ToLowerInvariant()} mode{(_server is null ? "" : $", backend pid {_server.BackendPid}")})");
-        SendOut(writer.Position, AfterSend.StartRelay);
-    }
+    /// <summary>No login tail without a backend: the session waits for one (session mode, or a pool that has not logged in yet).</summary>
+    internal void OnConnectingServer() => State = SessionState.ConnectingServer;
 
     /// <summary>
     /// A CancelRequest (55.2.7): checked by <see cref="CancelRequestCheck"/>. From here on the connection is

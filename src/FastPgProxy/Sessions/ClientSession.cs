@@ -42,17 +42,18 @@ internal enum AfterSend
 }
 
 /// <summary>
-/// One client connection and, while it has one, its backend. Owned by one loop: every callback runs there,
-/// and the only state other threads read is the published <see cref="CancelTarget"/> and the secret.
-/// Login is a <see cref="LoginHandshake"/> (ClientSession.Login.cs is the session's side of it); then the
-/// session relays to its pool (ClientSession.Relay.cs) or serves the admin console.
+/// One client connection: its socket, its identity (id, user, database, cancel key), its life-cycle state
+/// and the proxy's own messages to it. Owned by one loop: every callback runs there, and the only state
+/// other threads read is the published <see cref="CancelTarget"/> and the secret. The work is its
+/// collaborators': a <see cref="LoginHandshake"/> until the client is authenticated (ClientSession.Login.cs
+/// is the session's side of it), then a <see cref="Relay"/> to the client's pool, or an
+/// <see cref="Admin.AdminSession"/> for the admin console.
 /// </summary>
-internal sealed partial class ClientSession : IChannelHandler, IInternalQueryListener, ILoopTimer, ILoopWork
+internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoopWork
 {
     private readonly ProxyServer _proxy;
     private readonly SocketChannel _client;
-    private ServerConnection? _server;
-    private ServerPool? _pool;
+    private Relay? _relay;
     private byte[]? _out;
     private AfterSend _afterSend;
     private int _secret;
@@ -87,17 +88,6 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     }
 
     private EventLoop _loop;
-
-    /// <summary>The node that carries this session in its pool's waiting queue, made once.</summary>
-    public LinkedListNode<ClientSession> QueueNode => _queueNode ??= new LinkedListNode<ClientSession>(this);
-
-    private LinkedListNode<ClientSession>? _queueNode;
-
-    /// <summary>Where the session sits in its pool's waiting queue; null when not waiting.</summary>
-    public LinkedListNode<ClientSession>? WaitNode { get; set; }
-
-    /// <summary>When the session started waiting for a backend (<see cref="Stopwatch"/> ticks).</summary>
-    public long WaitStarted { get; set; }
 
     /// <summary>Proxy session id: the pid of the BackendKeyData the client got; 0 until StartupMessage.</summary>
     public int Id { get; private set; }
@@ -175,45 +165,25 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
             return;
         }
 
-        if (channel == _client)
-        {
-            if (bytes == 0)
-            {
-                LogPeerClose("client", error);
-                Close();
-                return;
-            }
-
-            switch (State)
-            {
-                case SessionState.Startup:
-                    _login!.ReadStartup();
-                    break;
-                case SessionState.Authenticating:
-                    _login!.ReadAuthentication();
-                    break;
-                case SessionState.Active:
-                    PumpClient();
-                    break;
-            }
-
-            return;
-        }
-
-        if (_server is null || channel != _server.Channel)
-        {
-            // A backend already handed back or closed: only its last completions come here.
-            TryFinish();
-            return;
-        }
-
         if (bytes == 0)
         {
-            OnServerClosed(error);
+            LogPeerClose("client", error);
+            Close();
             return;
         }
 
-        PumpServer();
+        switch (State)
+        {
+            case SessionState.Startup:
+                _login!.ReadStartup();
+                break;
+            case SessionState.Authenticating:
+                _login!.ReadAuthentication();
+                break;
+            case SessionState.Active:
+                PumpClient();
+                break;
+        }
     }
 
     /// <inheritdoc/>
@@ -227,25 +197,8 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
 
         if (error != SocketError.Success)
         {
-            if (channel != _client && _server is not null && channel == _server.Channel && State == SessionState.Active)
-            {
-                // The backend went away under the client's request: the client is told, never just dropped.
-                OnServerClosed(error);
-                return;
-            }
-
-            LogPeerClose(channel == _client ? "client" : "server", error);
+            LogPeerClose("client", error);
             Close();
-            return;
-        }
-
-        if (channel != _client)
-        {
-            if (_server is not null && channel == _server.Channel)
-            {
-                OnClientRunSent();
-            }
-
             return;
         }
 
@@ -259,7 +212,8 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
 
         if (_out is null)
         {
-            OnServerRunSent();
+            // A run of the backend's went out of its receive window.
+            _relay!.OnServerRunSent();
             return;
         }
 
@@ -273,7 +227,8 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
                 OnAuthenticated();
                 break;
             case AfterSend.StartRelay:
-                StartRelay();
+                State = SessionState.Active;
+                _relay!.Start();
                 break;
             case AfterSend.ContinueRelay:
                 PumpClient();
@@ -286,6 +241,18 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
 
     /// <inheritdoc/>
     public void OnConnect(SocketChannel channel, SocketError error) => TryFinish();
+
+    /// <summary>Serves what the client sent once logged in: the console's messages, or the relay's run to the backend.</summary>
+    private void PumpClient()
+    {
+        if (_adminSession is not null)
+        {
+            _adminSession.Pump();
+            return;
+        }
+
+        _relay!.PumpClient();
+    }
 
     /// <summary>Sends what the writer holds in <see cref="_out"/> to the client, then does <paramref name="next"/>.</summary>
     internal void SendOut(int length, AfterSend next)
@@ -351,7 +318,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     }
 
     /// <summary>Forwards PostgreSQL's own ErrorResponse to the client and closes.</summary>
-    private void ForwardErrorAndClose(byte[] errorResponse)
+    internal void ForwardErrorAndClose(byte[] errorResponse)
     {
         byte[] output = RentOut();
         if (errorResponse.Length > output.Length)
@@ -383,41 +350,9 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
             _proxy.Sessions.Remove(Id);
         }
 
-        _pool?.RemoveWaiter(this);
+        _relay?.LeavePool();
         _client.Close();
-        if (_server is not null)
-        {
-            if (wasActive && ServerIsClean())
-            {
-                // Nothing of this client is in flight on the backend: it goes back to the pool (after
-                // server_reset_query in session mode).
-                ServerConnection server = _server;
-                _server = null;
-                _pool!.Release(server, clean: true, reset: _pool.Mode == Config.PoolMode.Session);
-            }
-            else if (wasActive && CanDrainServer())
-            {
-                // Busy with this client's query or transaction: cancel what runs, then drain and roll
-                // back in the background, and keep the backend (cancel_on_disconnect).
-                ServerConnection server = _server;
-                if (_expectedReadyForQuery > 0 && server.PendingCancels == 0)
-                {
-                    // (A cancel already on its way, from a termination or query_timeout, is enough.)
-                    CancelRunningQuery(null);
-                }
-
-                _server = null;
-                _pool!.Drain(server, _expectedReadyForQuery, _openExtended, _serverFramer, reset: _pool.Mode == Config.PoolMode.Session);
-            }
-            else
-            {
-                // Mid-transaction, mid-COPY or a send outstanding: close it. Its completions come here
-                // until it is quiescent (a send may still read this client's buffer), then the pool forgets it.
-                _server.Channel.SetHandler(this);
-                _server.Close();
-            }
-        }
-
+        _relay?.LetGoOfServer(wasActive);
         TryFinish();
     }
 
@@ -445,29 +380,15 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     /// <summary>Releases buffers and socket arguments once no operation of either socket is outstanding.</summary>
     internal void TryFinish()
     {
-        if (_finished || !_client.Quiescent || (_server is not null && !_server.Channel.Quiescent))
+        if (_finished || !_client.Quiescent || (_relay is not null && !_relay.Quiescent))
         {
             return;
         }
 
         _finished = true;
         ReturnOut();
-        _tracker?.ReturnRewriteBuffer(Loop.Buffers);
-        _tracker?.ForgetStatements();
         _client.Dispose();
-        if (_server is not null)
-        {
-            if (_pool is not null)
-            {
-                _pool.Release(_server, clean: false, reset: false);
-            }
-            else
-            {
-                _server.DisposeWhenQuiescent();
-            }
-
-            _server = null;
-        }
+        _relay?.Finish();
     }
 
     /// <summary>Stops the session for a server shutdown: FATAL 57P01 to the client, then close.</summary>
@@ -481,7 +402,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
         Fatal(SqlState.AdminShutdown, message);
     }
 
-    private void LogPeerClose(string who, SocketError error)
+    internal void LogPeerClose(string who, SocketError error)
     {
         if (Log.IsEnabled(LogLevel.Debug))
         {

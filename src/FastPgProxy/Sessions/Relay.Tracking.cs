@@ -11,7 +11,7 @@ namespace FastPgProxy.Sessions;
 /// <see cref="StatementTracker"/> (which owns the statements, the reply queue and the rewrite buffer)
 /// while the relay keeps its own counters of replies expected.
 /// </summary>
-internal sealed partial class ClientSession
+internal sealed partial class Relay
 {
     private static readonly MessageTypeSet s_trackingClientInspect = MessageTypeSet.None
         .With((byte)FrontendMessage.Terminate).With((byte)FrontendMessage.Parse).With((byte)'B').With((byte)'D')
@@ -38,7 +38,7 @@ internal sealed partial class ClientSession
     /// <summary>Relay set-up: tracking is on in transaction mode with max_prepared_statements above 0, and only then is a tracker allocated.</summary>
     private void ConfigureTracking()
     {
-        bool tracking = _pool!.Mode == PoolMode.Transaction && _proxy.Options.MaxPreparedStatements > 0;
+        bool tracking = _pool.Mode == PoolMode.Transaction && _proxy.Options.MaxPreparedStatements > 0;
         if (tracking)
         {
             _tracker ??= new StatementTracker(_proxy);
@@ -71,7 +71,7 @@ internal sealed partial class ClientSession
             run += passThrough;
             if (status == FrameStatus.Invalid)
             {
-                Fatal(SqlState.ProtocolViolation, "invalid message length");
+                _session.Fatal(SqlState.ProtocolViolation, "invalid message length");
                 return;
             }
 
@@ -150,7 +150,7 @@ internal sealed partial class ClientSession
 
                 // On a backend, in the middle of the client's batch, an ERROR cannot be put in the reply
                 // stream without PostgreSQL's own replies to sort around it: the session ends.
-                Fatal(refusal.SqlState, refusal.Message, refusal.Detail);
+                _session.Fatal(refusal.SqlState, refusal.Message, refusal.Detail);
                 return;
             }
             if (statement is null && !namedParse && !StatementTracker.IsStatementClose(message))
@@ -184,7 +184,7 @@ internal sealed partial class ClientSession
                     break;
                 }
 
-                Fatal(SqlState.ProgramLimitExceeded, "prepared statement too large for the proxy to prepare again on another server");
+                _session.Fatal(SqlState.ProgramLimitExceeded, "prepared statement too large for the proxy to prepare again on another server");
                 return;
             }
 
@@ -205,7 +205,7 @@ internal sealed partial class ClientSession
 
         if (Log.IsEnabled(LogLevel.Debug))
         {
-            Log.Debug($"session {Id}: client run {run} bytes, rewritten {output is not null}, window {window.Length}, expected Z {_expectedReadyForQuery}, open {_openExtended}, actions {tracker.PendingReplies}");
+            Log.Debug($"session {_session.Id}: client run {run} bytes, rewritten {output is not null}, window {window.Length}, expected Z {_expectedReadyForQuery}, open {_openExtended}, actions {tracker.PendingReplies}");
         }
 
         if (run > 0)
@@ -269,8 +269,8 @@ internal sealed partial class ClientSession
             return LargeBind.Stop;
         }
 
-        Log.Warning($"session {Id}: named Parse of {total} bytes refused in transaction mode");
-        Fatal(SqlState.ProgramLimitExceeded, $"prepared statement of {total} bytes is too large for the proxy to prepare again on another server; use an unnamed statement or session pooling");
+        Log.Warning($"session {_session.Id}: named Parse of {total} bytes refused in transaction mode");
+        _session.Fatal(SqlState.ProgramLimitExceeded, $"prepared statement of {total} bytes is too large for the proxy to prepare again on another server; use an unnamed statement or session pooling");
         return LargeBind.Failed;
     }
 
@@ -304,7 +304,7 @@ internal sealed partial class ClientSession
                 return LargeBind.Stop;
             }
 
-            Fatal(SqlState.ProgramLimitExceeded, "prepared statement too large for the proxy to prepare again on another server");
+            _session.Fatal(SqlState.ProgramLimitExceeded, "prepared statement too large for the proxy to prepare again on another server");
             return LargeBind.Failed;
         }
 
@@ -337,14 +337,14 @@ internal sealed partial class ClientSession
             return false;
         }
 
-        int written = tracker.AnswerLocalPrepare(window.Slice(0, batch), RentOut(), out StatementTracker.StatementRefusal? refusal);
+        int written = tracker.AnswerLocalPrepare(window.Slice(0, batch), _session.RentOut(), out StatementTracker.StatementRefusal? refusal);
         if (refusal is not null)
         {
-            Log.Warning($"client {RemoteEndPoint} session {Id}: {refusal.Message}");
+            Log.Warning($"client {_session.RemoteEndPoint} session {_session.Id}: {refusal.Message}");
         }
 
         _client.Consume(batch);
-        SendOut(written, AfterSend.ContinueRelay);
+        _session.SendOut(written, AfterSend.ContinueRelay);
         return true;
     }
 

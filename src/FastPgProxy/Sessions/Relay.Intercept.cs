@@ -12,7 +12,7 @@ namespace FastPgProxy.Sessions;
 /// relay's side: when to answer; <see cref="InterceptedBatch"/> recognises the batch and
 /// <see cref="Interceptor"/> answers it.
 /// </summary>
-internal sealed partial class ClientSession
+internal sealed partial class Relay
 {
     // Made on the first batch the session answers itself.
     private Interceptor? _interceptor;
@@ -20,12 +20,6 @@ internal sealed partial class ClientSession
     // An intercepted batch waits at the start of the client's window for the backend's outstanding
     // replies: each run the client takes may be the last of them, so the relay tries again.
     private bool _parkedForLocalReply;
-
-    /// <summary>The transaction status the client believes in: its backend's, or idle without one.</summary>
-    internal TransactionStatus ClientTransactionStatus => _server?.TransactionStatus ?? TransactionStatus.Idle;
-
-    /// <summary>The buffer the proxy's own message to the client is written in while it is on its way; null otherwise. Loop only.</summary>
-    internal byte[]? OutBuffer => _out;
 
     /// <summary>
     /// Handles an intercepted call at the start of the client's window. Returns true when the caller must
@@ -53,7 +47,7 @@ internal sealed partial class ClientSession
         }
 
         // Replies go out in request order: wait for whatever the backend still owes the client.
-        if (_client.SendPending || _out is not null || _syncingParameters
+        if (_client.SendPending || _session.OutPending || _syncingParameters
             || (_server is not null && (_expectedReadyForQuery > 0 || _openExtended || _server.Channel.SendPending || _server.Channel.Buffered > 0)))
         {
             _parkedForLocalReply = true;
@@ -61,8 +55,8 @@ internal sealed partial class ClientSession
         }
 
         _parkedForLocalReply = false;
-        _interceptor ??= new Interceptor(this);
-        var writer = new PgWriter(RentOut());
+        _interceptor ??= new Interceptor(_session);
+        var writer = new PgWriter(_session.RentOut());
         bool deferred = _interceptor.Answer(window.Slice(0, batch), ref writer);
         _client.Consume(batch);
         if (deferred)
@@ -71,29 +65,16 @@ internal sealed partial class ClientSession
             return true;
         }
 
-        SendOut(writer.Position, _interceptor.CloseAfterReply ? AfterSend.Close : AfterSend.ContinueRelay);
+        _session.SendOut(writer.Position, _interceptor.CloseAfterReply ? AfterSend.Close : AfterSend.ContinueRelay);
         return true;
     }
 
-    /// <summary>Cancels this session's running query, from any thread, through the CancelRequest path.</summary>
-    public void CancelFromAnywhere() => RequestCancel(null);
-
-    /// <summary>
-    /// Ends this session as an administrator command does (FATAL 57P01), from any thread: a running query
-    /// is cancelled first, so its backend is never left busy.
-    /// </summary>
-    public void TerminateFromAnywhere() => Loop.Post(() =>
+    /// <summary>A termination is due (pg_terminate_backend, KILL): a query running on the backend is cancelled first, so the backend is never left busy. Loop only.</summary>
+    public void CancelIfRunning()
     {
-        if (State == SessionState.Closed)
-        {
-            return;
-        }
-
         if (_server is not null && !ServerIsClean())
         {
             CancelRunningQuery(null);
         }
-
-        Fatal(SqlState.AdminShutdown, "terminating connection due to administrator command");
-    });
+    }
 }

@@ -6,7 +6,7 @@ using FastPgProxy.Protocol;
 
 namespace FastPgProxy.Sessions;
 
-internal sealed partial class ClientSession
+internal sealed partial class Relay
 {
     private bool _syncingParameters;
 
@@ -17,17 +17,17 @@ internal sealed partial class ClientSession
     public void OnServerAssigned(ServerConnection server)
     {
         Debug.Assert(Loop.InLoop);
-        if (State == SessionState.Closed)
+        if (_session.State == SessionState.Closed)
         {
-            _pool!.Release(server, clean: true, reset: _pool.Mode == PoolMode.Session);
-            TryFinish();
+            _pool.Release(server, clean: true, reset: _pool.Mode == PoolMode.Session);
+            _session.TryFinish();
             return;
         }
 
         _server = server;
         if (Log.IsEnabled(LogLevel.Debug))
         {
-            Log.Debug($"session {Id}: assigned server {server.Id}");
+            Log.Debug($"session {_session.Id}: assigned server {server.Id}");
         }
 
         server.Channel.SetHandler(this);
@@ -38,10 +38,10 @@ internal sealed partial class ClientSession
         _serverSentError = false;
         if (server.HasCancelKey)
         {
-            Volatile.Write(ref _cancelTarget, server.CancelTarget);
+            _session.PublishCancelTarget(server.CancelTarget);
         }
 
-        if (State == SessionState.ConnectingServer)
+        if (_session.State == SessionState.ConnectingServer)
         {
             SendLoginTail(server.Parameters);
             return;
@@ -53,32 +53,32 @@ internal sealed partial class ClientSession
     /// <summary>No backend could be had: PostgreSQL refused the login (its error is forwarded) or could not be reached.</summary>
     public void OnServerUnavailable(byte[]? errorResponse, string reason)
     {
-        if (State == SessionState.Closed)
+        if (_session.State == SessionState.Closed)
         {
             return;
         }
 
         if (errorResponse is not null)
         {
-            ForwardErrorAndClose(errorResponse);
+            _session.ForwardErrorAndClose(errorResponse);
         }
         else
         {
-            Fatal(SqlState.ConnectionFailure, reason);
+            _session.Fatal(SqlState.ConnectionFailure, reason);
         }
     }
 
     /// <summary>Waited longer than query_wait_timeout for a backend.</summary>
     public void OnWaitTimeout()
     {
-        Log.Warning($"session {Id}: no backend within query_wait_timeout");
-        Fatal(SqlState.ProtocolViolation, "query_wait_timeout");
+        Log.Warning($"session {_session.Id}: no backend within query_wait_timeout");
+        _session.Fatal(SqlState.ProtocolViolation, "query_wait_timeout");
     }
 
     /// <summary>Asks the pool for a backend for the client's next transaction.</summary>
     private void RequestServer()
     {
-        if (_pool!.Acquire(this) is { } server)
+        if (_pool.Acquire(this) is { } server)
         {
             OnServerAssigned(server);
         }
@@ -103,9 +103,9 @@ internal sealed partial class ClientSession
     public void OnInternalQueryDone(ServerConnection server, bool ok)
     {
         _syncingParameters = false;
-        if (State == SessionState.Closed)
+        if (_session.State == SessionState.Closed)
         {
-            TryFinish();
+            _session.TryFinish();
             return;
         }
 
@@ -115,7 +115,7 @@ internal sealed partial class ClientSession
             // The client's request must never run with another client's settings. The usual cause is a
             // cancel of this client's that PostgreSQL acted on only now: answer the request as cancelled
             // (57014); the backend goes back, and the next one is set afresh.
-            Log.Warning($"session {Id}: could not set the client's parameters on backend pid {server.BackendPid}; its request is answered as cancelled");
+            Log.Warning($"session {_session.Id}: could not set the client's parameters on backend pid {server.BackendPid}; its request is answered as cancelled");
             _cancelPendingRequest = true;
         }
 
@@ -129,7 +129,7 @@ internal sealed partial class ClientSession
             PumpServer();
         }
 
-        if (State == SessionState.Active && _server is not null && !_server.Channel.SendPending && !_client.ReceivePending)
+        if (_session.State == SessionState.Active && _server is not null && !_server.Channel.SendPending && !_client.ReceivePending)
         {
             PumpClient();
         }
@@ -164,7 +164,6 @@ internal sealed partial class ClientSession
     {
         ServerConnection? server = _server;
         return server is not null
-            && _pool is not null
             && _proxy.Options.CancelOnDisconnect
             && !_syncingParameters
             && server.State == ServerState.Ready
@@ -176,7 +175,7 @@ internal sealed partial class ClientSession
     /// <summary>In transaction mode, gives the backend back as soon as the client's transaction is over.</summary>
     private bool TryReleaseServer()
     {
-        if (_pool!.Mode != PoolMode.Transaction || _client.SendPending || !ServerIsClean())
+        if (_pool.Mode != PoolMode.Transaction || _client.SendPending || !ServerIsClean())
         {
             return false;
         }
@@ -185,11 +184,70 @@ internal sealed partial class ClientSession
         _server = null;
         if (Log.IsEnabled(LogLevel.Debug))
         {
-            Log.Debug($"session {Id}: released server {server.Id}");
+            Log.Debug($"session {_session.Id}: released server {server.Id}");
         }
 
-        Volatile.Write(ref _cancelTarget, null);
+        _session.PublishCancelTarget(null);
         _pool.Release(server, clean: true, reset: false);
         return true;
+    }
+
+    /// <summary>The session is closing: it no longer waits for a backend.</summary>
+    public void LeavePool() => _pool.RemoveWaiter(this);
+
+    /// <summary>
+    /// The session is closing: a clean backend goes back to the pool, a busy one is drained in the
+    /// background when it can be (cancel_on_disconnect), any other is closed.
+    /// </summary>
+    public void LetGoOfServer(bool wasActive)
+    {
+        if (_server is not null)
+        {
+            if (wasActive && ServerIsClean())
+            {
+                // Nothing of this client is in flight on the backend: it goes back to the pool (after
+                // server_reset_query in session mode).
+                ServerConnection server = _server;
+                _server = null;
+                _pool.Release(server, clean: true, reset: _pool.Mode == Config.PoolMode.Session);
+            }
+            else if (wasActive && CanDrainServer())
+            {
+                // Busy with this client's query or transaction: cancel what runs, then drain and roll
+                // back in the background, and keep the backend (cancel_on_disconnect).
+                ServerConnection server = _server;
+                if (_expectedReadyForQuery > 0 && server.PendingCancels == 0)
+                {
+                    // (A cancel already on its way, from a termination or query_timeout, is enough.)
+                    CancelRunningQuery(null);
+                }
+
+                _server = null;
+                _pool.Drain(server, _expectedReadyForQuery, _openExtended, _serverFramer, reset: _pool.Mode == Config.PoolMode.Session);
+            }
+            else
+            {
+                // Mid-transaction, mid-COPY or a send outstanding: close it. Its completions come here
+                // until it is quiescent (a send may still read this client's buffer), then the pool forgets it.
+                _server.Channel.SetHandler(this);
+                _server.Close();
+            }
+        }
+
+    }
+
+    /// <summary>Whether no operation of the backend socket the relay holds is outstanding.</summary>
+    public bool Quiescent => _server is null || _server.Channel.Quiescent;
+
+    /// <summary>The session is finished: the statements and buffers it held go, and a backend still held is handed back as unclean.</summary>
+    public void Finish()
+    {
+        _tracker?.ReturnRewriteBuffer(Loop.Buffers);
+        _tracker?.ForgetStatements();
+        if (_server is not null)
+        {
+            _pool.Release(_server, clean: false, reset: false);
+            _server = null;
+        }
     }
 }

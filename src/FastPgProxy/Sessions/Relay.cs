@@ -1,12 +1,25 @@
 using System.Diagnostics;
 using System.Net.Sockets;
+using FastPgProxy.Config;
 using FastPgProxy.Hosting;
+using FastPgProxy.Net;
 using FastPgProxy.Pooling;
 using FastPgProxy.Protocol;
 
 namespace FastPgProxy.Sessions;
 
-internal sealed partial class ClientSession
+/// <summary>
+/// A pooled client's relay: it waits in its pool for a backend, keeps the backend's parameters in line
+/// with the client's, frames both directions and forwards runs of messages zero-copy, tracks what the
+/// backend still owes the client, and hands the backend back when the client's transaction (transaction
+/// mode) or session (session mode) is over. It owns the backend socket while it holds one and is its
+/// channel handler; the client socket, the proxy's own output and the session's state are its owner's
+/// (<see cref="ClientSession"/>). Made when the client's login names a pool; an admin console session has
+/// none. Split by concern: the relay loop (Relay.cs), backends (Relay.Backend.cs), transaction-mode
+/// statements (Relay.Tracking.cs), timeouts (Relay.Timeouts.cs), cancels (Relay.Cancel.cs), intercepted
+/// calls (Relay.Intercept.cs) and counters (Relay.Stats.cs).
+/// </summary>
+internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
 {
     // Client messages the relay acts on: Terminate ends the session without reaching the backend, so a
     // pooled backend is never told to quit; Query and Parse may be calls the proxy answers itself.
@@ -45,10 +58,162 @@ internal sealed partial class ClientSession
     private bool _terminateAfterRun;
     private bool _serverSentError;
 
-    /// <summary>The login tail is out: relay from now on. A backend held only for the login goes back in transaction mode.</summary>
-    private void StartRelay()
+    private readonly ClientSession _session;
+    private readonly ProxyServer _proxy;
+    private readonly SocketChannel _client;
+    private readonly ServerPool _pool;
+    private ServerConnection? _server;
+
+    // What the client has been told of the server's parameters (the login tail, then each ParameterStatus
+    // relayed): a backend the client gets next is brought in line with it.
+    private Dictionary<string, ParameterStatus>? _clientParameters;
+
+    /// <summary>The relay of <paramref name="session"/> to <paramref name="pool"/>; nothing is asked of the pool yet.</summary>
+    public Relay(ClientSession session, ServerPool pool)
     {
-        State = SessionState.Active;
+        _session = session;
+        _proxy = session.Proxy;
+        _client = session.Client;
+        _pool = pool;
+    }
+
+    /// <summary>The pool the client relays to.</summary>
+    public ServerPool Pool => _pool;
+
+    /// <summary>The backend attached now, if any. Loop only.</summary>
+    public ServerConnection? Server => _server;
+
+    /// <summary>The session's loop, which owns the pool and its backends too.</summary>
+    public EventLoop Loop => _session.Loop;
+
+    /// <summary>The session this relay serves.</summary>
+    public ClientSession Session => _session;
+
+    /// <summary>The node that carries this relay in its pool's waiting queue, made once.</summary>
+    public LinkedListNode<Relay> QueueNode => _queueNode ??= new LinkedListNode<Relay>(this);
+
+    private LinkedListNode<Relay>? _queueNode;
+
+    /// <summary>Where the relay sits in its pool's waiting queue; null when not waiting.</summary>
+    public LinkedListNode<Relay>? WaitNode { get; set; }
+
+    /// <summary>When the relay started waiting for a backend (<see cref="Stopwatch"/> ticks).</summary>
+    public long WaitStarted { get; set; }
+
+    /// <summary>The transaction status the client believes in: its backend's, or idle without one.</summary>
+    public TransactionStatus ClientTransactionStatus => _server?.TransactionStatus ?? TransactionStatus.Idle;
+
+    /// <summary>The client's application_name as it set it last (ParameterStatus relayed); null when it was never reported.</summary>
+    public string? ReportedApplicationName =>
+        _clientParameters is not null && _clientParameters.TryGetValue("application_name", out ParameterStatus? p) ? p.Value : null;
+
+    /// <summary>
+    /// The client is who it says. In transaction mode, once the pool knows the server's parameters, the
+    /// login completes without a backend; otherwise the session waits for one (session mode keeps it).
+    /// </summary>
+    public void OnAuthenticated(ServerCredentials credentials)
+    {
+        _pool.UpdateCredentials(credentials);
+        if (_pool.Mode == PoolMode.Transaction && _pool.Welcome is { } welcome)
+        {
+            SendLoginTail(welcome);
+            return;
+        }
+
+        _session.OnConnectingServer();
+        if (_pool.Acquire(this) is { } server)
+        {
+            OnServerAssigned(server);
+        }
+    }
+
+    /// <summary>
+    /// AuthenticationOk, the server's ParameterStatus set with the client's own start-up values on top,
+    /// the proxy's BackendKeyData and ReadyForQuery: the tail of a normal login (55.2.2), with the key
+    /// replaced by one the proxy can check.
+    /// </summary>
+    private void SendLoginTail(IReadOnlyDictionary<string, ParameterStatus> serverParameters)
+    {
+        _clientParameters = new Dictionary<string, ParameterStatus>(serverParameters, StringComparer.OrdinalIgnoreCase);
+        foreach (KeyValuePair<string, string> p in _session.StartupParameters!)
+        {
+            _clientParameters[p.Key] = ParameterStatus.Create(p.Key, p.Value);
+        }
+
+        var writer = new PgWriter(_session.RentOut());
+        writer.WriteAuthentication(AuthRequest.Ok);
+        foreach (ParameterStatus parameter in _clientParameters.Values)
+        {
+            if (parameter.Message.Length > writer.Remaining - 64)
+            {
+                _session.ReturnOut();
+                _session.Fatal(SqlState.InternalError, "server parameters do not fit in a buffer");
+                return;
+            }
+
+            writer.WriteBytes(parameter.Message);
+        }
+
+        writer.WriteBackendKeyData(_session.Id, _session.Secret);
+        writer.WriteReadyForQuery(TransactionStatus.Idle);
+        Log.Write(LogLevel.Info, $"session {_session.Id}: login ok ({_pool.Mode.ToString().ToLowerInvariant()} mode{(_server is null ? "" : $", backend pid {_server.BackendPid}")})");
+        _session.SendOut(writer.Position, AfterSend.StartRelay);
+    }
+
+    /// <inheritdoc/>
+    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    {
+        if (_session.State == SessionState.Closed || _server is null || channel != _server.Channel)
+        {
+            // Closing, or a backend already handed back or closed: only its last completions come here.
+            _session.TryFinish();
+            return;
+        }
+
+        if (bytes == 0)
+        {
+            OnServerClosed(error);
+            return;
+        }
+
+        PumpServer();
+    }
+
+    /// <inheritdoc/>
+    public void OnSend(SocketChannel channel, SocketError error)
+    {
+        if (_session.State == SessionState.Closed)
+        {
+            _session.TryFinish();
+            return;
+        }
+
+        if (error != SocketError.Success)
+        {
+            if (_server is not null && channel == _server.Channel && _session.State == SessionState.Active)
+            {
+                // The backend went away under the client's request: the client is told, never just dropped.
+                OnServerClosed(error);
+                return;
+            }
+
+            _session.LogPeerClose("server", error);
+            _session.Close();
+            return;
+        }
+
+        if (_server is not null && channel == _server.Channel)
+        {
+            OnClientRunSent();
+        }
+    }
+
+    /// <inheritdoc/>
+    public void OnConnect(SocketChannel channel, SocketError error) => _session.TryFinish();
+
+    /// <summary>The login tail is out and the session is active: relay from now on. A backend held only for the login goes back in transaction mode.</summary>
+    public void Start()
+    {
         _proxy.Stats.OnSessionOpened();
         _clientFramer.AllowedSet = s_frontendTypes;
         _clientFramer.WholeMessages = true;
@@ -67,15 +232,9 @@ internal sealed partial class ClientSession
     /// with one send straight out of the client's receive buffer. Called when the previous run was sent.
     /// In transaction mode a client without a backend asks the pool for one when its next message arrives.
     /// </summary>
-    private void PumpClient()
+    public void PumpClient()
     {
         Debug.Assert(Loop.InLoop && !_client.ReceivePending);
-        if (_adminSession is not null)
-        {
-            _adminSession.Pump();
-            return;
-        }
-
         if (_cancelPendingRequest && !_syncingParameters)
         {
             SwallowCancelledRequest();
@@ -166,7 +325,7 @@ internal sealed partial class ClientSession
 
             if (status == FrameStatus.Invalid)
             {
-                Fatal(SqlState.ProtocolViolation, "invalid message length");
+                _session.Fatal(SqlState.ProtocolViolation, "invalid message length");
                 return;
             }
 
@@ -209,7 +368,7 @@ internal sealed partial class ClientSession
             int length = MessageFramer.ReadLength(window);
             if (length < sizeof(int) || length > MessageFramer.MaxMessageLength)
             {
-                Fatal(SqlState.ProtocolViolation, "invalid message length");
+                _session.Fatal(SqlState.ProtocolViolation, "invalid message length");
                 return false;
             }
 
@@ -226,15 +385,15 @@ internal sealed partial class ClientSession
     /// <summary>A message type PostgreSQL does not take from a client after login: FATAL 08P01 to the sender, as PostgreSQL says it.</summary>
     private void FatalForeignMessage(byte type)
     {
-        Log.Warning($"client {RemoteEndPoint} session {Id}: invalid frontend message type {type}");
-        Fatal(SqlState.ProtocolViolation, $"invalid frontend message type {type}");
+        Log.Warning($"client {_session.RemoteEndPoint} session {_session.Id}: invalid frontend message type {type}");
+        _session.Fatal(SqlState.ProtocolViolation, $"invalid frontend message type {type}");
     }
 
     /// <summary>The client said Terminate: the session ends without the backend being told (it may be pooled).</summary>
     private void CloseOnTerminate()
     {
-        Log.Write(LogLevel.Info, $"session {Id}: client sent Terminate");
-        Close();
+        Log.Write(LogLevel.Info, $"session {_session.Id}: client sent Terminate");
+        _session.Close();
     }
 
     /// <summary>Whether a message of this type leaves an extended-protocol batch open until Sync.</summary>
@@ -307,8 +466,8 @@ internal sealed partial class ClientSession
 
             if (status == FrameStatus.Invalid)
             {
-                Log.Warning($"session {Id}: backend pid {_server.BackendPid} sent an invalid message length");
-                Fatal(SqlState.ProtocolViolation, "server sent an invalid message");
+                Log.Warning($"session {_session.Id}: backend pid {_server.BackendPid} sent an invalid message length");
+                _session.Fatal(SqlState.ProtocolViolation, "server sent an invalid message");
                 return;
             }
 
@@ -317,7 +476,7 @@ internal sealed partial class ClientSession
 
         if (Log.IsEnabled(LogLevel.Debug))
         {
-            Log.Debug($"session {Id}: server run {run} bytes, window {window.Length}, status {(char)_server.TransactionStatus}, expected Z {_expectedReadyForQuery}, open {_openExtended}");
+            Log.Debug($"session {_session.Id}: server run {run} bytes, window {window.Length}, status {(char)_server.TransactionStatus}, expected Z {_expectedReadyForQuery}, open {_openExtended}");
         }
 
         if (run > 0)
@@ -370,7 +529,7 @@ internal sealed partial class ClientSession
     }
 
     /// <summary>The client took the backend's run.</summary>
-    private void OnServerRunSent()
+    public void OnServerRunSent()
     {
         CountServerRun(_serverRun);
         _server!.Channel.Consume(_serverRun);
@@ -386,7 +545,7 @@ internal sealed partial class ClientSession
         }
 
         PumpServer();
-        if (_parkedForLocalReply && State == SessionState.Active && !_client.ReceivePending && _server is not null && !_server.Channel.SendPending)
+        if (_parkedForLocalReply && _session.State == SessionState.Active && !_client.ReceivePending && _server is not null && !_server.Channel.SendPending)
         {
             PumpClient();
         }
@@ -398,14 +557,14 @@ internal sealed partial class ClientSession
     /// </summary>
     private void OnServerClosed(SocketError error)
     {
-        Log.Write(LogLevel.Info, $"session {Id}: backend pid {_server?.BackendPid} closed ({(error == SocketError.Success ? "end of stream" : error.ToString())})");
+        Log.Write(LogLevel.Info, $"session {_session.Id}: backend pid {_server?.BackendPid} closed ({(error == SocketError.Success ? "end of stream" : error.ToString())})");
         _server!.Close();
         if (_serverSentError)
         {
-            Close();
+            _session.Close();
             return;
         }
 
-        Fatal(SqlState.ConnectionFailure, "server closed the connection unexpectedly");
+        _session.Fatal(SqlState.ConnectionFailure, "server closed the connection unexpectedly");
     }
 }

@@ -11,26 +11,26 @@ namespace FastPgProxy.Sessions;
 /// session's loop. A forwarded cancel goes through the backend's pool (its <see cref="CancelBudget"/>); a
 /// request the proxy still holds is read and answered 57014 without touching PostgreSQL.
 /// </summary>
-internal sealed partial class ClientSession
+internal sealed partial class Relay
 {
     private bool _cancelPendingRequest;
     private MessageFramer _swallowFramer;
 
-    /// <summary>Asks this session's loop to cancel its running query; <paramref name="cancelSocket"/> (a client's cancel connection) is closed when done. Any thread.</summary>
-    public void RequestCancel(Socket? cancelSocket) => Loop.Post(() =>
+    /// <summary>A cancel of the client's running request, on the session's loop; <paramref name="cancelSocket"/> (a client's cancel connection) is closed when done.</summary>
+    public void Cancel(Socket? cancelSocket)
     {
         CancelStats stats = _proxy.CancelStats;
-        bool relaying = State == SessionState.Active;
+        bool relaying = _session.State == SessionState.Active;
         bool running = _server is not null && !ServerIsClean();
         switch (CancelDecision.Decide(relaying, WaitNode is not null || _syncingParameters, _cancelPendingRequest, running))
         {
             case CancelAction.AnswerLocally:
                 stats.OnQueued();
-                Log.Debug($"session {Id}: cancel of a request not sent to PostgreSQL; answered 57014 by the proxy");
+                Log.Debug($"session {_session.Id}: cancel of a request not sent to PostgreSQL; answered 57014 by the proxy");
                 cancelSocket?.Dispose();
-                _pool?.RemoveWaiter(this);
+                _pool.RemoveWaiter(this);
                 _cancelPendingRequest = true;
-                if (!_syncingParameters && !_client.ReceivePending && !_client.SendPending && _out is null)
+                if (!_syncingParameters && !_client.ReceivePending && !_client.SendPending && !_session.OutPending)
                 {
                     PumpClient();
                 }
@@ -38,17 +38,17 @@ internal sealed partial class ClientSession
                 return;
             case CancelAction.Drop:
                 stats.OnDroppedIdle();
-                Log.Debug($"session {Id}: cancel dropped, no query running (state {State}, backend {_server?.Id}, expected {_expectedReadyForQuery}, open {_openExtended})");
+                Log.Debug($"session {_session.Id}: cancel dropped, no query running (state {_session.State}, backend {_server?.Id}, expected {_expectedReadyForQuery}, open {_openExtended})");
                 cancelSocket?.Dispose();
                 return;
             default:
                 CancelRunningQuery(cancelSocket);
                 return;
         }
-    });
+    }
 
     /// <summary>Has the pool send the backend's own CancelRequest, holding the backend until PostgreSQL has acted. Loop only.</summary>
-    private void CancelRunningQuery(Socket? cancelSocket)
+    public void CancelRunningQuery(Socket? cancelSocket)
     {
         ServerConnection server = _server!;
         if (!server.HasCancelKey)
@@ -75,7 +75,7 @@ internal sealed partial class ClientSession
             _client.Consume(passThrough);
             if (status == FrameStatus.Invalid)
             {
-                Fatal(SqlState.ProtocolViolation, "invalid message length");
+                _session.Fatal(SqlState.ProtocolViolation, "invalid message length");
                 return;
             }
 
@@ -104,9 +104,10 @@ internal sealed partial class ClientSession
             TryReleaseServer();
         }
 
-        var writer = new PgWriter(RentOut());
+        var writer = new PgWriter(_session.RentOut());
         writer.WriteError(BackendMessage.ErrorResponse, "ERROR", SqlState.QueryCanceled, "canceling statement due to user request");
         writer.WriteReadyForQuery(ClientTransactionStatus);
-        SendOut(writer.Position, AfterSend.ContinueRelay);
+        _session.SendOut(writer.Position, AfterSend.ContinueRelay);
     }
 }
+

@@ -1,0 +1,45 @@
+using FastPgProxy.Hosting;
+using FastPgProxy.Protocol;
+
+namespace FastPgProxy.Sessions;
+
+/// <summary>
+/// client_message_timeout: a logged-in client that stops in the middle of a message is closed, whether it
+/// relays or uses the console; between messages it may stay silent as long as it likes.
+/// </summary>
+internal sealed partial class ClientSession
+{
+    private SessionTimer? _stallTimer;
+
+    /// <summary>Whether part of a client message has arrived and the rest has not (kept in the window, or streaming to the backend).</summary>
+    private bool ClientMidMessage => _client.Buffered > 0 || _client.Parked > 0 || (_relay is not null && !_relay.ClientAtBoundary);
+
+    /// <summary>
+    /// Reads the client's next bytes once logged in (relay or console). Waiting for the rest of a message arms
+    /// client_message_timeout, and every read that brings more pushes it back; between messages it is off.
+    /// </summary>
+    internal void ReceiveClient()
+    {
+        TimeSpan timeout = _proxy.Options.ClientMessageTimeout;
+        if (timeout > TimeSpan.Zero && ClientMidMessage)
+        {
+            (_stallTimer ??= new SessionTimer(this, OnClientMessageTimeout)).Arm(timeout);
+        }
+        else
+        {
+            _stallTimer?.Disarm();
+        }
+
+        _client.Receive();
+    }
+
+    private void OnClientMessageTimeout()
+    {
+        if (State == SessionState.Active && _client.ReceivePending && ClientMidMessage)
+        {
+            // Half a message may sit on the backend: it cannot go back to the pool, and Close drops it.
+            Log.Warning($"client {RemoteEndPoint} session {Id}: message not finished within client_message_timeout, closing");
+            Fatal(SqlState.ProtocolViolation, "incomplete message from client within client_message_timeout");
+        }
+    }
+}
