@@ -63,6 +63,13 @@ internal sealed class SocketChannel : IDisposable
     private bool _probing;
     private int _sendEnd;
 
+    // Readiness reports in a row that found nothing to read (see Complete); reset by every read that brings bytes.
+    private int _emptyWakes;
+
+    // After this many empty reports in a row the channel waits for data holding its buffer, as a channel that
+    // keeps one always does, rather than loop through the queue on reports that keep coming.
+    private const int MaxEmptyWakes = 4;
+
     // The few bytes of a message begun and not finished, kept while the channel waits without a buffer.
     private byte[]? _parked;
     private int _parkedLength;
@@ -320,13 +327,26 @@ internal sealed class SocketChannel : IDisposable
 
                 if (_probing && error == SocketError.Success)
                 {
-                    // Readable (or at end of stream): take a buffer and read for real.
+                    // Readable (or at end of stream): take a buffer and read what is there now.
                     _probing = false;
                     Buffer = Loop.Buffers.Rent();
                     Start = 0;
                     End = _parkedLength;
                     _parked.AsSpan(0, _parkedLength).CopyTo(Buffer);
                     _parkedLength = 0;
+                    if (ReadNow())
+                    {
+                        return;
+                    }
+
+                    // The report was stale: its bytes were read before (under load the runtime's readiness
+                    // report can trail the read that took them). Wait without the buffer again.
+                    if (++_emptyWakes <= MaxEmptyWakes)
+                    {
+                        Receive();
+                        return;
+                    }
+
                     _receiveArgs.SetBuffer(Buffer, End, Buffer.Length - End);
                     StartReceive();
                     return;
@@ -351,6 +371,32 @@ internal sealed class SocketChannel : IDisposable
                 _handler.OnSend(this, Closed ? SocketError.OperationAborted : error);
                 break;
         }
+    }
+
+    /// <summary>
+    /// After a readiness report, reads what the socket holds without waiting (the socket is non-blocking
+    /// for synchronous calls) and hands it to the handler: bytes, end of stream or an error. False when
+    /// there was nothing to read, and nothing was handed on.
+    /// </summary>
+    private bool ReadNow()
+    {
+        Socket socket = Socket!;
+        if (socket.Blocking)
+        {
+            socket.Blocking = false;
+        }
+
+        int bytes = socket.Receive(Buffer!, End, Buffer!.Length - End, SocketFlags.None, out SocketError error);
+        if (error == SocketError.WouldBlock)
+        {
+            return false;
+        }
+
+        _emptyWakes = 0;
+        bytes = error == SocketError.Success ? bytes : 0;
+        End += bytes;
+        _handler.OnReceive(this, bytes, error);
+        return true;
     }
 
     /// <summary>Closes the socket once; outstanding operations then complete with an error on the loop.</summary>
