@@ -2,10 +2,9 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
-using FastPgProxy.Tests.Infrastructure;
 using Xunit;
 
-namespace FastPgProxy.Tests.EndToEnd;
+namespace FastPgProxy.Tests.Infrastructure;
 
 /// <summary>
 /// The real <c>fastpgproxy</c> executable running in the background, optionally under a lower open-file

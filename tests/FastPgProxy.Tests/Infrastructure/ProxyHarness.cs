@@ -1,10 +1,9 @@
 using System.Net.Sockets;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
-using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 
-namespace FastPgProxy.Tests.EndToEnd;
+namespace FastPgProxy.Tests.Infrastructure;
 
 /// <summary>An in-process proxy in front of the fixture's PostgreSQL, on a free port.</summary>
 internal sealed class ProxyHarness : IAsyncDisposable
