@@ -24,7 +24,7 @@ public sealed class AdminConsoleTests(PostgresFixture fixture)
 
     private readonly PostgresServer _pg = fixture.Server;
 
-    private ProxyHarness Start(Action<ProxyOptions>? configure = null, string? userList = null) =>
+    private ProxyHarness Start(Action<ProxyOptions>? configure = null, IReadOnlyList<(string User, string Secret)>? users = null) =>
         ProxyHarness.Start(
             _pg,
             o =>
@@ -33,7 +33,7 @@ public sealed class AdminConsoleTests(PostgresFixture fixture)
                 o.StatsUsers.Add(StatsUser);
                 configure?.Invoke(o);
             },
-            userList);
+            users);
 
     private static async Task<NpgsqlConnection> OpenConsoleAsync(ProxyHarness proxy, string user = AdminUser, string? password = null, string database = Console)
     {
@@ -207,7 +207,7 @@ public sealed class AdminConsoleTests(PostgresFixture fixture)
     [Fact]
     public async Task Console_login_checks_the_auth_file_password()
     {
-        string users = $"\"{AdminUser}\" \"adminpass\"\n\"{PostgresServer.Superuser}\" \"pw\"\n";
+        (string, string)[] users = [(AdminUser, "adminpass"), (PostgresServer.Superuser, "pw")];
         await using ProxyHarness proxy = Start(o => o.AuthType = AuthType.Md5, users);
         await using (NpgsqlConnection console = await OpenConsoleAsync(proxy, AdminUser, "adminpass"))
         {
