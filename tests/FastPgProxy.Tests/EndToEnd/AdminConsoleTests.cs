@@ -24,7 +24,7 @@ public sealed class AdminConsoleTests(PostgresFixture fixture)
 
     private readonly PostgresServer _pg = fixture.Server;
 
-    private ProxyHarness Start(Action<ProxyOptions>? configure = null, string? userList = null) =>
+    private ProxyHarness Start(Action<ProxyOptions>? configure = null, IReadOnlyList<(string User, string Secret)>? users = null) =>
         ProxyHarness.Start(
             _pg,
             o =>
@@ -33,7 +33,7 @@ public sealed class AdminConsoleTests(PostgresFixture fixture)
                 o.StatsUsers.Add(StatsUser);
                 configure?.Invoke(o);
             },
-            userList);
+            users);
 
     private static async Task<NpgsqlConnection> OpenConsoleAsync(ProxyHarness proxy, string user = AdminUser, string? password = null, string database = Console)
     {
@@ -207,7 +207,7 @@ public sealed class AdminConsoleTests(PostgresFixture fixture)
     [Fact]
     public async Task Console_login_checks_the_auth_file_password()
     {
-        string users = $"\"{AdminUser}\" \"adminpass\"\n\"{PostgresServer.Superuser}\" \"pw\"\n";
+        (string, string)[] users = [(AdminUser, "adminpass"), (PostgresServer.Superuser, "pw")];
         await using ProxyHarness proxy = Start(o => o.AuthType = AuthType.Md5, users);
         await using (NpgsqlConnection console = await OpenConsoleAsync(proxy, AdminUser, "adminpass"))
         {
@@ -625,51 +625,21 @@ public sealed class AdminConsoleTests(PostgresFixture fixture)
         int port = NetUtil.GetFreeTcpPort();
         string path = Path.Combine(dir, "fastpgproxy.ini");
         await File.WriteAllTextAsync(path, $"[databases]\n* = host={_pg.Host} port={_pg.Port}\n[fastpgproxy]\nlisten_port = {port}\nauth_type = trust\nadmin_users = {AdminUser}\n");
-        string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h : ProcessRunner.FindOnPath("dotnet")!;
-        var start = new ProcessStartInfo(host) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "fastpgproxy.dll"));
-        start.ArgumentList.Add("--config");
-        start.ArgumentList.Add(path);
-        using Process process = Process.Start(start)!;
-        Task<string> stderr = process.StandardError.ReadToEndAsync();
-        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
         try
         {
+            using ProxyProcess proxy = ProxyProcess.Start(path);
+            await proxy.WaitListeningAsync(port, TimeSpan.FromSeconds(30));
             string psql = ProcessRunner.FindOnPath("psql") ?? _pg.ToolPath("psql");
             string[] args = ["-X", "-h", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture), "-U", AdminUser, "-d", Console, "-Atc", "SHUTDOWN"];
-            var deadline = Stopwatch.StartNew();
-            while (true)
-            {
-                (int exit, _, string err) = await ProcessRunner.RunAsync(psql, args, TimeSpan.FromSeconds(30), new Dictionary<string, string> { ["PGCONNECT_TIMEOUT"] = "5" });
-                if (exit == 0)
-                {
-                    break;
-                }
+            (int exit, _, string err) = await ProcessRunner.RunAsync(psql, args, TimeSpan.FromSeconds(30), new Dictionary<string, string> { ["PGCONNECT_TIMEOUT"] = "5" });
+            Assert.True(exit == 0, $"psql SHUTDOWN failed: {err}");
 
-                if (process.HasExited)
-                {
-                    Assert.Fail($"fastpgproxy exited early: {await stderr}");
-                }
-
-                Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(30), $"psql SHUTDOWN failed: {err}");
-                await Task.Delay(100);
-            }
-
-            using var exited = new CancellationTokenSource(TimeSpan.FromSeconds(20));
-            await process.WaitForExitAsync(exited.Token);
-            string log = await stderr;
-            Assert.True(process.ExitCode == 0, $"exit code {process.ExitCode}; stderr:\n{log}");
-            Assert.Contains("shutdown requested by admin console session", log, StringComparison.Ordinal);
-            _ = await stdout;
+            int exitCode = await proxy.WaitForExitAsync(TimeSpan.FromSeconds(20));
+            Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
+            Assert.Contains("shutdown requested by admin console session", proxy.StdErr, StringComparison.Ordinal);
         }
         finally
         {
-            if (!process.HasExited)
-            {
-                process.Kill(entireProcessTree: true);
-                await process.WaitForExitAsync();
-            }
-
             Directory.Delete(dir, recursive: true);
         }
     }

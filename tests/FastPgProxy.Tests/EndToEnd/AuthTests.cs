@@ -19,14 +19,13 @@ public sealed class AuthTests(PostgresFixture fixture)
 
     private readonly PostgresServer _pg = fixture.Server;
 
-    private static string UserLine(string user, string secret) => $"\"{user}\" \"{secret}\"\n";
-
-    private static ProxyHarness Start(PostgresServer pg, AuthType authType, string userList) =>
-        ProxyHarness.Start(pg, o => o.AuthType = authType, userList);
+    /// <summary>Starts a proxy with <paramref name="authType"/> whose auth_file holds one user.</summary>
+    private static ProxyHarness Start(PostgresServer pg, AuthType authType, string user, string secret) =>
+        ProxyHarness.Start(pg, o => o.AuthType = authType, [(user, secret)]);
 
     /// <summary>Theory data names auth types as the config file does (the enum is internal).</summary>
-    private static ProxyHarness Start(PostgresServer pg, string authType, string userList) =>
-        Start(pg, authType switch { "md5" => AuthType.Md5, "scram-sha-256" => AuthType.ScramSha256, _ => AuthType.Trust }, userList);
+    private static ProxyHarness Start(PostgresServer pg, string authType, string user, string secret) =>
+        Start(pg, authType switch { "md5" => AuthType.Md5, "scram-sha-256" => AuthType.ScramSha256, _ => AuthType.Trust }, user, secret);
 
     /// <summary>Logs in through the proxy and checks which role PostgreSQL sees.</summary>
     private static async Task AssertLogsInAsync(ProxyHarness proxy, string user, string? password, string expectedRole)
@@ -53,7 +52,7 @@ public sealed class AuthTests(PostgresFixture fixture)
     [Fact]
     public async Task Md5_with_a_plaintext_secret_accepts_the_right_password_and_refuses_a_wrong_one()
     {
-        await using ProxyHarness proxy = Start(_pg, AuthType.Md5, UserLine(PostgresServer.Md5User, PostgresServer.Md5Password));
+        await using ProxyHarness proxy = Start(_pg, AuthType.Md5, PostgresServer.Md5User, PostgresServer.Md5Password);
         await AssertLogsInAsync(proxy, PostgresServer.Md5User, PostgresServer.Md5Password, PostgresServer.Md5User);
 
         PostgresException e = await AssertLoginFailsAsync(proxy, PostgresServer.Md5User, "not-the-password", InvalidPassword);
@@ -75,7 +74,7 @@ public sealed class AuthTests(PostgresFixture fixture)
     [Fact]
     public async Task Scram_with_a_plaintext_secret_accepts_the_right_password_and_refuses_a_wrong_one()
     {
-        await using ProxyHarness proxy = Start(_pg, AuthType.ScramSha256, UserLine(PostgresServer.ScramUser, PostgresServer.ScramPassword));
+        await using ProxyHarness proxy = Start(_pg, AuthType.ScramSha256, PostgresServer.ScramUser, PostgresServer.ScramPassword);
         await AssertLogsInAsync(proxy, PostgresServer.ScramUser, PostgresServer.ScramPassword, PostgresServer.ScramUser);
 
         PostgresException e = await AssertLoginFailsAsync(proxy, PostgresServer.ScramUser, "not-the-password", InvalidPassword);
@@ -87,7 +86,7 @@ public sealed class AuthTests(PostgresFixture fixture)
     {
         string verifier = await StoredSecretAsync(PostgresServer.ScramUser);
         Assert.StartsWith("SCRAM-SHA-256$", verifier, StringComparison.Ordinal);
-        await using ProxyHarness proxy = Start(_pg, AuthType.ScramSha256, UserLine(PostgresServer.ScramUser, verifier));
+        await using ProxyHarness proxy = Start(_pg, AuthType.ScramSha256, PostgresServer.ScramUser, verifier);
 
         // The proxy has no password: PostgreSQL (pg_hba scram-sha-256) accepts it only with the ClientKey
         // recovered from this client's proof.
@@ -100,7 +99,7 @@ public sealed class AuthTests(PostgresFixture fixture)
     public async Task Md5_with_a_scram_verifier_secret_asks_the_client_for_scram_and_logs_in()
     {
         string verifier = await StoredSecretAsync(PostgresServer.ScramUser);
-        await using ProxyHarness proxy = Start(_pg, AuthType.Md5, UserLine(PostgresServer.ScramUser, verifier));
+        await using ProxyHarness proxy = Start(_pg, AuthType.Md5, PostgresServer.ScramUser, verifier);
         await AssertLogsInAsync(proxy, PostgresServer.ScramUser, PostgresServer.ScramPassword, PostgresServer.ScramUser);
         await AssertLoginFailsAsync(proxy, PostgresServer.ScramUser, "not-the-password", InvalidPassword);
     }
@@ -110,7 +109,7 @@ public sealed class AuthTests(PostgresFixture fixture)
     {
         string hash = await StoredSecretAsync(PostgresServer.Md5User);
         Assert.StartsWith("md5", hash, StringComparison.Ordinal);
-        await using ProxyHarness proxy = Start(_pg, AuthType.Md5, UserLine(PostgresServer.Md5User, hash));
+        await using ProxyHarness proxy = Start(_pg, AuthType.Md5, PostgresServer.Md5User, hash);
         await AssertLogsInAsync(proxy, PostgresServer.Md5User, PostgresServer.Md5Password, PostgresServer.Md5User);
         await AssertLoginFailsAsync(proxy, PostgresServer.Md5User, "not-the-password", InvalidPassword);
     }
@@ -120,7 +119,7 @@ public sealed class AuthTests(PostgresFixture fixture)
     [InlineData("scram-sha-256")]
     public async Task Cleartext_backend_gets_the_plaintext_secret(string authType)
     {
-        await using ProxyHarness proxy = Start(_pg, authType, UserLine(PostgresServer.ClearUser, PostgresServer.ClearPassword));
+        await using ProxyHarness proxy = Start(_pg, authType, PostgresServer.ClearUser, PostgresServer.ClearPassword);
         await AssertLogsInAsync(proxy, PostgresServer.ClearUser, PostgresServer.ClearPassword, PostgresServer.ClearUser);
         await AssertLoginFailsAsync(proxy, PostgresServer.ClearUser, "not-the-password", InvalidPassword);
     }
@@ -130,7 +129,7 @@ public sealed class AuthTests(PostgresFixture fixture)
     [InlineData("scram-sha-256")]
     public async Task Unknown_user_gets_the_same_28P01_as_a_wrong_password(string authType)
     {
-        await using ProxyHarness proxy = Start(_pg, authType, UserLine(PostgresServer.Md5User, PostgresServer.Md5Password));
+        await using ProxyHarness proxy = Start(_pg, authType, PostgresServer.Md5User, PostgresServer.Md5Password);
         PostgresException e = await AssertLoginFailsAsync(proxy, "fpp_nobody", "whatever", InvalidPassword);
         Assert.Equal("password authentication failed for user \"fpp_nobody\"", e.MessageText);
 
@@ -142,14 +141,14 @@ public sealed class AuthTests(PostgresFixture fixture)
     public async Task Scram_for_a_user_whose_secret_is_an_md5_hash_gets_28P01()
     {
         string hash = await StoredSecretAsync(PostgresServer.Md5User);
-        await using ProxyHarness proxy = Start(_pg, AuthType.ScramSha256, UserLine(PostgresServer.Md5User, hash));
+        await using ProxyHarness proxy = Start(_pg, AuthType.ScramSha256, PostgresServer.Md5User, hash);
         await AssertLoginFailsAsync(proxy, PostgresServer.Md5User, PostgresServer.Md5Password, InvalidPassword);
     }
 
     [Fact]
     public async Task Trust_with_an_auth_file_admits_listed_users_only()
     {
-        await using ProxyHarness proxy = Start(_pg, AuthType.Trust, UserLine(PostgresServer.TrustUser, string.Empty));
+        await using ProxyHarness proxy = Start(_pg, AuthType.Trust, PostgresServer.TrustUser, string.Empty);
         await AssertLogsInAsync(proxy, PostgresServer.TrustUser, null, PostgresServer.TrustUser);
         await AssertLoginFailsAsync(proxy, PostgresServer.OtherUser, null, InvalidAuthorization);
     }
@@ -161,14 +160,7 @@ public sealed class AuthTests(PostgresFixture fixture)
         {
             o.AuthType = AuthType.Trust;
             o.Databases.Clear();
-            o.Databases.Add(new DatabaseOptions
-            {
-                Name = "*",
-                Host = _pg.Host,
-                Port = _pg.Port,
-                User = PostgresServer.ScramUser,
-                Password = PostgresServer.ScramPassword,
-            });
+            o.Databases.Add(ProxyHarness.Database(_pg, PostgresServer.ScramUser, PostgresServer.ScramPassword));
         });
         await AssertLogsInAsync(proxy, PostgresServer.TrustUser, null, PostgresServer.ScramUser);
     }
@@ -176,16 +168,15 @@ public sealed class AuthTests(PostgresFixture fixture)
     [Fact]
     public async Task Database_entry_user_without_password_uses_that_users_auth_file_secret()
     {
-        string userList = UserLine(PostgresServer.TrustUser, "trustpass") + UserLine(PostgresServer.Md5User, PostgresServer.Md5Password);
         await using ProxyHarness proxy = ProxyHarness.Start(
             _pg,
             o =>
             {
                 o.AuthType = AuthType.ScramSha256;
                 o.Databases.Clear();
-                o.Databases.Add(new DatabaseOptions { Name = "*", Host = _pg.Host, Port = _pg.Port, User = PostgresServer.Md5User });
+                o.Databases.Add(ProxyHarness.Database(_pg, PostgresServer.Md5User));
             },
-            userList);
+            [(PostgresServer.TrustUser, "trustpass"), (PostgresServer.Md5User, PostgresServer.Md5Password)]);
         await AssertLogsInAsync(proxy, PostgresServer.TrustUser, "trustpass", PostgresServer.Md5User);
     }
 
@@ -195,7 +186,7 @@ public sealed class AuthTests(PostgresFixture fixture)
     [InlineData("password message shorter than its length word", new byte[] { (byte)'p', 0, 0, 0, 3 })]
     public async Task Malformed_answer_to_the_md5_challenge_gets_08P01(string what, byte[] answer)
     {
-        await using ProxyHarness proxy = Start(_pg, AuthType.Md5, UserLine(PostgresServer.Md5User, PostgresServer.Md5Password));
+        await using ProxyHarness proxy = Start(_pg, AuthType.Md5, PostgresServer.Md5User, PostgresServer.Md5Password);
         using System.Net.Sockets.Socket raw = await proxy.ConnectRawAsync();
         await raw.SendAsync(RawProtocol.Startup(("user", PostgresServer.Md5User), ("database", PostgresServer.Database)));
         (byte Type, byte[] Body)? challenge = await RawProtocol.ReadMessageAsync(raw, TimeSpan.FromSeconds(15));
@@ -214,7 +205,7 @@ public sealed class AuthTests(PostgresFixture fixture)
     [InlineData("scram-sha-256", PostgresServer.ScramUser, PostgresServer.ScramPassword)]
     public async Task Psql_logs_in_with_PGPASSWORD_and_prints_the_result(string authType, string user, string password)
     {
-        await using ProxyHarness proxy = Start(_pg, authType, UserLine(user, password));
+        await using ProxyHarness proxy = Start(_pg, authType, user, password);
         string psql = ProcessRunner.FindOnPath("psql") ?? _pg.ToolPath("psql");
         var env = new Dictionary<string, string>
         {

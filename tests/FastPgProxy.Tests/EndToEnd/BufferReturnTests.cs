@@ -51,11 +51,7 @@ public sealed class BufferReturnTests(PostgresFixture fixture)
     [InlineData(true, true, Outage.Restart)]
     public async Task Every_buffer_is_returned_after_PostgreSQL_goes_away_under_load(bool transactionMode, bool prepared, Outage outage)
     {
-        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
-        {
-            o.PoolMode = transactionMode ? PoolMode.Transaction : PoolMode.Session;
-            o.DefaultPoolSize = 8;
-        });
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, transactionMode ? PoolMode.Transaction : PoolMode.Session, poolSize: 8);
         try
         {
             // The same load without an outage first: what it leaves behind is not the outage's doing.

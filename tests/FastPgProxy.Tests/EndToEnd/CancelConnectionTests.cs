@@ -31,10 +31,8 @@ public sealed class CancelConnectionTests(PostgresFixture fixture, ITestOutputHe
     [Fact]
     public async Task Cancels_beyond_the_bound_wait_ahead_of_logins_and_are_dropped_after_cancel_wait_timeout()
     {
-        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 2, o =>
         {
-            o.PoolMode = PoolMode.Transaction;
-            o.DefaultPoolSize = 2;
             o.MaxCancelConnections = 1;
             o.CancelWaitTimeout = TimeSpan.FromSeconds(2);
             o.CancelTimeout = TimeSpan.FromSeconds(60);
@@ -121,10 +119,8 @@ public sealed class CancelConnectionTests(PostgresFixture fixture, ITestOutputHe
     [Fact]
     public async Task A_waiting_cancel_whose_query_ends_is_dropped_at_once()
     {
-        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1, o =>
         {
-            o.PoolMode = PoolMode.Transaction;
-            o.DefaultPoolSize = 1;
             o.MaxCancelConnections = 1;
             o.CancelWaitTimeout = TimeSpan.FromSeconds(30);
             o.CancelTimeout = TimeSpan.FromSeconds(60);
@@ -182,12 +178,7 @@ public sealed class CancelConnectionTests(PostgresFixture fixture, ITestOutputHe
     [Fact]
     public async Task A_backend_whose_cancel_was_never_confirmed_is_closed_not_reused()
     {
-        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
-        {
-            o.PoolMode = PoolMode.Transaction;
-            o.DefaultPoolSize = 1;
-            o.CancelTimeout = TimeSpan.FromSeconds(1);
-        });
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1, o => o.CancelTimeout = TimeSpan.FromSeconds(1));
         CancelStats stats = proxy.Server.CancelStats;
         using RawClient a = await RawClient.ConnectAsync(proxy, "cancel-unconfirmed-a");
         ServerPool pool = Pool(proxy);

@@ -564,10 +564,8 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
     }
 
     private ProxyHarness StartProxy(int poolSize, Action<ProxyOptions>? configure = null) =>
-        ProxyHarness.Start(_pg, o =>
+        ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize, o =>
         {
-            o.PoolMode = PoolMode.Transaction;
-            o.DefaultPoolSize = poolSize;
             o.MaxClientConnections = 1000;
             configure?.Invoke(o);
         });

@@ -44,7 +44,7 @@ public sealed class CancelTimeoutTests(PostgresFixture fixture, ITestOutputHelpe
         await _pg.ExecuteNonQueryAsync($"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (v text); GRANT ALL ON {table} TO PUBLIC");
         try
         {
-            await using ProxyHarness proxy = StartProxy(mode, o => o.CancelOnDisconnect = true);
+            await using ProxyHarness proxy = ProxyHarness.Start(_pg, mode, poolSize: 1, o => o.CancelOnDisconnect = true);
             await using var observer = new NpgsqlConnection(_pg.ConnectionString());
             await observer.OpenAsync();
             string marker = $"dropped-{Guid.NewGuid():N}";
@@ -105,7 +105,7 @@ public sealed class CancelTimeoutTests(PostgresFixture fixture, ITestOutputHelpe
     [Fact]
     public async Task Query_timeout_cancels_the_long_query_and_the_session_goes_on()
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, o => o.QueryTimeout = TimeSpan.FromSeconds(3));
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1, o => o.QueryTimeout = TimeSpan.FromSeconds(3));
         CancelStats stats = proxy.Server.CancelStats;
         await using NpgsqlConnection c = await OpenAsync(proxy);
         Snapshot before = Snapshot.Of(stats);
@@ -138,7 +138,7 @@ public sealed class CancelTimeoutTests(PostgresFixture fixture, ITestOutputHelpe
         await _pg.ExecuteNonQueryAsync("DROP TABLE IF EXISTS cancel_idle_tx; CREATE TABLE cancel_idle_tx (v text); GRANT ALL ON cancel_idle_tx TO PUBLIC");
         try
         {
-            await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, o => o.IdleTransactionTimeout = TimeSpan.FromSeconds(1));
+            await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1, o => o.IdleTransactionTimeout = TimeSpan.FromSeconds(1));
             await using NpgsqlConnection bystander = await OpenAsync(proxy);
             Assert.Equal(1, await ScalarAsync<int>(bystander, "SELECT 1"));
 
@@ -207,7 +207,7 @@ public sealed class CancelTimeoutTests(PostgresFixture fixture, ITestOutputHelpe
     public async Task A_correct_cancel_is_honoured_from_a_source_blocked_for_wrong_keys()
     {
         const int wrongKeys = 150;
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, _ => { });
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1);
         Assert.Equal(100, proxy.Server.Options.CancelBadKeyLimit);
         CancelStats stats = proxy.Server.CancelStats;
         using RawClient a = await RawClient.ConnectAsync(proxy);
@@ -234,14 +234,6 @@ public sealed class CancelTimeoutTests(PostgresFixture fixture, ITestOutputHelpe
         Assert.Equal(wrongKeys - 101 + 1, delta.RateLimited);
         Assert.Equal(wrongKeys + 2, delta.Received);
     }
-
-    private ProxyHarness StartProxy(PoolMode mode, Action<ProxyOptions> configure) =>
-        ProxyHarness.Start(_pg, o =>
-        {
-            o.PoolMode = mode;
-            o.DefaultPoolSize = 1;
-            configure(o);
-        });
 
     private static async Task<NpgsqlConnection> OpenAsync(ProxyHarness proxy)
     {

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
 using System.Net.Sockets;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
@@ -23,10 +22,6 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static string ProxyDll => ProxyProcess.ProxyDll;
-
-    private static string DotnetHost => ProxyProcess.DotnetHost;
-
     private string WriteConfig(params string[] lines)
     {
         string path = Path.Combine(_dir, "fastpgproxy.ini");
@@ -35,7 +30,7 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     }
 
     private static Task<(int ExitCode, string StdOut, string StdErr)> RunToExitAsync(string configPath) =>
-        ProcessRunner.RunAsync(DotnetHost, [ProxyDll, "--config", configPath], ConfigErrorTimeout);
+        ProxyProcess.RunToExitAsync(configPath, ConfigErrorTimeout);
 
     [Fact]
     public async Task Unknown_key_fails_the_start_naming_file_line_and_key()
@@ -116,75 +111,39 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
             "[databases]",
             $"* = host=127.0.0.1 port={_pg.Port}");
 
-        var start = new ProcessStartInfo(startedIgnoringInterrupt ? "/bin/sh" : DotnetHost)
+        using ProxyProcess proxy = ProxyProcess.Start(path, ignoreInterrupt: startedIgnoringInterrupt);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+
+        var builder = new NpgsqlConnectionStringBuilder(_pg.ConnectionString(port: port)) { CommandTimeout = 60 };
+        await using var client = new NpgsqlConnection(builder.ConnectionString);
+        await client.OpenAsync();
+        await using (var query = new NpgsqlCommand("SELECT 6 * 7", client))
         {
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-        };
-        if (startedIgnoringInterrupt)
-        {
-            // The ignored disposition survives exec, so the proxy (same pid) starts with SIGINT ignored.
-            start.ArgumentList.Add("-c");
-            start.ArgumentList.Add("trap '' INT; exec \"$0\" \"$@\"");
-            start.ArgumentList.Add(DotnetHost);
+            Assert.Equal(42, await query.ExecuteScalarAsync());
         }
 
-        start.ArgumentList.Add(ProxyDll);
-        start.ArgumentList.Add("--config");
-        start.ArgumentList.Add(path);
-        using Process process = Process.Start(start)!;
-        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
-        Task<string> stderr = process.StandardError.ReadToEndAsync();
-        try
+        // A query is in flight when the signal arrives: the proxy must tell the client, not leave it hanging.
+        string marker = $"exe-{signal}-{Guid.NewGuid():N}";
+        await using var sleeping = new NpgsqlCommand($"SELECT pg_sleep(5) /* {marker} */", client);
+        Task<object?> running = sleeping.ExecuteScalarAsync();
+        await WaitRunningAsync(marker);
+
+        await proxy.SignalAsync(signal);
+
+        Exception e = await Assert.ThrowsAnyAsync<Exception>(() => running.WaitAsync(ExitTimeout));
+        Exception cause = e is OperationCanceledException && e.InnerException is not null ? e.InnerException : e;
+        if (cause is PostgresException pg)
         {
-            await WaitListeningAsync(process, port, stderr);
-
-            var builder = new NpgsqlConnectionStringBuilder(_pg.ConnectionString(port: port)) { CommandTimeout = 60 };
-            await using var client = new NpgsqlConnection(builder.ConnectionString);
-            await client.OpenAsync();
-            await using (var query = new NpgsqlCommand("SELECT 6 * 7", client))
-            {
-                Assert.Equal(42, await query.ExecuteScalarAsync());
-            }
-
-            // A query is in flight when the signal arrives: the proxy must tell the client, not leave it hanging.
-            string marker = $"exe-{signal}-{Guid.NewGuid():N}";
-            await using var sleeping = new NpgsqlCommand($"SELECT pg_sleep(5) /* {marker} */", client);
-            Task<object?> running = sleeping.ExecuteScalarAsync();
-            await WaitRunningAsync(marker);
-
-            var (killCode, _, killErr) = await ProcessRunner.RunAsync(
-                "kill", [$"-{signal}", process.Id.ToString(CultureInfo.InvariantCulture)], TimeSpan.FromSeconds(10));
-            Assert.True(killCode == 0, killErr);
-
-            Exception e = await Assert.ThrowsAnyAsync<Exception>(() => running.WaitAsync(ExitTimeout));
-            Exception cause = e is OperationCanceledException && e.InnerException is not null ? e.InnerException : e;
-            if (cause is PostgresException pg)
-            {
-                Assert.Equal("57P01", pg.SqlState);
-            }
-            else
-            {
-                // The proxy may close before the error reaches the client; a broken connection is acceptable.
-                Assert.IsAssignableFrom<NpgsqlException>(cause);
-            }
-
-            using var exit = new CancellationTokenSource(ExitTimeout);
-            await process.WaitForExitAsync(exit.Token);
-            string log = await stderr.WaitAsync(ExitTimeout);
-            Assert.True(process.ExitCode == 0, $"exit code {process.ExitCode}; stderr:\n{log}");
-            _ = await stdout.WaitAsync(ExitTimeout);
+            Assert.Equal("57P01", pg.SqlState);
         }
-        finally
+        else
         {
-            if (!process.HasExited)
-            {
-                process.Kill(entireProcessTree: true);
-                process.WaitForExit(5_000);
-            }
+            // The proxy may close before the error reaches the client; a broken connection is acceptable.
+            Assert.IsAssignableFrom<NpgsqlException>(cause);
         }
+
+        int exitCode = await proxy.WaitForExitAsync(ExitTimeout);
+        Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
     }
 
     /// <summary>
@@ -314,32 +273,6 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         foreach (Socket socket in sockets)
         {
             socket.Dispose();
-        }
-    }
-
-    /// <summary>Polls a TCP connect to the proxy until it accepts, failing early if the process exits.</summary>
-    private static async Task WaitListeningAsync(Process process, int port, Task<string> stderr)
-    {
-        var deadline = Stopwatch.StartNew();
-        while (true)
-        {
-            if (process.HasExited)
-            {
-                Assert.Fail($"fastpgproxy exited with {process.ExitCode} before listening: {await stderr.WaitAsync(ExitTimeout)}");
-            }
-
-            using var probe = new Socket(SocketType.Stream, ProtocolType.Tcp);
-            try
-            {
-                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(2));
-                await probe.ConnectAsync("127.0.0.1", port, cts.Token);
-                return;
-            }
-            catch (Exception ex) when (ex is SocketException or OperationCanceledException)
-            {
-                Assert.True(deadline.Elapsed < ReadyTimeout, $"fastpgproxy did not listen on port {port} within {ReadyTimeout.TotalSeconds} s");
-                await Task.Delay(50);
-            }
         }
     }
 

@@ -29,7 +29,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     [Fact]
     public async Task A_foreign_message_type_is_refused_to_its_sender_and_never_reaches_a_pooled_backend()
     {
-        await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 3);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 3);
         await using Bystanders bystanders = await Bystanders.StartAsync(proxy, clients: 4);
         foreach (char type in "o!p")
         {
@@ -60,7 +60,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     [InlineData(false)]
     public async Task Every_message_type_after_login_is_relayed_or_refused_without_touching_other_clients(bool transactionMode)
     {
-        await using ProxyHarness proxy = Start(transactionMode ? PoolMode.Transaction : PoolMode.Session, poolSize: 3);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, transactionMode ? PoolMode.Transaction : PoolMode.Session, poolSize: 3);
         await using Bystanders bystanders = await Bystanders.StartAsync(proxy, clients: 2);
         for (int type = 0; type < 256; type++)
         {
@@ -97,7 +97,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     [InlineData(false)]
     public async Task An_intercepted_call_in_a_malformed_message_gets_PostgreSQLs_error_not_an_answer(bool simple)
     {
-        await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 3);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 3);
         using RawClient client = await RawClient.ConnectAsync(proxy, "malformed");
         byte[] message = simple
             ? RawClient.Message('Q', [.. Encoding.ASCII.GetBytes("select pg_backend_pid()"), 0, .. "junk"u8, 0])
@@ -112,7 +112,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     [Fact]
     public async Task Random_bytes_after_login_hurt_only_their_sender()
     {
-        await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 3);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 3);
         await using Bystanders bystanders = await Bystanders.StartAsync(proxy, clients: 2);
         var random = new Random(20261129);
         for (int i = 0; i < 200; i++)
@@ -136,7 +136,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     [Fact]
     public async Task Two_thousand_garbage_start_up_packets_are_refused_without_touching_other_clients()
     {
-        await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 3);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 3);
         await using Bystanders bystanders = await Bystanders.StartAsync(proxy, clients: 2);
         var random = new Random(2000);
         for (int batch = 0; batch < 40; batch++)
@@ -193,7 +193,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     [Fact]
     public async Task Clients_that_stop_halfway_through_a_message_take_no_backend_and_no_buffer()
     {
-        await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 3, o =>
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 3, o =>
         {
             o.QueryWaitTimeout = TimeSpan.FromSeconds(20);
             o.MaxClientConnections = 1000;
@@ -238,7 +238,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     [Fact]
     public async Task A_client_that_stops_inside_a_message_longer_than_a_buffer_is_closed_after_client_message_timeout()
     {
-        await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 1, o =>
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1, o =>
         {
             o.ClientMessageTimeout = TimeSpan.FromSeconds(2);
             o.QueryWaitTimeout = TimeSpan.FromSeconds(60);
@@ -259,7 +259,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     [Fact]
     public async Task A_client_that_streams_a_long_message_slowly_but_steadily_is_not_cut()
     {
-        await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 1, o => o.ClientMessageTimeout = TimeSpan.FromSeconds(2));
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1, o => o.ClientMessageTimeout = TimeSpan.FromSeconds(2));
         using RawClient client = await RawClient.ConnectAsync(proxy, "slow");
         byte[] query = RawProtocol.Query("select length('" + new string('y', 60_000) + "')");
         for (int at = 0; at < query.Length; at += 10_000)
@@ -276,7 +276,7 @@ public sealed class HostileClientTests(PostgresFixture fixture)
     [Fact]
     public async Task Prepared_statements_a_client_keeps_in_the_proxy_are_bounded_and_freed_when_it_goes()
     {
-        await using ProxyHarness proxy = Start(PoolMode.Transaction, poolSize: 2, o =>
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 2, o =>
         {
             o.MaxClientPreparedStatements = 50;
             o.MaxClientPreparedBytes = 1024 * 1024;
@@ -333,13 +333,6 @@ public sealed class HostileClientTests(PostgresFixture fixture)
             }
         }
     }
-
-    private ProxyHarness Start(PoolMode mode, int poolSize, Action<ProxyOptions>? configure = null) => ProxyHarness.Start(_pg, o =>
-    {
-        o.PoolMode = mode;
-        o.DefaultPoolSize = poolSize;
-        configure?.Invoke(o);
-    });
 
     /// <summary>Reads until the proxy closes; the SQLSTATE and message of the FATAL it sent first.</summary>
     private static async Task<(string? SqlState, string? Message)> ReadFatalAsync(RawClient client)

@@ -813,12 +813,7 @@ public sealed class InterceptionTests(PostgresFixture fixture)
     // ---- Helpers ------------------------------------------------------------------------------------------
 
     private ProxyHarness StartProxy(string mode, int? poolSize = null, Action<ProxyOptions>? configure = null) =>
-        ProxyHarness.Start(_pg, o =>
-        {
-            o.PoolMode = mode == "session" ? PoolMode.Session : PoolMode.Transaction;
-            o.DefaultPoolSize = poolSize ?? (mode == "session" ? 20 : 4);
-            configure?.Invoke(o);
-        });
+        ProxyHarness.Start(_pg, mode == "session" ? PoolMode.Session : PoolMode.Transaction, poolSize ?? (mode == "session" ? 20 : 4), configure);
 
     private static string Marker() => "icpt-" + Guid.NewGuid().ToString("N");
 

@@ -40,7 +40,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
         try
         {
             DateTime since = await ServerNowAsync();
-            await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 2);
+            await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 2);
 
             using var done = new CancellationTokenSource();
             long mostBackends = 0;
@@ -113,7 +113,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     public async Task Session_mode_reuses_the_backend_after_DISCARD_ALL()
     {
         await _pg.ExecuteNonQueryAsync("CREATE SCHEMA IF NOT EXISTS x");
-        await using ProxyHarness proxy = StartProxy(PoolMode.Session, poolSize: 1);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Session, poolSize: 1);
         string defaultTimeZone = (await _pg.ScalarAsync<string>("SHOW TimeZone"))!;
         Assert.NotEqual("Asia/Tokyo", defaultTimeZone);
 
@@ -138,7 +138,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [Fact]
     public async Task Transaction_mode_keeps_each_clients_TimeZone_and_application_name_on_a_shared_backend()
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 1);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1);
         await using NpgsqlConnection a = await OpenAsync(proxy, applicationName: "client-a");
         await using NpgsqlConnection b = await OpenAsync(proxy, applicationName: "client-b");
 
@@ -191,7 +191,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [Fact]
     public async Task Backend_terminated_mid_transaction_fails_the_client_and_is_dropped_from_the_pool()
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 1);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1);
         int deadPid;
         await using (NpgsqlConnection victim = await OpenAsync(proxy))
         {
@@ -219,7 +219,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [Fact]
     public async Task Idle_clients_run_their_next_transaction_at_once_after_a_PostgreSQL_restart()
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 2);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 2);
         var clients = new List<NpgsqlConnection>();
         try
         {
@@ -278,7 +278,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [Fact]
     public async Task Client_waiting_longer_than_query_wait_timeout_gets_an_error()
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 1, o => o.QueryWaitTimeout = TimeSpan.FromSeconds(2));
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1, o => o.QueryWaitTimeout = TimeSpan.FromSeconds(2));
         await using NpgsqlConnection holder = await OpenAsync(proxy);
         await using NpgsqlTransaction tx = await holder.BeginTransactionAsync();
         Assert.Equal(1, await ScalarAsync<int>(holder, "SELECT 1", tx));
@@ -299,7 +299,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [Fact]
     public async Task Waiting_clients_get_the_backend_in_arrival_order_without_spinning()
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 1);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1);
         await using NpgsqlConnection holder = await OpenAsync(proxy);
         await using NpgsqlTransaction tx = await holder.BeginTransactionAsync();
         Assert.Equal(1, await ScalarAsync<int>(holder, "SELECT 1", tx));
@@ -382,7 +382,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
             var (initExit, initOut, initErr) = await ProcessRunner.RunAsync(pgbench, PgbenchArgs(_pg.Port, database, "-i", "-s", "1", "-q"), TimeSpan.FromSeconds(60), PgEnvironment());
             Assert.True(initExit == 0, $"pgbench -i exited with {initExit}: {initErr}{initOut}");
 
-            await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 4);
+            await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 4);
             var (exit, stdout, stderr) = await ProcessRunner.RunAsync(
                 pgbench,
                 PgbenchArgs(proxy.Port, database, "-c", "20", "-j", threads.ToString(CultureInfo.InvariantCulture), "-T", "5", "-n", "-M", protocol),
@@ -401,7 +401,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [Fact]
     public async Task Npgsql_auto_prepare_works_in_transaction_mode()
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 2);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 2);
         var builder = new NpgsqlConnectionStringBuilder(proxy.ConnectionString(User)) { MaxAutoPrepare = 10, AutoPrepareMinUsages = 2 };
         var clients = Enumerable.Range(0, 10).Select(client => Task.Run(async () =>
         {
@@ -431,7 +431,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [InlineData(1_000_000)]
     public async Task Prepared_statements_with_parameters_larger_than_a_buffer_work_in_transaction_mode(int size)
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 2);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 2);
         var clients = Enumerable.Range(0, 10).Select(client => Task.Run(async () =>
         {
             await using var conn = new NpgsqlConnection(proxy.ConnectionString(User));
@@ -464,7 +464,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [InlineData(40_000)]
     public async Task Long_statement_text_runs_unnamed_and_prepared_up_to_what_the_proxy_can_keep(int size)
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 1);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1);
         string literal = new('x', size);
         string sql = $"SELECT length('{literal}') + $1::int";
 
@@ -523,7 +523,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [Fact]
     public async Task A_query_longer_than_a_buffer_keeps_its_backend_until_it_ends()
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 1);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1);
         await using NpgsqlConnection b = await OpenAsync(proxy);
         await using (var warm = new NpgsqlCommand("SELECT 1", b))
         {
@@ -545,7 +545,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     public async Task Min_pool_size_backends_are_opened_and_kept_while_idle()
     {
         DateTime since = await ServerNowAsync();
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 4, o => o.MinPoolSize = 2);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 4, o => o.MinPoolSize = 2);
         await using NpgsqlConnection c = await OpenAsync(proxy);
         var sw = Stopwatch.StartNew();
         ServerPool pool = Pool(proxy);
@@ -569,7 +569,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     public async Task Idle_backends_past_server_idle_timeout_close_down_to_min_pool_size_and_old_ones_are_replaced()
     {
         DateTime since = await ServerNowAsync();
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 3, o =>
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 3, o =>
         {
             o.MinPoolSize = 1;
             o.ServerIdleTimeout = TimeSpan.FromSeconds(1);
@@ -608,7 +608,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [Fact]
     public async Task A_backend_past_server_lifetime_is_closed_when_idle_and_the_next_query_gets_a_new_one()
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 2, o => o.ServerLifetime = TimeSpan.FromSeconds(1));
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 2, o => o.ServerLifetime = TimeSpan.FromSeconds(1));
         await using NpgsqlConnection c = await OpenAsync(proxy);
         int first = await ScalarAsync<int>(c, RealBackendPid);
         await Task.Delay(TimeSpan.FromSeconds(2.5));
@@ -618,10 +618,10 @@ public sealed class PoolingTests(PostgresFixture fixture)
     [Fact]
     public async Task Backend_login_failure_reaches_the_client_with_PostgreSQLs_error()
     {
-        await using ProxyHarness proxy = StartProxy(PoolMode.Session, poolSize: 1, o =>
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Session, poolSize: 1, o =>
         {
             o.Databases.Clear();
-            o.Databases.Add(new DatabaseOptions { Name = "*", Host = _pg.Host, Port = _pg.Port, User = PostgresServer.Md5User, Password = "wrong" });
+            o.Databases.Add(ProxyHarness.Database(_pg, PostgresServer.Md5User, "wrong"));
         });
 
         // Every client waiting for the pool gets an answer, not only the first.
@@ -638,7 +638,7 @@ public sealed class PoolingTests(PostgresFixture fixture)
     public async Task Stopping_the_proxy_closes_its_pooled_backends()
     {
         DateTime since = await ServerNowAsync();
-        ProxyHarness proxy = StartProxy(PoolMode.Transaction, poolSize: 2);
+        ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 2);
         try
         {
             await using (NpgsqlConnection c = await OpenAsync(proxy))
@@ -662,14 +662,6 @@ public sealed class PoolingTests(PostgresFixture fixture)
 
         Assert.True(left == 0, $"{left} backends of the stopped proxy are still connected to PostgreSQL");
     }
-
-    private ProxyHarness StartProxy(PoolMode mode, int poolSize, Action<ProxyOptions>? configure = null) =>
-        ProxyHarness.Start(_pg, o =>
-        {
-            o.PoolMode = mode;
-            o.DefaultPoolSize = poolSize;
-            configure?.Invoke(o);
-        });
 
     private static async Task<NpgsqlConnection> OpenAsync(ProxyHarness proxy, string? applicationName = null)
     {

@@ -20,11 +20,7 @@ public sealed class RestartTests
     public async Task Transaction_clients_ride_through_a_fast_restart_and_only_queries_running_at_that_instant_fail()
     {
         using PostgresServer pg = PostgresServer.Start();
-        await using ProxyHarness proxy = ProxyHarness.Start(pg, o =>
-        {
-            o.PoolMode = PoolMode.Transaction;
-            o.DefaultPoolSize = 8;
-        });
+        await using ProxyHarness proxy = ProxyHarness.Start(pg, PoolMode.Transaction, poolSize: 8);
 
         var failures = new ConcurrentQueue<Exception>();
         long queries = 0;

@@ -206,7 +206,7 @@ public sealed class StartupTests(PostgresFixture fixture) : IAsyncLifetime
                 o.ClientLoginTimeout = TimeSpan.FromSeconds(1);
                 o.AuthType = FastPgProxy.Config.AuthType.Md5;
             },
-            $"\"{PostgresServer.Md5User}\" \"{PostgresServer.Md5Password}\"\n");
+            [(PostgresServer.Md5User, PostgresServer.Md5Password)]);
         using Socket raw = await proxy.ConnectRawAsync();
         await raw.SendAsync(RawProtocol.Startup(("user", PostgresServer.Md5User), ("database", PostgresServer.Database)));
         (byte Type, byte[] Body)? challenge = await RawProtocol.ReadMessageAsync(raw, ReplyTimeout);

@@ -2,14 +2,15 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
-using FastPgProxy.Tests.Infrastructure;
 using Xunit;
 
-namespace FastPgProxy.Tests.EndToEnd;
+namespace FastPgProxy.Tests.Infrastructure;
 
 /// <summary>
 /// The real <c>fastpgproxy</c> executable running in the background, optionally under a lower open-file
-/// limit (<c>ulimit -n</c>), with its standard error collected line by line so a test can wait for a log line.
+/// limit (<c>ulimit -n</c>) or with SIGINT ignored, with its standard error collected line by line so a test
+/// can wait for a log line: the one way the tests start the executable (<see cref="RunToExitAsync"/> for a
+/// start that is expected to fail).
 /// </summary>
 internal sealed class ProxyProcess : IDisposable
 {
@@ -21,7 +22,7 @@ internal sealed class ProxyProcess : IDisposable
     private ProxyProcess(Process process) => _process = process;
 
     /// <summary>The proxy assembly the project reference copies next to the tests.</summary>
-    public static string ProxyDll
+    private static string ProxyDll
     {
         get
         {
@@ -32,7 +33,7 @@ internal sealed class ProxyProcess : IDisposable
     }
 
     /// <summary>The dotnet host: the one running the tests when the SDK says so, else the one on PATH.</summary>
-    public static string DotnetHost =>
+    private static string DotnetHost =>
         Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host)
             ? host
             : ProcessRunner.FindOnPath("dotnet") ?? throw new InvalidOperationException("dotnet is not on PATH");
@@ -53,22 +54,44 @@ internal sealed class ProxyProcess : IDisposable
     }
 
     /// <summary>
-    /// Starts the proxy with <paramref name="configPath"/>; with <paramref name="openFileLimit"/>, through
-    /// <c>/bin/sh</c> that lowers the limit and then execs the proxy (same pid).
+    /// Runs the proxy with <paramref name="configPath"/> until it exits by itself, as a start that fails
+    /// does, and returns its exit code and output; the process is killed after <paramref name="timeout"/>.
     /// </summary>
-    public static ProxyProcess Start(string configPath, int? openFileLimit = null)
+    public static Task<(int ExitCode, string StdOut, string StdErr)> RunToExitAsync(string configPath, TimeSpan timeout) =>
+        ProcessRunner.RunAsync(DotnetHost, [ProxyDll, "--config", configPath], timeout);
+
+    /// <summary>
+    /// Starts the proxy with <paramref name="configPath"/>. With <paramref name="openFileLimit"/> or
+    /// <paramref name="ignoreInterrupt"/>, through <c>/bin/sh</c> that lowers the limit and/or ignores SIGINT
+    /// (as a shell without job control starts background commands) and then execs the proxy (same pid).
+    /// </summary>
+    public static ProxyProcess Start(string configPath, int? openFileLimit = null, bool ignoreInterrupt = false)
     {
-        var start = new ProcessStartInfo(openFileLimit is null ? DotnetHost : "/bin/sh")
+        bool throughShell = openFileLimit is not null || ignoreInterrupt;
+        var start = new ProcessStartInfo(throughShell ? "/bin/sh" : DotnetHost)
         {
             UseShellExecute = false,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = true,
         };
-        if (openFileLimit is int limit)
+        if (throughShell)
         {
+            var script = new List<string>();
+            if (ignoreInterrupt)
+            {
+                // The ignored disposition survives exec, so the proxy starts with SIGINT ignored.
+                script.Add("trap '' INT");
+            }
+
+            if (openFileLimit is int limit)
+            {
+                script.Add($"ulimit -n {limit.ToString(CultureInfo.InvariantCulture)}");
+            }
+
+            script.Add("exec \"$0\" \"$@\"");
             start.ArgumentList.Add("-c");
-            start.ArgumentList.Add($"ulimit -n {limit.ToString(CultureInfo.InvariantCulture)} && exec \"$0\" \"$@\"");
+            start.ArgumentList.Add(string.Join(" && ", script));
             start.ArgumentList.Add(DotnetHost);
         }
 
@@ -86,13 +109,31 @@ internal sealed class ProxyProcess : IDisposable
         return proxy;
     }
 
-    /// <summary>Polls a TCP connect to the proxy until it accepts, failing early if the process exits.</summary>
+    /// <summary>
+    /// Polls a TCP connect to <paramref name="port"/> on 127.0.0.1 until the proxy accepts, failing after
+    /// <paramref name="timeout"/>, or at once with its exit code and standard error if the process exits.
+    /// </summary>
     public async Task WaitListeningAsync(int port, TimeSpan timeout)
     {
         var deadline = Stopwatch.StartNew();
         while (true)
         {
-            Assert.False(_process.HasExited, $"fastpgproxy exited before listening; stderr:\n{StdErr}");
+            if (_process.HasExited)
+            {
+                // Waiting for the exit also waits for the end of standard error, so the message has all of it.
+                using var drained = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+                try
+                {
+                    await _process.WaitForExitAsync(drained.Token);
+                }
+                catch (OperationCanceledException)
+                {
+                    // Standard error did not end: fail with what arrived.
+                }
+
+                Assert.Fail($"fastpgproxy exited with {_process.ExitCode} before listening; stderr:\n{StdErr}");
+            }
+
             using var probe = new Socket(SocketType.Stream, ProtocolType.Tcp);
             try
             {
@@ -149,6 +190,7 @@ internal sealed class ProxyProcess : IDisposable
         return _process.ExitCode;
     }
 
+    /// <summary>Kills the process (and its children) if it still runs.</summary>
     public void Dispose()
     {
         if (!_process.HasExited)
