@@ -1,11 +1,9 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
 using FastPgProxy.Cancellation;
-using FastPgProxy.Config;
 using FastPgProxy.Hosting;
 using FastPgProxy.Net;
 using FastPgProxy.Pooling;
-using FastPgProxy.Protocol;
 
 namespace FastPgProxy.Sessions;
 

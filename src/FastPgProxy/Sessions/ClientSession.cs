@@ -2,11 +2,9 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
-using FastPgProxy.Auth;
 using FastPgProxy.Cancellation;
 using FastPgProxy.Hosting;
 using FastPgProxy.Net;
-using FastPgProxy.Pooling;
 using FastPgProxy.Protocol;
 
 namespace FastPgProxy.Sessions;
