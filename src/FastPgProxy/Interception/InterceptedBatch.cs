@@ -21,17 +21,13 @@ internal static class InterceptedBatch
         bool executed = false;
         while (true)
         {
-            if (window.Length - pos < MessageFramer.HeaderLength)
+            int total = MessageFramer.WholeLength(window.Slice(pos));
+            if (total == 0)
             {
                 return 0;
             }
 
             byte type = window[pos];
-            int total = MessageFramer.ReadLength(window.Slice(pos)) + 1;
-            if (total < MessageFramer.HeaderLength || total > window.Length - pos)
-            {
-                return 0;
-            }
 
             ReadOnlySpan<byte> message = window.Slice(pos, total);
             ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
@@ -105,7 +101,7 @@ internal static class InterceptedBatch
         {
             // $n has no value in a Simple Query: PostgreSQL's own error is the right answer. So is its
             // 08P01 for bytes after the text's terminating zero (a malformed message).
-            ReadOnlySpan<byte> text = CString(body);
+            ReadOnlySpan<byte> text = MessageFramer.ReadCString(body);
             return text.Length + 1 == body.Length
                 && QueryScanner.TryMatch(text, out InterceptedCall call)
                 && call.Argument.Kind != ArgumentKind.Parameter && call.Timeout.Kind != ArgumentKind.Parameter
@@ -117,7 +113,7 @@ internal static class InterceptedBatch
             return false;
         }
 
-        ReadOnlySpan<byte> sql = CString(body.Slice(1));
+        ReadOnlySpan<byte> sql = MessageFramer.ReadCString(body.Slice(1));
         ReadOnlySpan<byte> types = body.Slice(Math.Min(body.Length, 1 + sql.Length + 1));
         return WellFormedParameterTypes(types)
             && QueryScanner.TryMatch(sql, out InterceptedCall parsed) && ResolvesLikePostgres(parsed, types);
@@ -164,10 +160,4 @@ internal static class InterceptedBatch
         return type is TypeOids.Unspecified or TypeOids.Int2 or TypeOids.Int4 || (type == TypeOids.Int8 && widest == TypeOids.Int8);
     }
 
-    /// <summary>The C string at the start of <paramref name="data"/>, without its terminating zero; empty when there is none.</summary>
-    internal static ReadOnlySpan<byte> CString(ReadOnlySpan<byte> data)
-    {
-        int end = data.IndexOf((byte)0);
-        return end < 0 ? ReadOnlySpan<byte>.Empty : data.Slice(0, end);
-    }
 }

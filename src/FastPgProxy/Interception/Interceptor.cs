@@ -49,7 +49,7 @@ internal sealed class Interceptor
     /// <summary>A Simple Query: the rows (or error), CommandComplete and ReadyForQuery (55.2.2).</summary>
     private bool AnswerSimple(ReadOnlySpan<byte> message, ref PgWriter writer)
     {
-        ReadOnlySpan<byte> sql = InterceptedBatch.CString(message.Slice(MessageFramer.HeaderLength));
+        ReadOnlySpan<byte> sql = MessageFramer.ReadCString(message.Slice(MessageFramer.HeaderLength));
         QueryScanner.TryMatch(sql, out InterceptedCall call);
         if (_session.ClientTransactionStatus == TransactionStatus.Failed)
         {
@@ -84,7 +84,7 @@ internal sealed class Interceptor
     private bool AnswerExtended(ReadOnlySpan<byte> batch, ref PgWriter writer)
     {
         ReadOnlySpan<byte> parseBody = batch.Slice(MessageFramer.HeaderLength, MessageFramer.ReadLength(batch) - sizeof(int));
-        ReadOnlySpan<byte> sql = InterceptedBatch.CString(parseBody.Slice(1));
+        ReadOnlySpan<byte> sql = MessageFramer.ReadCString(parseBody.Slice(1));
         QueryScanner.TryMatch(sql, out InterceptedCall call);
         ReadOnlySpan<byte> parameterTypes = parseBody.Slice(1 + sql.Length + 1);
         Span<int> types = stackalloc int[2];

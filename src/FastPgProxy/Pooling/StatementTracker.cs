@@ -75,17 +75,13 @@ internal sealed class StatementTracker
         int parses = 0;
         while (true)
         {
-            if (window.Length - pos < MessageFramer.HeaderLength)
+            int total = MessageFramer.WholeLength(window.Slice(pos));
+            if (total == 0)
             {
                 return 0;
             }
 
             byte type = window[pos];
-            int total = MessageFramer.ReadLength(window.Slice(pos)) + 1;
-            if (total < MessageFramer.HeaderLength || total > window.Length - pos)
-            {
-                return 0;
-            }
 
             if (type == (byte)'S' && parses > 0)
             {
@@ -97,7 +93,7 @@ internal sealed class StatementTracker
                 return 0;
             }
 
-            ReadOnlySpan<byte> name = CString(window.Slice(pos + MessageFramer.HeaderLength, total - MessageFramer.HeaderLength));
+            ReadOnlySpan<byte> name = MessageFramer.ReadCString(window.Slice(pos + MessageFramer.HeaderLength, total - MessageFramer.HeaderLength));
             if (name.IsEmpty || _statements.ContainsKey(Encoding.UTF8.GetString(name)))
             {
                 return 0;
@@ -133,7 +129,7 @@ internal sealed class StatementTracker
                     break;
                 }
 
-                ReadOnlySpan<byte> name = CString(body);
+                ReadOnlySpan<byte> name = MessageFramer.ReadCString(body);
                 AddStatement(Encoding.UTF8.GetString(name), new ClientStatement(body.Slice(name.Length + 1).ToArray()));
                 writer.BeginMessage((byte)'1');
                 writer.EndMessage();
@@ -155,7 +151,7 @@ internal sealed class StatementTracker
     public StatementRefusal? StatementLimitRefusal(ReadOnlySpan<byte> body, ClientStatement? replaced)
     {
         Config.ProxyOptions options = _proxy.Options;
-        ReadOnlySpan<byte> name = CString(body);
+        ReadOnlySpan<byte> name = MessageFramer.ReadCString(body);
         if (replaced is null && _statements.Count >= options.MaxClientPreparedStatements)
         {
             return new StatementRefusal(SqlState.ProgramLimitExceeded, "too many prepared statements",
@@ -238,7 +234,7 @@ internal sealed class StatementTracker
                     return null;
                 }
 
-                name = CString(body.Slice(portalEnd + 1));
+                name = MessageFramer.ReadCString(body.Slice(portalEnd + 1));
                 break;
             case (byte)'D' or (byte)'C':
                 if (body.IsEmpty || body[0] != (byte)'S')
@@ -246,10 +242,10 @@ internal sealed class StatementTracker
                     return null;
                 }
 
-                name = CString(body.Slice(1));
+                name = MessageFramer.ReadCString(body.Slice(1));
                 break;
             case (byte)FrontendMessage.Parse:
-                name = CString(body);
+                name = MessageFramer.ReadCString(body);
                 break;
             default:
                 return null;
@@ -266,12 +262,6 @@ internal sealed class StatementTracker
     /// <summary>Whether <paramref name="message"/> is a Close of a statement (not of a portal).</summary>
     public static bool IsStatementClose(ReadOnlySpan<byte> message) =>
         message[0] == (byte)'C' && message.Length > MessageFramer.HeaderLength && message[MessageFramer.HeaderLength] == (byte)'S';
-
-    private static ReadOnlySpan<byte> CString(ReadOnlySpan<byte> data)
-    {
-        int end = data.IndexOf((byte)0);
-        return end < 0 ? ReadOnlySpan<byte>.Empty : data.Slice(0, end);
-    }
 
     /// <summary>
     /// Reads the head of a Bind too long to hold whole (<paramref name="message"/>: its first bytes): the
@@ -308,7 +298,7 @@ internal sealed class StatementTracker
     /// </summary>
     public int WriteLargeBindHead(ReadOnlySpan<byte> head, int total, ClientStatement statement, PreparedStatementCache cache, Span<byte> output)
     {
-        ReadOnlySpan<byte> portal = CString(head.Slice(MessageFramer.HeaderLength));
+        ReadOnlySpan<byte> portal = MessageFramer.ReadCString(head.Slice(MessageFramer.HeaderLength));
         int nameEnd = head.Length - MessageFramer.HeaderLength - portal.Length - 2;
         var writer = new PgWriter(output);
         EnsurePrepared(ref writer, statement, cache);
@@ -332,7 +322,7 @@ internal sealed class StatementTracker
         {
             case (byte)FrontendMessage.Parse:
             {
-                ReadOnlySpan<byte> name = CString(body);
+                ReadOnlySpan<byte> name = MessageFramer.ReadCString(body);
                 if (name.IsEmpty)
                 {
                     writer.WriteBytes(message);
@@ -354,7 +344,7 @@ internal sealed class StatementTracker
             case (byte)'B':
             {
                 EnsurePrepared(ref writer, statement!, cache);
-                ReadOnlySpan<byte> portal = CString(body);
+                ReadOnlySpan<byte> portal = MessageFramer.ReadCString(body);
                 ReadOnlySpan<byte> rest = body.Slice(portal.Length + 1);
                 rest = rest.Slice(rest.IndexOf((byte)0) + 1);
                 writer.BeginMessage((byte)'B');
@@ -377,7 +367,7 @@ internal sealed class StatementTracker
             {
                 // Close of a statement: the client forgets it; the backend closes it if it has it, and a
                 // close of a name it lacks is no error (55.7, Close), so it is always forwarded renamed.
-                ReadOnlySpan<byte> name = CString(body.Slice(1));
+                ReadOnlySpan<byte> name = MessageFramer.ReadCString(body.Slice(1));
                 RemoveStatement(Encoding.UTF8.GetString(name));
                 writer.BeginMessage((byte)'C');
                 writer.WriteByte((byte)'S');

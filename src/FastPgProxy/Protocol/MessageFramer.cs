@@ -238,4 +238,26 @@ internal struct MessageFramer
     /// <summary>Reads the length word of the message at the start of <paramref name="message"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static int ReadLength(ReadOnlySpan<byte> message) => BinaryPrimitives.ReadInt32BigEndian(message.Slice(1));
+
+    /// <summary>
+    /// The whole length (type byte included) of the message at the start of <paramref name="window"/> when
+    /// all of it is there and its length word is sane; 0 otherwise.
+    /// </summary>
+    public static int WholeLength(ReadOnlySpan<byte> window)
+    {
+        if (window.Length < HeaderLength)
+        {
+            return 0;
+        }
+
+        int total = ReadLength(window) + 1;
+        return total < HeaderLength || total > window.Length ? 0 : total;
+    }
+
+    /// <summary>The NUL-terminated string <paramref name="data"/> starts with, without the NUL; empty when there is no NUL.</summary>
+    public static ReadOnlySpan<byte> ReadCString(ReadOnlySpan<byte> data)
+    {
+        int end = data.IndexOf((byte)0);
+        return end < 0 ? ReadOnlySpan<byte>.Empty : data.Slice(0, end);
+    }
 }

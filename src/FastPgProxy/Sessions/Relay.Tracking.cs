@@ -369,11 +369,4 @@ internal sealed partial class Relay
                 break;
         }
     }
-
-    /// <summary>The NUL-terminated string <paramref name="data"/> starts with, without the NUL; empty when there is none. The interception code reads names and SQL with it.</summary>
-    private static ReadOnlySpan<byte> CString(ReadOnlySpan<byte> data)
-    {
-        int end = data.IndexOf((byte)0);
-        return end < 0 ? ReadOnlySpan<byte>.Empty : data.Slice(0, end);
-    }
 }
