@@ -17,7 +17,7 @@ namespace FastPgProxy.Pooling;
 /// only when tracking is on (transaction mode, max_prepared_statements above 0), so session-mode and
 /// admin console clients carry no map or queue. Loop-owned, like its session.
 /// </summary>
-internal sealed class StatementTracker
+internal sealed partial class StatementTracker
 {
     // Reply bookkeeping, in the order the backend answers: a Parse or Close whose reply is forwarded or
     // dropped, and a marker for each message that ends in ReadyForQuery.

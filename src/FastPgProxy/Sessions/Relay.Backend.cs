@@ -33,8 +33,8 @@ internal sealed partial class Relay
         server.Channel.SetHandler(this);
         _serverFramer.Reset();
         _tracker?.ClearReplyActions();
-        _expectedReadyForQuery = 0;
-        _openExtended = false;
+        _booking.ReadyForQueryDue = 0;
+        _booking.BatchOpen = false;
         _serverSentError = false;
         if (server.HasCancelKey)
         {
@@ -147,8 +147,8 @@ internal sealed partial class Relay
             && !_syncingParameters
             && server.State == ServerState.Ready
             && server.TransactionStatus == TransactionStatus.Idle
-            && _expectedReadyForQuery == 0
-            && !_openExtended
+            && _booking.ReadyForQueryDue == 0
+            && !_booking.BatchOpen
             && !server.Channel.SendPending
             && server.Channel.Buffered == 0
             && _serverFramer.AtBoundary
@@ -216,14 +216,14 @@ internal sealed partial class Relay
                 // Busy with this client's query or transaction: cancel what runs, then drain and roll
                 // back in the background, and keep the backend (cancel_on_disconnect).
                 ServerConnection server = _server;
-                if (_expectedReadyForQuery > 0 && server.PendingCancels == 0)
+                if (_booking.ReadyForQueryDue > 0 && server.PendingCancels == 0)
                 {
                     // (A cancel already on its way, from a termination or query_timeout, is enough.)
                     CancelRunningQuery(null);
                 }
 
                 _server = null;
-                _pool.Drain(server, _expectedReadyForQuery, _openExtended, _serverFramer, reset: _pool.Mode == Config.PoolMode.Session);
+                _pool.Drain(server, _booking.ReadyForQueryDue, _booking.BatchOpen, _serverFramer, reset: _pool.Mode == Config.PoolMode.Session);
             }
             else
             {

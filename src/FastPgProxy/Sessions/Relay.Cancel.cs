@@ -38,7 +38,7 @@ internal sealed partial class Relay
                 return;
             case CancelAction.Drop:
                 stats.OnDroppedIdle();
-                Log.Debug($"session {_session.Id}: cancel dropped, no query running (state {_session.State}, backend {_server?.Id}, expected {_expectedReadyForQuery}, open {_openExtended})");
+                Log.Debug($"session {_session.Id}: cancel dropped, no query running (state {_session.State}, backend {_server?.Id}, expected {_booking.ReadyForQueryDue}, open {_booking.BatchOpen})");
                 cancelSocket?.Dispose();
                 return;
             default:

@@ -48,7 +48,7 @@ internal sealed partial class Relay
 
         // Replies go out in request order: wait for whatever the backend still owes the client.
         if (_client.SendPending || _session.OutPending || _syncingParameters
-            || (_server is not null && (_expectedReadyForQuery > 0 || _openExtended || _server.Channel.SendPending || _server.Channel.Buffered > 0)))
+            || (_server is not null && (_booking.ReadyForQueryDue > 0 || _booking.BatchOpen || _server.Channel.SendPending || _server.Channel.Buffered > 0)))
         {
             _parkedForLocalReply = true;
             return true;

@@ -23,14 +23,14 @@ internal sealed partial class Relay
     public long RequestStarted => _requestStarted;
 
     /// <summary>Whether the client waits for a backend with a request pending, or its backend owes it a ReadyForQuery. Loop only.</summary>
-    public bool IsQueryRunning => WaitNode is not null || (_server is not null && (_expectedReadyForQuery > 0 || _openExtended));
+    public bool IsQueryRunning => WaitNode is not null || (_server is not null && (_booking.ReadyForQueryDue > 0 || _booking.BatchOpen));
 
     /// <summary>A run of <paramref name="bytes"/> client bytes went to the backend: counted, and a new request starts the clocks.</summary>
     private void CountClientRun(int bytes)
     {
         PoolStats stats = _pool.Stats;
         stats.AddReceived(bytes);
-        if (_requestStarted == 0 && (_expectedReadyForQuery > 0 || _openExtended))
+        if (_requestStarted == 0 && (_booking.ReadyForQueryDue > 0 || _booking.BatchOpen))
         {
             long now = Stopwatch.GetTimestamp();
             _requestStarted = now;
@@ -54,7 +54,7 @@ internal sealed partial class Relay
         long now = Stopwatch.GetTimestamp();
         PoolStats stats = _pool.Stats;
         stats.AddQuery(_requestStarted == 0 ? 0 : now - _requestStarted);
-        _requestStarted = _expectedReadyForQuery > 0 ? now : 0;
+        _requestStarted = _booking.ReadyForQueryDue > 0 ? now : 0;
         if (status == TransactionStatus.Idle && _transactionStarted != 0)
         {
             stats.AddTransaction(now - _transactionStarted);

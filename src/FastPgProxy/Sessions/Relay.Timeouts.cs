@@ -25,7 +25,7 @@ internal sealed partial class Relay
     {
         _idleTimer?.Disarm();
         TimeSpan timeout = _proxy.Options.QueryTimeout;
-        if (timeout > TimeSpan.Zero && _expectedReadyForQuery > 0 && !(_queryTimer?.Armed ?? false))
+        if (timeout > TimeSpan.Zero && _booking.ReadyForQueryDue > 0 && !(_queryTimer?.Armed ?? false))
         {
             (_queryTimer ??= new SessionTimer(_session, OnQueryTimeout)).Arm(timeout);
         }
@@ -34,7 +34,7 @@ internal sealed partial class Relay
     /// <summary>ReadyForQuery arrived: the query timer ends when nothing more is owed; idle in a transaction arms the idle timer.</summary>
     private void OnReadyForQueryRelayed(TransactionStatus status)
     {
-        if (_expectedReadyForQuery > 0)
+        if (_booking.ReadyForQueryDue > 0)
         {
             return;
         }
@@ -49,7 +49,7 @@ internal sealed partial class Relay
 
     private void OnQueryTimeout()
     {
-        if (_session.State == SessionState.Active && _server is not null && _expectedReadyForQuery > 0)
+        if (_session.State == SessionState.Active && _server is not null && _booking.ReadyForQueryDue > 0)
         {
             Log.Write(LogLevel.Info, $"session {_session.Id}: query_timeout, cancelling the query on backend pid {_server.BackendPid}");
             _proxy.CancelStats.OnTimedOut();
@@ -59,7 +59,7 @@ internal sealed partial class Relay
 
     private void OnIdleTransactionTimeout()
     {
-        if (_session.State == SessionState.Active && _server is not null && _expectedReadyForQuery == 0 && _server.TransactionStatus != TransactionStatus.Idle)
+        if (_session.State == SessionState.Active && _server is not null && _booking.ReadyForQueryDue == 0 && _server.TransactionStatus != TransactionStatus.Idle)
         {
             Log.Write(LogLevel.Info, $"session {_session.Id}: idle_transaction_timeout, closing");
             _session.Fatal("25P03", "terminating connection due to idle-in-transaction timeout");

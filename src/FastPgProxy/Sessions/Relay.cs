@@ -51,8 +51,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
 
     private MessageFramer _clientFramer;
     private MessageFramer _serverFramer;
-    private int _expectedReadyForQuery;
-    private bool _openExtended;
+    private ReplyBooking _booking;
     private int _clientRun;
     private int _serverRun;
     private bool _terminateAfterRun;
@@ -311,7 +310,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
                     // Answered by the proxy once what precedes it is through; it was counted, and is not sent.
                     if (type == (byte)FrontendMessage.Query)
                     {
-                        _expectedReadyForQuery--;
+                        _booking.ReadyForQueryDue--;
                     }
 
                     heldBack = true;
@@ -339,8 +338,8 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
             break;
         }
 
-        _expectedReadyForQuery += _clientFramer.TakeCounted();
-        _openExtended = IsExtendedMessage(heldBack ? _clientFramer.PreviousType : _clientFramer.LastType);
+        _booking.ReadyForQueryDue += _clientFramer.TakeCounted();
+        _booking.BatchOpen = IsExtendedMessage(heldBack ? _clientFramer.PreviousType : _clientFramer.LastType);
         if (run > 0)
         {
             _clientRun = run;
@@ -476,7 +475,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
 
         if (Log.IsEnabled(LogLevel.Debug))
         {
-            Log.Debug($"session {_session.Id}: server run {run} bytes, window {window.Length}, status {(char)_server.TransactionStatus}, expected Z {_expectedReadyForQuery}, open {_openExtended}");
+            Log.Debug($"session {_session.Id}: server run {run} bytes, window {window.Length}, status {(char)_server.TransactionStatus}, expected Z {_booking.ReadyForQueryDue}, open {_booking.BatchOpen}");
         }
 
         if (run > 0)
@@ -499,9 +498,9 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
                     _server!.TransactionStatus = (TransactionStatus)message[MessageFramer.HeaderLength];
                 }
 
-                if (_expectedReadyForQuery > 0)
+                if (_booking.ReadyForQueryDue > 0)
                 {
-                    _expectedReadyForQuery--;
+                    _booking.ReadyForQueryDue--;
                 }
 
                 _server!.ReadyCount++;
