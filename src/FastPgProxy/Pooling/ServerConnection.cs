@@ -250,7 +250,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     }
 
     /// <inheritdoc/>
-    public void OnConnect(SocketChannel channel, SocketError error)
+    public void OnConnect(Channel channel, SocketError error)
     {
         if (State != ServerState.Connecting)
         {
@@ -278,7 +278,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     }
 
     /// <inheritdoc/>
-    public void OnSend(SocketChannel channel, SocketError error)
+    public void OnSend(Channel channel, SocketError error)
     {
         ReturnOut();
         if (State is not (ServerState.Login or ServerState.InternalQuery))
@@ -299,7 +299,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     }
 
     /// <inheritdoc/>
-    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    public void OnReceive(Channel channel, int bytes, SocketError error)
     {
         if (State is not (ServerState.Login or ServerState.InternalQuery))
         {

@@ -63,7 +63,7 @@ internal sealed class ServerDrainer : IChannelHandler, ILoopTimer, IInternalQuer
     }
 
     /// <inheritdoc/>
-    public void OnSend(SocketChannel channel, SocketError error)
+    public void OnSend(Channel channel, SocketError error)
     {
         if (_done)
         {
@@ -84,7 +84,7 @@ internal sealed class ServerDrainer : IChannelHandler, ILoopTimer, IInternalQuer
     }
 
     /// <inheritdoc/>
-    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    public void OnReceive(Channel channel, int bytes, SocketError error)
     {
         if (_done)
         {
@@ -102,7 +102,7 @@ internal sealed class ServerDrainer : IChannelHandler, ILoopTimer, IInternalQuer
     }
 
     /// <inheritdoc/>
-    public void OnConnect(SocketChannel channel, SocketError error) => DisposeIfClosed();
+    public void OnConnect(Channel channel, SocketError error) => DisposeIfClosed();
 
     private void DisposeIfClosed()
     {

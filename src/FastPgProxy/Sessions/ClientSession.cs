@@ -167,7 +167,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     }
 
     /// <inheritdoc/>
-    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    public void OnReceive(Channel channel, int bytes, SocketError error)
     {
         if (State == SessionState.Closed)
         {
@@ -217,7 +217,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     }
 
     /// <inheritdoc/>
-    public void OnSend(SocketChannel channel, SocketError error)
+    public void OnSend(Channel channel, SocketError error)
     {
         if (State == SessionState.Closed)
         {
@@ -285,7 +285,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     }
 
     /// <inheritdoc/>
-    public void OnConnect(SocketChannel channel, SocketError error) => TryFinish();
+    public void OnConnect(Channel channel, SocketError error) => TryFinish();
 
     /// <summary>Sends what the writer holds in <see cref="_out"/> to the client, then does <paramref name="next"/>.</summary>
     internal void SendOut(int length, AfterSend next)
