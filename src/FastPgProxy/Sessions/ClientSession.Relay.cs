@@ -265,7 +265,7 @@ internal sealed partial class ClientSession
     private void PumpServer()
     {
         Debug.Assert(Loop.InLoop && !_client.SendPending && _server is not null);
-        Net.SocketChannel channel = _server!.Channel;
+        Net.Channel channel = _server!.Channel;
         Debug.Assert(!channel.ReceivePending);
         Span<byte> window = channel.Window;
         int run = 0;

@@ -50,7 +50,7 @@ internal enum AfterSend
 internal sealed partial class ClientSession : IChannelHandler, IInternalQueryListener, ILoopTimer, ILoopWork
 {
     private readonly ProxyServer _proxy;
-    private readonly SocketChannel _client;
+    private readonly ClientChannel _client;
     private ServerConnection? _server;
     private ServerPool? _pool;
     private byte[]? _out;
@@ -121,7 +121,7 @@ internal sealed partial class ClientSession : IChannelHandler, IInternalQueryLis
     public CancelTarget? CancelTarget => Volatile.Read(ref _cancelTarget);
 
     /// <summary>The client's socket: its receive window and sends. Loop only.</summary>
-    internal SocketChannel Client => _client;
+    internal Channel Client => _client;
 
     /// <summary>The proxy this session belongs to.</summary>
     internal ProxyServer Proxy => _proxy;
