@@ -4,19 +4,6 @@ using System.Net.Sockets;
 
 namespace FastPgProxy.Net;
 
-/// <summary>Callbacks of a <see cref="SocketChannel"/>; all of them run on the channel's loop.</summary>
-internal interface IChannelHandler
-{
-    /// <summary>A receive finished: <paramref name="bytes"/> new bytes sit at the end of the receive window, or 0 at end of stream.</summary>
-    void OnReceive(SocketChannel channel, int bytes, SocketError error);
-
-    /// <summary>The whole of the last send was written, or it failed.</summary>
-    void OnSend(SocketChannel channel, SocketError error);
-
-    /// <summary>A connect finished.</summary>
-    void OnConnect(SocketChannel channel, SocketError error);
-}
-
 /// <summary>The operation a <see cref="LoopSocketArgs"/> carries.</summary>
 internal enum ChannelOperation
 {
@@ -50,16 +37,16 @@ internal sealed class LoopSocketArgs : SocketAsyncEventArgs, ILoopWork
 }
 
 /// <summary>
-/// One socket with its receive window and one receive and one send in flight at most. The window is
-/// <c>Buffer[Start..End)</c>: bytes received and not yet consumed by the handler. Sends may point into any
-/// buffer (the relay sends straight out of the peer's receive window: zero copy), and the caller keeps
-/// that buffer alive until <see cref="IChannelHandler.OnSend"/>.
+/// The plain <see cref="Channel"/>: one socket with its receive window and one receive and one send in
+/// flight at most. The window is <c>Buffer[Start..End)</c>: bytes received and not yet consumed by the
+/// handler. Sends may point into any buffer (the relay sends straight out of the peer's receive window:
+/// zero copy), and the caller keeps that buffer alive until <see cref="IChannelHandler.OnSend"/>.
+/// Connecting and the socket itself are this class's own, outside the contract.
 /// </summary>
-internal sealed class SocketChannel : IDisposable
+internal sealed class SocketChannel : ClientChannel
 {
     private readonly LoopSocketArgs _receiveArgs;
     private readonly LoopSocketArgs _sendArgs;
-    private IChannelHandler _handler;
     private bool _probing;
     private int _sendEnd;
 
@@ -70,38 +57,31 @@ internal sealed class SocketChannel : IDisposable
     // keeps one always does, rather than loop through the queue on reports that keep coming.
     private const int MaxEmptyWakes = 4;
 
-    // The few bytes of a message begun and not finished, kept while the channel waits without a buffer.
+    // The few bytes of a message begun and not finished (Parked of them), kept while the channel waits
+    // without a buffer.
     private byte[]? _parked;
-    private int _parkedLength;
 
     /// <summary>Most unconsumed bytes a channel that idles without a buffer keeps aside instead of a buffer.</summary>
     public const int ParkCapacity = 256;
 
     /// <summary>Wraps <paramref name="socket"/> (null for a channel that will connect) on <paramref name="loop"/>.</summary>
     public SocketChannel(EventLoop loop, Socket? socket, IChannelHandler handler)
+        : base(loop, handler)
     {
-        Loop = loop;
         Socket = socket;
-        _handler = handler;
         _receiveArgs = new LoopSocketArgs(this) { Operation = ChannelOperation.Receive };
         _sendArgs = new LoopSocketArgs(this) { Operation = ChannelOperation.Send };
     }
 
-    /// <summary>The owning loop; changes only through <see cref="MoveTo"/>.</summary>
-    public EventLoop Loop { get; private set; }
-
-    /// <summary>
-    /// Moves an idle channel (nothing outstanding, no buffer) to another loop; its next operations
-    /// complete there. The caller owns the current loop and hands the session over by posting to the new one.
-    /// </summary>
-    public void MoveTo(EventLoop loop)
+    /// <inheritdoc/>
+    public override void MoveTo(EventLoop loop)
     {
         Debug.Assert(Quiescent && Buffer is null);
         Loop = loop;
     }
 
-    /// <summary>Puts <paramref name="bytes"/> back as the unconsumed window (after a move); the caller owns the loop.</summary>
-    public void Restore(ReadOnlySpan<byte> bytes)
+    /// <inheritdoc/>
+    public override void Restore(ReadOnlySpan<byte> bytes)
     {
         Debug.Assert(Buffer is null && bytes.Length <= Loop.Buffers.BufferSize);
         if (bytes.IsEmpty)
@@ -118,49 +98,13 @@ internal sealed class SocketChannel : IDisposable
     /// <summary>The socket; null until connected.</summary>
     public Socket? Socket { get; private set; }
 
-    /// <summary>The receive buffer, rented from the loop's pool; null while idle (see <see cref="IdleWithoutBuffer"/>).</summary>
-    public byte[]? Buffer { get; private set; }
-
-    /// <summary>First unconsumed byte of the receive window.</summary>
-    public int Start { get; set; }
-
-    /// <summary>One past the last received byte.</summary>
-    public int End { get; private set; }
-
-    /// <summary>Bytes received and not consumed.</summary>
-    public int Buffered => End - Start;
-
-    /// <summary>Bytes of a partial message kept aside while the channel waits without a buffer.</summary>
-    public int Parked => _parkedLength;
-
-    /// <summary>The unconsumed bytes.</summary>
-    public Span<byte> Window => Buffer.AsSpan(Start, End - Start);
-
-    /// <summary>Whether a receive is outstanding.</summary>
-    public bool ReceivePending { get; private set; }
-
-    /// <summary>Whether a send is outstanding.</summary>
-    public bool SendPending { get; private set; }
-
-    /// <summary>Whether <see cref="Close"/> was called.</summary>
-    public bool Closed { get; private set; }
-
-    /// <summary>No operation is outstanding, so every buffer the channel touched may be released.</summary>
-    public bool Quiescent => !ReceivePending && !SendPending;
-
     /// <summary>
-    /// When the window is empty, wait for readability with a zero-byte receive and hold no buffer
-    /// (an idle client costs no buffer memory); the buffer is rented once bytes are there. A window of at
-    /// most <see cref="ParkCapacity"/> bytes (the start of a message) is kept aside in a small array of
-    /// the channel's own meanwhile, so a client that stalls mid-message costs no buffer either.
+    /// Starts a receive into the free tail of the window, compacting it first when the tail is full. When
+    /// <see cref="Channel.IdleWithoutBuffer"/> is set, an empty window waits for readability with a
+    /// zero-byte receive and no buffer (the buffer is rented once bytes are there), and a window of at
+    /// most <see cref="ParkCapacity"/> bytes is kept aside meanwhile.
     /// </summary>
-    public bool IdleWithoutBuffer { get; set; }
-
-    /// <summary>Hands the channel to another handler (for example a backend going from login to relay).</summary>
-    public void SetHandler(IChannelHandler handler) => _handler = handler;
-
-    /// <summary>Starts a receive into the free tail of the window, compacting it first when the tail is full.</summary>
-    public void Receive()
+    public override void Receive()
     {
         Debug.Assert(Loop.InLoop && !ReceivePending && Socket is not null);
         if (Closed)
@@ -179,7 +123,7 @@ internal sealed class SocketChannel : IDisposable
         else if (IdleWithoutBuffer && End - Start <= ParkCapacity)
         {
             _parked ??= new byte[ParkCapacity];
-            _parkedLength = End - Start;
+            Parked = End - Start;
             Window.CopyTo(_parked);
             ReleaseBuffer();
         }
@@ -241,15 +185,8 @@ internal sealed class SocketChannel : IDisposable
         Start = 0;
     }
 
-    /// <summary>Marks <paramref name="count"/> bytes of the window consumed.</summary>
-    public void Consume(int count)
-    {
-        Debug.Assert(count <= End - Start);
-        Start += count;
-    }
-
-    /// <summary>Sends <paramref name="count"/> bytes of <paramref name="buffer"/>; the caller keeps the buffer intact until OnSend.</summary>
-    public void Send(byte[] buffer, int offset, int count)
+    /// <inheritdoc/>
+    public override void Send(byte[] buffer, int offset, int count)
     {
         Debug.Assert(Loop.InLoop && !SendPending && Socket is not null);
         SendPending = true;
@@ -315,13 +252,13 @@ internal sealed class SocketChannel : IDisposable
                 ReceivePending = false;
                 args.Operation = ChannelOperation.Receive;
                 args.RemoteEndPoint = null;
-                _handler.OnConnect(this, Closed ? SocketError.OperationAborted : error);
+                Handler.OnConnect(this, Closed ? SocketError.OperationAborted : error);
                 break;
             case ChannelOperation.Receive:
                 ReceivePending = false;
                 if (Closed)
                 {
-                    _handler.OnReceive(this, 0, SocketError.OperationAborted);
+                    Handler.OnReceive(this, 0, SocketError.OperationAborted);
                     return;
                 }
 
@@ -331,9 +268,9 @@ internal sealed class SocketChannel : IDisposable
                     _probing = false;
                     Buffer = Loop.Buffers.Rent();
                     Start = 0;
-                    End = _parkedLength;
-                    _parked.AsSpan(0, _parkedLength).CopyTo(Buffer);
-                    _parkedLength = 0;
+                    End = Parked;
+                    _parked.AsSpan(0, Parked).CopyTo(Buffer);
+                    Parked = 0;
                     if (ReadNow())
                     {
                         return;
@@ -354,7 +291,7 @@ internal sealed class SocketChannel : IDisposable
 
                 int bytes = error == SocketError.Success ? args.BytesTransferred : 0;
                 End += bytes;
-                _handler.OnReceive(this, bytes, error);
+                Handler.OnReceive(this, bytes, error);
                 break;
             case ChannelOperation.Send:
                 if (error == SocketError.Success && !Closed && args.Offset + args.BytesTransferred < _sendEnd)
@@ -368,7 +305,7 @@ internal sealed class SocketChannel : IDisposable
 
                 SendPending = false;
                 _sendArgs.SetBuffer(null, 0, 0);
-                _handler.OnSend(this, Closed ? SocketError.OperationAborted : error);
+                Handler.OnSend(this, Closed ? SocketError.OperationAborted : error);
                 break;
         }
     }
@@ -395,12 +332,12 @@ internal sealed class SocketChannel : IDisposable
         _emptyWakes = 0;
         bytes = error == SocketError.Success ? bytes : 0;
         End += bytes;
-        _handler.OnReceive(this, bytes, error);
+        Handler.OnReceive(this, bytes, error);
         return true;
     }
 
     /// <summary>Closes the socket once; outstanding operations then complete with an error on the loop.</summary>
-    public void Close()
+    public override void Close()
     {
         if (Closed)
         {
@@ -426,8 +363,8 @@ internal sealed class SocketChannel : IDisposable
         }
     }
 
-    /// <summary>Gives the socket to someone else (the cancel path) without closing it; the channel is then closed.</summary>
-    public Socket? DetachSocket()
+    /// <inheritdoc/>
+    public override Socket? DetachSocket()
     {
         Debug.Assert(Quiescent);
         Socket? socket = Socket;
@@ -436,19 +373,8 @@ internal sealed class SocketChannel : IDisposable
         return socket;
     }
 
-    /// <summary>Returns the receive buffer to the pool. Only when no operation of any channel uses it.</summary>
-    public void ReleaseBuffer()
-    {
-        if (Buffer is not null)
-        {
-            Loop.Buffers.Return(Buffer);
-            Buffer = null;
-            Start = End = 0;
-        }
-    }
-
     /// <summary>Frees everything once closed and quiescent.</summary>
-    public void Dispose()
+    public override void Dispose()
     {
         Debug.Assert(Closed && Quiescent);
         ReleaseBuffer();

@@ -113,6 +113,9 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     private readonly ServerCredentials _credentials;
     private readonly string _databaseName;
     private readonly TimeSpan _connectTimeout;
+
+    // The connection's socket: connecting is its own, outside the channel contract.
+    private readonly SocketChannel _socket;
     private IServerLoginListener? _listener;
     private MessageFramer _framer;
     private ScramClient? _scram;
@@ -133,7 +136,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         _databaseName = databaseName;
         _credentials = credentials;
         _connectTimeout = connectTimeout;
-        Channel = new SocketChannel(loop, null, this) { IdleWithoutBuffer = true };
+        _socket = new SocketChannel(loop, null, this) { IdleWithoutBuffer = true };
         EndPoint = ResolveEndPoint(database);
         Id = Interlocked.Increment(ref s_lastId);
         CreatedAt = Stopwatch.GetTimestamp();
@@ -176,8 +179,8 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     public PreparedStatementCache? PreparedStatements { get; set; }
 
 
-    /// <summary>The socket and receive window.</summary>
-    public SocketChannel Channel { get; }
+    /// <summary>The receive window and sends, for the login here and for the relay.</summary>
+    public Channel Channel => _socket;
 
     /// <summary>Where PostgreSQL listens; also where cancels for this backend go.</summary>
     public EndPoint EndPoint { get; }
@@ -237,7 +240,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         _listener = listener;
         State = ServerState.Connecting;
         Channel.Loop.Schedule(this, Stopwatch.GetTimestamp() + (long)(_connectTimeout.TotalSeconds * Stopwatch.Frequency));
-        Channel.Connect(EndPoint);
+        _socket.Connect(EndPoint);
     }
 
     /// <inheritdoc/>
@@ -250,7 +253,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     }
 
     /// <inheritdoc/>
-    public void OnConnect(SocketChannel channel, SocketError error)
+    public void OnConnect(Channel channel, SocketError error)
     {
         if (State != ServerState.Connecting)
         {
@@ -278,7 +281,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     }
 
     /// <inheritdoc/>
-    public void OnSend(SocketChannel channel, SocketError error)
+    public void OnSend(Channel channel, SocketError error)
     {
         ReturnOut();
         if (State is not (ServerState.Login or ServerState.InternalQuery))
@@ -299,7 +302,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     }
 
     /// <inheritdoc/>
-    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    public void OnReceive(Channel channel, int bytes, SocketError error)
     {
         if (State is not (ServerState.Login or ServerState.InternalQuery))
         {

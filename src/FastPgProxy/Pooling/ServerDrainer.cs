@@ -38,7 +38,7 @@ internal sealed class ServerDrainer : IChannelHandler, ILoopTimer, IInternalQuer
     /// <summary>Starts draining; <paramref name="closeBatch"/> sends a Sync first for a batch the client left open.</summary>
     public void Start(bool closeBatch)
     {
-        SocketChannel channel = _server.Channel;
+        Channel channel = _server.Channel;
         channel.SetHandler(this);
         channel.Loop.Schedule(this, Stopwatch.GetTimestamp() + (long)(_pool.ResetTimeout.TotalSeconds * Stopwatch.Frequency));
         Log.Debug($"server {_server.Id}: draining ({_expected} ReadyForQuery owed)");
@@ -63,7 +63,7 @@ internal sealed class ServerDrainer : IChannelHandler, ILoopTimer, IInternalQuer
     }
 
     /// <inheritdoc/>
-    public void OnSend(SocketChannel channel, SocketError error)
+    public void OnSend(Channel channel, SocketError error)
     {
         if (_done)
         {
@@ -84,7 +84,7 @@ internal sealed class ServerDrainer : IChannelHandler, ILoopTimer, IInternalQuer
     }
 
     /// <inheritdoc/>
-    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    public void OnReceive(Channel channel, int bytes, SocketError error)
     {
         if (_done)
         {
@@ -102,7 +102,7 @@ internal sealed class ServerDrainer : IChannelHandler, ILoopTimer, IInternalQuer
     }
 
     /// <inheritdoc/>
-    public void OnConnect(SocketChannel channel, SocketError error) => DisposeIfClosed();
+    public void OnConnect(Channel channel, SocketError error) => DisposeIfClosed();
 
     private void DisposeIfClosed()
     {
@@ -114,7 +114,7 @@ internal sealed class ServerDrainer : IChannelHandler, ILoopTimer, IInternalQuer
 
     private void Process()
     {
-        SocketChannel channel = _server.Channel;
+        Channel channel = _server.Channel;
         while (true)
         {
             FrameStatus status = _framer.Scan(channel.Window, MessageTypeSet.All, channel.Loop.Buffers.BufferSize, out int passThrough, out int length);

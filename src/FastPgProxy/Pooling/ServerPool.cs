@@ -378,16 +378,16 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     }
 
     /// <inheritdoc/>
-    public void OnReceive(SocketChannel channel, int bytes, SocketError error) => OnIdleEvent(channel);
+    public void OnReceive(Channel channel, int bytes, SocketError error) => OnIdleEvent(channel);
 
     /// <inheritdoc/>
-    public void OnSend(SocketChannel channel, SocketError error) => OnIdleEvent(channel);
+    public void OnSend(Channel channel, SocketError error) => OnIdleEvent(channel);
 
     /// <inheritdoc/>
-    public void OnConnect(SocketChannel channel, SocketError error) => OnIdleEvent(channel);
+    public void OnConnect(Channel channel, SocketError error) => OnIdleEvent(channel);
 
     /// <summary>An idle (or closing) backend's socket finished an operation: anything but a close is unexpected.</summary>
-    private void OnIdleEvent(SocketChannel channel)
+    private void OnIdleEvent(Channel channel)
     {
         foreach (ServerConnection server in _all)
         {

@@ -50,7 +50,7 @@ internal enum AfterSend
 internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoopWork
 {
     private readonly ProxyServer _proxy;
-    private readonly SocketChannel _client;
+    private readonly ClientChannel _client;
     private Relay? _relay;
     private byte[]? _out;
     private AfterSend _afterSend;
@@ -109,7 +109,7 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
     public CancelTarget? CancelTarget => Volatile.Read(ref _cancelTarget);
 
     /// <summary>The client's socket: its receive window and sends. Loop only.</summary>
-    internal SocketChannel Client => _client;
+    internal Channel Client => _client;
 
     /// <summary>The proxy this session belongs to.</summary>
     internal ProxyServer Proxy => _proxy;
@@ -155,7 +155,7 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
     }
 
     /// <inheritdoc/>
-    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    public void OnReceive(Channel channel, int bytes, SocketError error)
     {
         if (State == SessionState.Closed)
         {
@@ -185,7 +185,7 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
     }
 
     /// <inheritdoc/>
-    public void OnSend(SocketChannel channel, SocketError error)
+    public void OnSend(Channel channel, SocketError error)
     {
         if (State == SessionState.Closed)
         {
@@ -238,7 +238,7 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
     }
 
     /// <inheritdoc/>
-    public void OnConnect(SocketChannel channel, SocketError error) => TryFinish();
+    public void OnConnect(Channel channel, SocketError error) => TryFinish();
 
     /// <summary>Serves what the client sent once logged in: the console's messages, or the relay's run to the backend.</summary>
     private void PumpClient()

@@ -59,7 +59,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
 
     private readonly ClientSession _session;
     private readonly ProxyServer _proxy;
-    private readonly SocketChannel _client;
+    private readonly Channel _client;
     private readonly ServerPool _pool;
     private ServerConnection? _server;
 
@@ -160,7 +160,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     }
 
     /// <inheritdoc/>
-    public void OnReceive(SocketChannel channel, int bytes, SocketError error)
+    public void OnReceive(Channel channel, int bytes, SocketError error)
     {
         if (_session.State == SessionState.Closed || _server is null || channel != _server.Channel)
         {
@@ -179,7 +179,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     }
 
     /// <inheritdoc/>
-    public void OnSend(SocketChannel channel, SocketError error)
+    public void OnSend(Channel channel, SocketError error)
     {
         if (_session.State == SessionState.Closed)
         {
@@ -208,7 +208,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     }
 
     /// <inheritdoc/>
-    public void OnConnect(SocketChannel channel, SocketError error) => _session.TryFinish();
+    public void OnConnect(Channel channel, SocketError error) => _session.TryFinish();
 
     /// <summary>The login tail is out and the session is active: relay from now on. A backend held only for the login goes back in transaction mode.</summary>
     public void Start()
@@ -423,7 +423,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     private void PumpServer()
     {
         Debug.Assert(Loop.InLoop && !_client.SendPending && _server is not null);
-        Net.SocketChannel channel = _server!.Channel;
+        Net.Channel channel = _server!.Channel;
         Debug.Assert(!channel.ReceivePending);
         Span<byte> window = channel.Window;
         int run = 0;
