@@ -32,61 +32,6 @@ internal interface IInternalQueryListener
     void OnInternalQueryDone(ServerConnection server, bool ok);
 }
 
-/// <summary>One ParameterStatus as the backend reported it: the value, and the message to replay to clients.</summary>
-internal sealed record ParameterStatus(string Value, byte[] Message)
-{
-    /// <summary>Parses a whole ParameterStatus message (type byte included); null when malformed.</summary>
-    public static (string Name, ParameterStatus Status)? TryParse(ReadOnlySpan<byte> message)
-    {
-        ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
-        int nameEnd = body.IndexOf((byte)0);
-        if (nameEnd <= 0)
-        {
-            return null;
-        }
-
-        ReadOnlySpan<byte> rest = body.Slice(nameEnd + 1);
-        int valueEnd = rest.IndexOf((byte)0);
-        if (valueEnd < 0)
-        {
-            return null;
-        }
-
-        return (Encoding.UTF8.GetString(body.Slice(0, nameEnd)), new ParameterStatus(Encoding.UTF8.GetString(rest.Slice(0, valueEnd)), message.ToArray()));
-    }
-
-    /// <summary>Builds the message for a value the proxy reports itself.</summary>
-    public static ParameterStatus Create(string name, string value)
-    {
-        byte[] buffer = new byte[MessageFramer.HeaderLength + Encoding.UTF8.GetByteCount(name) + Encoding.UTF8.GetByteCount(value) + 2];
-        var writer = new PgWriter(buffer);
-        writer.BeginMessage((byte)BackendMessage.ParameterStatus);
-        writer.WriteCString(name);
-        writer.WriteCString(value);
-        writer.EndMessage();
-        return new ParameterStatus(value, buffer);
-    }
-}
-
-/// <summary>What the proxy logs in to PostgreSQL with.</summary>
-internal sealed class ServerCredentials
-{
-    /// <summary>Role name on the server.</summary>
-    public required string User { get; init; }
-
-    /// <summary>Plaintext password, when known.</summary>
-    public string? Password { get; init; }
-
-    /// <summary>PostgreSQL's md5 hash ("md5" + hex), usable for md5 logins without the plaintext.</summary>
-    public string? Md5Hash { get; init; }
-
-    /// <summary>SCRAM keys learnt from the client's own SCRAM exchange, for a verifier-only auth_file entry.</summary>
-    public byte[]? ScramClientKey { get; init; }
-
-    /// <summary>The verifier's ServerKey that goes with <see cref="ScramClientKey"/>.</summary>
-    public byte[]? ScramServerKey { get; init; }
-}
-
 /// <summary>The state of a backend connection.</summary>
 internal enum ServerState
 {

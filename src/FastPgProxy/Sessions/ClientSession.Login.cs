@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
 using FastPgProxy.Cancellation;
-using FastPgProxy.Hosting;
 using FastPgProxy.Net;
 using FastPgProxy.Pooling;
 
