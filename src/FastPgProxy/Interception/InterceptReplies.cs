@@ -57,7 +57,7 @@ internal static class TypeOids
 /// <c>pg_cancel_backend()</c> and <c>pg_terminate_backend()</c>, byte for byte: the result rows here, the
 /// notices and errors in <c>InterceptReplies.Errors.cs</c>, the decoding of Bind parameters in
 /// <c>InterceptReplies.Parameters.cs</c>. Nothing here allocates; the caller sizes the buffer
-/// (<see cref="MaxRowMessageLength"/>, <see cref="MaxFixedErrorLength"/>, plus a quoted value's length).
+/// (<see cref="MaxRowMessageLength"/>, <see cref="InterceptErrors.MaxFixedErrorLength"/>, plus a quoted value's length).
 /// </summary>
 /// <remarks>
 /// In what order PostgreSQL sends them, for a Simple Query: RowDescription, then any NoticeResponse the

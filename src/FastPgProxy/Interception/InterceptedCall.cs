@@ -149,7 +149,7 @@ internal readonly struct InterceptedCall
     /// <remarks>
     /// A parameter wider than its cast (<c>$1::int</c> declared int8) resolves, and PostgreSQL then fails
     /// a bound value outside int4 with 22003 <c>integer out of range</c> when it plans the portal
-    /// (<see cref="InterceptReplies.WriteIntegerOutOfRange"/>).
+    /// (<see cref="InterceptErrors.WriteIntegerOutOfRange"/>).
     /// </remarks>
     public bool TryResolveParameterTypes(ReadOnlySpan<int> declaredTypes, Span<int> parameterTypes, out int parameterCount, bool simpleQuery = false)
     {

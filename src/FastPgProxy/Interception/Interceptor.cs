@@ -53,7 +53,7 @@ internal sealed class Interceptor
         QueryScanner.TryMatch(sql, out InterceptedCall call);
         if (_session.ClientTransactionStatus == TransactionStatus.Failed)
         {
-            InterceptReplies.WriteTransactionAborted(ref writer);
+            InterceptErrors.WriteTransactionAborted(ref writer);
             writer.WriteReadyForQuery(TransactionStatus.Failed);
             return false;
         }
@@ -125,7 +125,7 @@ internal sealed class Interceptor
                 case (byte)FrontendMessage.Parse:
                     if (_session.ClientTransactionStatus == TransactionStatus.Failed)
                     {
-                        InterceptReplies.WriteTransactionAborted(ref writer);
+                        InterceptErrors.WriteTransactionAborted(ref writer);
                         failed = true;
                         break;
                     }
@@ -220,7 +220,7 @@ internal sealed class Interceptor
                 : BinaryPrimitives.ReadInt16BigEndian(body.Slice(formatsAt + ((formatCount == 1 ? 0 : i) * sizeof(short))));
             int type = i < types.Length ? types[i] : TypeOids.Unspecified;
             ParamDecodeResult result = InterceptReplies.TryDecodeIntParameter(value, length < 0, format, type, out long decoded);
-            if (InterceptReplies.WriteParameterError(ref writer, result, type, value, new BindParameterContext(ReadOnlySpan<byte>.Empty, i + 1)))
+            if (InterceptErrors.WriteParameterError(ref writer, result, type, value, new BindParameterContext(ReadOnlySpan<byte>.Empty, i + 1)))
             {
                 return false;
             }
@@ -305,10 +305,10 @@ internal sealed class Interceptor
         }
 
         bool terminate = call.Function == InterceptedFunction.TerminateBackend;
-        int timeoutMs = InterceptReplies.PostgresTimeout(timeout);
+        int timeoutMs = InterceptErrors.PostgresTimeout(timeout);
         if (terminate && timeoutMs < 0)
         {
-            InterceptReplies.WriteNegativeTimeout(ref writer);
+            InterceptErrors.WriteNegativeTimeout(ref writer);
             failed = true;
             return false;
         }
@@ -324,11 +324,11 @@ internal sealed class Interceptor
         {
             if (terminate)
             {
-                InterceptReplies.WriteTerminatePermissionDenied(ref writer);
+                InterceptErrors.WriteTerminatePermissionDenied(ref writer);
             }
             else
             {
-                InterceptReplies.WriteCancelPermissionDenied(ref writer);
+                InterceptErrors.WriteCancelPermissionDenied(ref writer);
             }
 
             failed = true;
@@ -343,7 +343,7 @@ internal sealed class Interceptor
         if (target is null)
         {
             // Notice first, then the row, as PostgreSQL sends them.
-            InterceptReplies.WriteNotBackendProcessWarning(ref writer, unchecked((int)pid));
+            InterceptErrors.WriteNotBackendProcessWarning(ref writer, unchecked((int)pid));
             InterceptReplies.WriteDataRowBool(ref writer, false, format);
             return false;
         }
@@ -416,7 +416,7 @@ internal sealed class Interceptor
             var writer = new PgWriter(output.AsSpan(written));
             if (!gone)
             {
-                InterceptReplies.WriteTerminateTimeoutWarning(ref writer, pid, timeoutMs);
+                InterceptErrors.WriteTerminateTimeoutWarning(ref writer, pid, timeoutMs);
             }
 
             InterceptReplies.WriteDataRowBool(ref writer, gone, format);

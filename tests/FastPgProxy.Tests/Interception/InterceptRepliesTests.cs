@@ -92,10 +92,10 @@ public class InterceptRepliesTests
     {
         Assert.Equal(
             Message('N', "535741524e494e4700565741524e494e4700433031303030004d504944203132333435206973206e6f74206120506f737467726553514c206261636b656e642070726f636573730000"),
-            Build((ref PgWriter w) => InterceptReplies.WriteNotBackendProcessWarning(ref w, 12345)));
+            Build((ref PgWriter w) => InterceptErrors.WriteNotBackendProcessWarning(ref w, 12345)));
         Assert.Equal(
             Notice('N', "WARNING", "01000", "PID -1 is not a PostgreSQL backend process"),
-            Build((ref PgWriter w) => InterceptReplies.WriteNotBackendProcessWarning(ref w, -1)));
+            Build((ref PgWriter w) => InterceptErrors.WriteNotBackendProcessWarning(ref w, -1)));
     }
 
     [Fact]
@@ -104,11 +104,11 @@ public class InterceptRepliesTests
         Assert.Equal(
             Notice('E', "ERROR", "42501", "permission denied to cancel query",
                 ('D', "Only roles with privileges of the role whose query is being canceled or with privileges of the \"pg_signal_backend\" role may cancel this query.")),
-            Build((ref PgWriter w) => InterceptReplies.WriteCancelPermissionDenied(ref w)));
+            Build((ref PgWriter w) => InterceptErrors.WriteCancelPermissionDenied(ref w)));
         Assert.Equal(
             Notice('E', "ERROR", "42501", "permission denied to terminate process",
                 ('D', "Only roles with privileges of the role whose process is being terminated or with privileges of the \"pg_signal_backend\" role may terminate this process.")),
-            Build((ref PgWriter w) => InterceptReplies.WriteTerminatePermissionDenied(ref w)));
+            Build((ref PgWriter w) => InterceptErrors.WriteTerminatePermissionDenied(ref w)));
     }
 
     [Fact]
@@ -116,30 +116,30 @@ public class InterceptRepliesTests
     {
         Assert.Equal(
             Message('E', "534552524f5200564552524f5200433232303033004d2274696d656f757422206d757374206e6f74206265206e656761746976650000"),
-            Build((ref PgWriter w) => InterceptReplies.WriteNegativeTimeout(ref w)));
+            Build((ref PgWriter w) => InterceptErrors.WriteNegativeTimeout(ref w)));
         Assert.Equal(
             Notice('N', "WARNING", "01000", "backend with PID 12345 did not terminate within 500 milliseconds"),
-            Build((ref PgWriter w) => InterceptReplies.WriteTerminateTimeoutWarning(ref w, 12345, 500)));
+            Build((ref PgWriter w) => InterceptErrors.WriteTerminateTimeoutWarning(ref w, 12345, 500)));
         Assert.Equal(
             Notice('N', "WARNING", "01000", "backend with PID 7 did not terminate within 1 millisecond"),
-            Build((ref PgWriter w) => InterceptReplies.WriteTerminateTimeoutWarning(ref w, 7, 1)));
+            Build((ref PgWriter w) => InterceptErrors.WriteTerminateTimeoutWarning(ref w, 7, 1)));
         Assert.Equal(
             Notice('E', "FATAL", "57P01", "terminating connection due to administrator command"),
-            Build((ref PgWriter w) => InterceptReplies.WriteTerminatedByAdministrator(ref w)));
+            Build((ref PgWriter w) => InterceptErrors.WriteTerminatedByAdministrator(ref w)));
         Assert.Equal(
             Notice('E', "ERROR", "25P02", "current transaction is aborted, commands ignored until end of transaction block"),
-            Build((ref PgWriter w) => InterceptReplies.WriteTransactionAborted(ref w)));
+            Build((ref PgWriter w) => InterceptErrors.WriteTransactionAborted(ref w)));
         Assert.Equal(
             Notice('E', "ERROR", "22003", "integer out of range"),
-            Build((ref PgWriter w) => InterceptReplies.WriteIntegerOutOfRange(ref w)));
+            Build((ref PgWriter w) => InterceptErrors.WriteIntegerOutOfRange(ref w)));
     }
 
     [Fact]
     public void Postgres_truncates_the_timeout_to_32_bits()
     {
-        Assert.Equal(500, InterceptReplies.PostgresTimeout(500));
-        Assert.Equal(0, InterceptReplies.PostgresTimeout(-4294967296));
-        Assert.Equal(-1, InterceptReplies.PostgresTimeout(4294967295));
+        Assert.Equal(500, InterceptErrors.PostgresTimeout(500));
+        Assert.Equal(0, InterceptErrors.PostgresTimeout(-4294967296));
+        Assert.Equal(-1, InterceptErrors.PostgresTimeout(4294967295));
     }
 
     [Fact]
@@ -148,22 +148,22 @@ public class InterceptRepliesTests
         // Captured: Parse "select pg_cancel_backend($1)", Bind 'abc' in text to the unnamed portal.
         Assert.Equal(
             Message('E', "534552524f5200564552524f5200433232503032004d696e76616c696420696e7075742073796e74617820666f72207479706520696e74656765723a2022616263220057756e6e616d656420706f7274616c20706172616d65746572202431203d20272e2e2e270000"),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "abc"u8, new BindParameterContext(default, 1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "abc"u8, new BindParameterContext(default, 1))));
         Assert.Equal(
             Notice('E', "ERROR", "22003", "value \"99999999999\" is out of range for type integer", ('W', "unnamed portal parameter $1 = '...'")),
-            Build((ref PgWriter w) => InterceptReplies.WriteValueOutOfRange(ref w, TypeOids.Int4, "99999999999"u8, new BindParameterContext(default, 1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteValueOutOfRange(ref w, TypeOids.Int4, "99999999999"u8, new BindParameterContext(default, 1))));
         Assert.Equal(
             Notice('E', "ERROR", "22P02", "invalid input syntax for type bigint: \"x\"", ('W', "unnamed portal parameter $2 = '...'")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidIntegerSyntax(ref w, TypeOids.Int8, "x"u8, new BindParameterContext(default, 2))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidIntegerSyntax(ref w, TypeOids.Int8, "x"u8, new BindParameterContext(default, 2))));
         Assert.Equal(
             Notice('E', "ERROR", "22P02", "invalid input syntax for type integer: \"\"", ('W', "unnamed portal parameter $1 = ''")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, ""u8, new BindParameterContext(default, 1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, ""u8, new BindParameterContext(default, 1))));
         Assert.Equal(
             Notice('E', "ERROR", "22P03", "incorrect binary data format in bind parameter 1", ('W', "unnamed portal parameter $1")),
-            Build((ref PgWriter w) => InterceptReplies.WriteIncorrectBinaryFormat(ref w, new BindParameterContext(default, 1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteIncorrectBinaryFormat(ref w, new BindParameterContext(default, 1))));
         Assert.Equal(
             Notice('E', "ERROR", "08P01", "insufficient data left in message", ('W', "unnamed portal parameter $1")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInsufficientData(ref w, new BindParameterContext(default, 1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInsufficientData(ref w, new BindParameterContext(default, 1))));
     }
 
     [Fact]
@@ -171,23 +171,23 @@ public class InterceptRepliesTests
     {
         Assert.Equal(
             Notice('E', "ERROR", "22P02", "invalid input syntax for type smallint: \"a'b\"", ('W', "portal \"p1\" parameter $3 = '...'")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidIntegerSyntax(ref w, TypeOids.Int2, "a'b"u8, new BindParameterContext("p1"u8, 3))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidIntegerSyntax(ref w, TypeOids.Int2, "a'b"u8, new BindParameterContext("p1"u8, 3))));
         Assert.Equal(
             Notice('E', "ERROR", "22P02", "invalid input syntax for type integer: \"a'b\"", ('W', "unnamed portal parameter $1 = 'a''b'")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "a'b"u8, new BindParameterContext(default, 1, -1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "a'b"u8, new BindParameterContext(default, 1, -1))));
         Assert.Equal(
             Notice('E', "ERROR", "22P02", "invalid input syntax for type integer: \"a'bc\"", ('W', "unnamed portal parameter $1 = 'a''...'")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "a'bc"u8, new BindParameterContext(default, 1, 2))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "a'bc"u8, new BindParameterContext(default, 1, 2))));
 
         // Cut at a character boundary: "éé" is 4 bytes, 3 allowed keep one character.
         Assert.Equal(
             Notice('E', "ERROR", "22P02", "invalid input syntax for type integer: \"éé\"", ('W', "unnamed portal parameter $1 = 'é...'")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "éé"u8, new BindParameterContext(default, 1, 3))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "éé"u8, new BindParameterContext(default, 1, 3))));
 
         // Without a context (the value came from elsewhere) there is no W field.
         Assert.Equal(
             Notice('E', "ERROR", "22P02", "invalid input syntax for type integer: \"z\""),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "z"u8, default)));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "z"u8, default)));
     }
 
     [Fact]
@@ -195,19 +195,19 @@ public class InterceptRepliesTests
     {
         Assert.Equal(
             Notice('E', "ERROR", "22021", "invalid byte sequence for encoding \"UTF8\": 0x00", ('W', "unnamed portal parameter $1")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidByteSequence(ref w, "1\u00002"u8, new BindParameterContext(default, 1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidByteSequence(ref w, "1\u00002"u8, new BindParameterContext(default, 1))));
         Assert.Equal(
             Notice('E', "ERROR", "22021", "invalid byte sequence for encoding \"UTF8\": 0xc3 0x28", ('W', "unnamed portal parameter $1")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidByteSequence(ref w, [(byte)'1', 0xC3, 0x28], new BindParameterContext(default, 1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidByteSequence(ref w, [(byte)'1', 0xC3, 0x28], new BindParameterContext(default, 1))));
         Assert.Equal(
             Notice('E', "ERROR", "22021", "invalid byte sequence for encoding \"UTF8\": 0xe2 0x82", ('W', "unnamed portal parameter $1")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidByteSequence(ref w, [0xE2, 0x82], new BindParameterContext(default, 1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidByteSequence(ref w, [0xE2, 0x82], new BindParameterContext(default, 1))));
         Assert.Equal(
             Notice('E', "ERROR", "22021", "invalid byte sequence for encoding \"UTF8\": 0xff", ('W', "unnamed portal parameter $1")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidByteSequence(ref w, [(byte)'5', 0xFF, (byte)'5'], new BindParameterContext(default, 1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidByteSequence(ref w, [(byte)'5', 0xFF, (byte)'5'], new BindParameterContext(default, 1))));
         Assert.Equal(
             Notice('E', "ERROR", "22021", "invalid byte sequence for encoding \"UTF8\": 0xed 0xa0 0x80", ('W', "unnamed portal parameter $1")),
-            Build((ref PgWriter w) => InterceptReplies.WriteInvalidByteSequence(ref w, [0xED, 0xA0, 0x80], new BindParameterContext(default, 1))));
+            Build((ref PgWriter w) => InterceptErrors.WriteInvalidByteSequence(ref w, [0xED, 0xA0, 0x80], new BindParameterContext(default, 1))));
     }
 
     [Fact]
@@ -217,7 +217,7 @@ public class InterceptRepliesTests
         foreach (ParamDecodeResult result in Enum.GetValues<ParamDecodeResult>())
         {
             var w = new PgWriter(buffer);
-            bool written = InterceptReplies.WriteParameterError(ref w, result, TypeOids.Int4, "abc"u8, new BindParameterContext(default, 1));
+            bool written = InterceptErrors.WriteParameterError(ref w, result, TypeOids.Int4, "abc"u8, new BindParameterContext(default, 1));
             bool isError = result is not (ParamDecodeResult.Ok or ParamDecodeResult.Null or ParamDecodeResult.UnsupportedType);
             Assert.Equal(isError, written);
             Assert.Equal(isError, w.Position > 0);
@@ -229,17 +229,17 @@ public class InterceptRepliesTests
     {
         WriteReply[] fixedErrors =
         [
-            (ref PgWriter w) => InterceptReplies.WriteCancelPermissionDenied(ref w),
-            (ref PgWriter w) => InterceptReplies.WriteTerminatePermissionDenied(ref w),
-            (ref PgWriter w) => InterceptReplies.WriteNegativeTimeout(ref w),
-            (ref PgWriter w) => InterceptReplies.WriteTerminatedByAdministrator(ref w),
-            (ref PgWriter w) => InterceptReplies.WriteTransactionAborted(ref w),
-            (ref PgWriter w) => InterceptReplies.WriteNotBackendProcessWarning(ref w, int.MinValue),
-            (ref PgWriter w) => InterceptReplies.WriteTerminateTimeoutWarning(ref w, int.MinValue, long.MaxValue),
+            (ref PgWriter w) => InterceptErrors.WriteCancelPermissionDenied(ref w),
+            (ref PgWriter w) => InterceptErrors.WriteTerminatePermissionDenied(ref w),
+            (ref PgWriter w) => InterceptErrors.WriteNegativeTimeout(ref w),
+            (ref PgWriter w) => InterceptErrors.WriteTerminatedByAdministrator(ref w),
+            (ref PgWriter w) => InterceptErrors.WriteTransactionAborted(ref w),
+            (ref PgWriter w) => InterceptErrors.WriteNotBackendProcessWarning(ref w, int.MinValue),
+            (ref PgWriter w) => InterceptErrors.WriteTerminateTimeoutWarning(ref w, int.MinValue, long.MaxValue),
         ];
         foreach (WriteReply write in fixedErrors)
         {
-            Assert.InRange(Build(write).Length, 1, InterceptReplies.MaxFixedErrorLength);
+            Assert.InRange(Build(write).Length, 1, InterceptErrors.MaxFixedErrorLength);
         }
 
         string longest = new('x', QueryScanner.MaxIdentifierLength);
@@ -267,11 +267,11 @@ public class InterceptRepliesTests
             InterceptReplies.WriteDataRowInt4(ref w, 123456, 0);
             InterceptReplies.WriteDataRowBool(ref w, true, 0);
             InterceptReplies.WriteCommandComplete(ref w, InterceptReplies.SelectOneTag);
-            InterceptReplies.WriteNotBackendProcessWarning(ref w, 42);
-            InterceptReplies.WriteTerminateTimeoutWarning(ref w, 42, 500);
-            InterceptReplies.WriteCancelPermissionDenied(ref w);
-            InterceptReplies.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "abc"u8, new BindParameterContext("p"u8, 1, -1));
-            InterceptReplies.WriteInvalidByteSequence(ref w, [0xC3, 0x28], new BindParameterContext(default, 1));
+            InterceptErrors.WriteNotBackendProcessWarning(ref w, 42);
+            InterceptErrors.WriteTerminateTimeoutWarning(ref w, 42, 500);
+            InterceptErrors.WriteCancelPermissionDenied(ref w);
+            InterceptErrors.WriteInvalidIntegerSyntax(ref w, TypeOids.Int4, "abc"u8, new BindParameterContext("p"u8, 1, -1));
+            InterceptErrors.WriteInvalidByteSequence(ref w, [0xC3, 0x28], new BindParameterContext(default, 1));
             _ = InterceptReplies.TryDecodeIntParameter(" 0x_1F "u8, false, 0, TypeOids.Int4, out _);
         }
     }

@@ -47,7 +47,7 @@ public sealed class PostgresReplyTests(PostgresFixture fixture)
 
         Assert.Equal(5, reply.Count);
         Assert.Equal(Build((ref PgWriter w) => InterceptReplies.WriteRowDescription(ref w, "Who", TypeOids.Bool, 0)), reply[0]);
-        Assert.Equal(Build((ref PgWriter w) => InterceptReplies.WriteNotBackendProcessWarning(ref w, -1)), WithoutSourceLocation(reply[1]));
+        Assert.Equal(Build((ref PgWriter w) => InterceptErrors.WriteNotBackendProcessWarning(ref w, -1)), WithoutSourceLocation(reply[1]));
         Assert.Equal(Build((ref PgWriter w) => InterceptReplies.WriteDataRowBool(ref w, false, 0)), reply[2]);
         Assert.Equal(Build((ref PgWriter w) => InterceptReplies.WriteCommandComplete(ref w, InterceptReplies.SelectOneTag)), reply[3]);
     }
@@ -70,7 +70,7 @@ public sealed class PostgresReplyTests(PostgresFixture fixture)
 
         Assert.Equal(3, reply.Count);
         Assert.Equal((byte)'T', reply[0][0]);
-        Assert.Equal(Build((ref PgWriter w) => InterceptReplies.WriteNegativeTimeout(ref w)), WithoutSourceLocation(reply[1]));
+        Assert.Equal(Build((ref PgWriter w) => InterceptErrors.WriteNegativeTimeout(ref w)), WithoutSourceLocation(reply[1]));
     }
 
     [Fact]
@@ -82,7 +82,7 @@ public sealed class PostgresReplyTests(PostgresFixture fixture)
         List<byte[]> reply = await session.QueryAsync("select pg_backend_pid()");
 
         Assert.Equal(2, reply.Count);
-        Assert.Equal(Build((ref PgWriter w) => InterceptReplies.WriteTransactionAborted(ref w)), WithoutSourceLocation(reply[0]));
+        Assert.Equal(Build((ref PgWriter w) => InterceptErrors.WriteTransactionAborted(ref w)), WithoutSourceLocation(reply[0]));
         Assert.Equal(Build((ref PgWriter w) => w.WriteReadyForQuery(TransactionStatus.Failed)), reply[1]);
     }
 
@@ -95,7 +95,7 @@ public sealed class PostgresReplyTests(PostgresFixture fixture)
 
         byte[]? fatal = await victim.ReadMessageAsync();
         Assert.NotNull(fatal);
-        Assert.Equal(Build((ref PgWriter w) => InterceptReplies.WriteTerminatedByAdministrator(ref w)), WithoutSourceLocation(fatal));
+        Assert.Equal(Build((ref PgWriter w) => InterceptErrors.WriteTerminatedByAdministrator(ref w)), WithoutSourceLocation(fatal));
         Assert.Null(await victim.ReadMessageAsync());
     }
 
@@ -119,7 +119,7 @@ public sealed class PostgresReplyTests(PostgresFixture fixture)
                 Build((ref PgWriter w) => InterceptReplies.WriteRowDescription(ref w, "pg_terminate_backend", TypeOids.Bool, 0)),
                 Build((ref PgWriter w) => InterceptReplies.WriteBindComplete(ref w)),
                 Build((ref PgWriter w) => InterceptReplies.WriteRowDescription(ref w, "pg_terminate_backend", TypeOids.Bool, 1)),
-                Build((ref PgWriter w) => InterceptReplies.WriteNotBackendProcessWarning(ref w, -1)),
+                Build((ref PgWriter w) => InterceptErrors.WriteNotBackendProcessWarning(ref w, -1)),
                 Build((ref PgWriter w) => InterceptReplies.WriteDataRowBool(ref w, false, 1)),
                 Build((ref PgWriter w) => InterceptReplies.WriteCommandComplete(ref w, InterceptReplies.SelectOneTag)),
                 Build((ref PgWriter w) => w.WriteReadyForQuery(TransactionStatus.Idle)),
@@ -172,7 +172,7 @@ public sealed class PostgresReplyTests(PostgresFixture fixture)
         Assert.Equal(3, reply.Count);
         Assert.Equal((byte)'1', reply[0][0]);
         byte[] expected = Build((ref PgWriter w) =>
-            Assert.True(InterceptReplies.WriteParameterError(ref w, result, typeOid, value, new BindParameterContext(default, parameterNumber))));
+            Assert.True(InterceptErrors.WriteParameterError(ref w, result, typeOid, value, new BindParameterContext(default, parameterNumber))));
         Assert.Equal(Encoding.UTF8.GetString(expected), Encoding.UTF8.GetString(WithoutSourceLocation(reply[1])));
         Assert.Equal(expected, WithoutSourceLocation(reply[1]));
     }
@@ -397,7 +397,7 @@ public sealed class PostgresReplyTests(PostgresFixture fixture)
         }
 
         // PostgreSQL rejects a timeout that is negative once truncated to 32 bits.
-        return call.Timeout.Kind != ArgumentKind.Integer || InterceptReplies.PostgresTimeout(call.Timeout.Value) >= 0;
+        return call.Timeout.Kind != ArgumentKind.Integer || InterceptErrors.PostgresTimeout(call.Timeout.Value) >= 0;
     }
 
     private static string DescribeRow(byte[] message)

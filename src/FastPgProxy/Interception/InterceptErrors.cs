@@ -39,13 +39,13 @@ internal readonly ref struct BindParameterContext
     public bool IsPresent => ParameterNumber > 0;
 }
 
-/// <content>
+/// <summary>
 /// NoticeResponse and ErrorResponse messages with PostgreSQL's wording and SQLSTATE (PostgreSQL 16+
 /// signalfuncs.c, numutils.c, postgres.c, mbutils.c). PostgreSQL also sends the F, L and R fields (its
 /// source file, line and function); the proxy leaves them out rather than invent them. Every other field
 /// is the same, in the same order (S, V, C, M, D, W).
-/// </content>
-internal static partial class InterceptReplies
+/// </summary>
+internal static class InterceptErrors
 {
     /// <summary>
     /// Room the fixed-text notices and errors need at most (the longest is the permission error with its
@@ -250,7 +250,7 @@ internal static partial class InterceptReplies
     }
 
     /// <summary>
-    /// The error PostgreSQL's Bind raises for a parameter <see cref="TryDecodeIntParameter"/> rejected.
+    /// The error PostgreSQL's Bind raises for a parameter <see cref="InterceptReplies.TryDecodeIntParameter"/> rejected.
     /// Returns false, writing nothing, for results that are not errors (Ok, Null) and for
     /// <see cref="ParamDecodeResult.UnsupportedType"/>, which the server must handle.
     /// </summary>
