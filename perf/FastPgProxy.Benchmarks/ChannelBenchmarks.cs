@@ -10,7 +10,7 @@ namespace FastPgProxy.Benchmarks;
 
 /// <summary>
 /// What the channel contract costs the relay. One relay pass over a backend's window is driven as
-/// ClientSession does it: PumpServer (nothing outstanding, the window, framing, the send to the client
+/// the Relay does it: PumpServer (nothing outstanding, the window, framing, the send to the client
 /// out of the backend's window), the send's completion, then OnServerRunSent (consume the run, the checks
 /// of TryReleaseServer and ClientMidMessage). The channels are <see cref="BenchChannel"/>s: the window,
 /// flags and Consume are <see cref="Channel"/>'s own code, and only the socket work of Send is left out.

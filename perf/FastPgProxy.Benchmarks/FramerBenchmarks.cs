@@ -5,7 +5,7 @@ using FastPgProxy.Protocol;
 namespace FastPgProxy.Benchmarks;
 
 /// <summary>
-/// <see cref="MessageFramer.Scan"/> driven the way ClientSession's relay drives it: the bytes of a
+/// <see cref="MessageFramer.Scan"/> driven the way the Relay drives it: the bytes of a
 /// receive window are scanned, an inspected message is handled and scanning continues right after it,
 /// and at NeedMore the run is forwarded and the window refilled. Budget: 0 B allocated per operation.
 /// </summary>
@@ -24,13 +24,13 @@ public class FramerBenchmarks
     private const int LargeValueLength = 1024 * 1024;
 
     // Backend messages the relay looks into: ReadyForQuery, ParameterStatus, ErrorResponse
-    // (ClientSession.s_serverInspect).
+    // (Relay.s_serverInspect).
     private static readonly MessageTypeSet s_serverInspect = MessageTypeSet.None
         .With((byte)BackendMessage.ReadyForQuery)
         .With((byte)BackendMessage.ParameterStatus)
         .With((byte)BackendMessage.ErrorResponse);
 
-    // Client messages the relay acts on: Terminate only (ClientSession.s_clientInspect).
+    // Client messages the relay acts on: Terminate only (Relay.s_clientInspect).
     private static readonly MessageTypeSet s_clientInspect = MessageTypeSet.None
         .With((byte)FrontendMessage.Terminate);
 
@@ -110,7 +110,7 @@ public class FramerBenchmarks
         return forwarded;
     }
 
-    // One pass of ClientSession.PumpServer over a window: the length of the run it would send.
+    // One pass of Relay.PumpServer over a window: the length of the run it would send.
     private int Pump(ref MessageFramer framer, ReadOnlySpan<byte> window, MessageTypeSet inspect)
     {
         int run = 0;
@@ -134,7 +134,7 @@ public class FramerBenchmarks
         }
     }
 
-    // The allocation-free part of ClientSession.OnServerMessage: ReadyForQuery's transaction status.
+    // The allocation-free part of Relay.OnServerMessage: ReadyForQuery's transaction status.
     private void OnInspected(ReadOnlySpan<byte> message)
     {
         _inspected++;
