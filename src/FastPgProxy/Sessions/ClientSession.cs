@@ -170,18 +170,14 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
             return;
         }
 
-        switch (State)
+        if (State == SessionState.Active)
         {
-            case SessionState.Startup:
-                _login!.ReadStartup();
-                break;
-            case SessionState.Authenticating:
-                _login!.ReadAuthentication();
-                break;
-            case SessionState.Active:
-                PumpClient();
-                break;
+            PumpClient();
+            return;
         }
+
+        // Logging in: the handshake reads on in its stage (nothing is read while a backend is connected for the login).
+        _login?.Continue();
     }
 
     /// <inheritdoc/>

@@ -50,7 +50,7 @@ internal sealed class LoginHandshake
     }
 
     /// <summary>Reads the first packet of the connection (protocol 55.2.1 and 55.2.10-12).</summary>
-    public void ReadStartup()
+    private void ReadStartup()
     {
         StartupParseStatus status = StartupPacketHeader.TryRead(_owner.Client.Window, out StartupPacketHeader header);
         if (status == StartupParseStatus.NeedMore)
@@ -291,7 +291,7 @@ internal sealed class LoginHandshake
     }
 
     /// <summary>Reads the client's next PasswordMessage/SASL message and acts on it.</summary>
-    public void ReadAuthentication()
+    private void ReadAuthentication()
     {
         Span<byte> window = _owner.Client.Window;
         FrameStatus status = _authFramer.Scan(window, MessageTypeSet.All, _owner.Client.Loop.Buffers.BufferSize, out _, out int length);
@@ -449,7 +449,7 @@ internal sealed class LoginHandshake
     /// <summary>The credentials for the backends of the client's pool, once the client has authenticated (see <see cref="BuildCredentials"/>).</summary>
     public ServerCredentials Credentials => BuildCredentials(_databaseOptions!);
 
-    /// <summary>Reads on in the stage the handshake is in (after the proxy's own message went out).</summary>
+    /// <summary>Reads on in the stage the handshake is in: new bytes arrived, or the proxy's own message went out.</summary>
     public void Continue()
     {
         if (_owner.State == SessionState.Startup)
