@@ -7,8 +7,9 @@ namespace FastPgProxy.Pooling;
 internal readonly record struct TrackedRun(int Length, byte[]? Output, int OutputLength, bool Terminate);
 
 /// <summary>
-/// Why a client's run cannot go to a backend and the session must end: PostgreSQL's error fields, a
-/// warning for the log, and for a message type no client may send after login, that type.
+/// Why the proxy refuses a client's message: PostgreSQL's error fields, a warning for the log, and for a
+/// message type no client may send after login, that type. A refused run on a backend ends the session;
+/// a refused Parse the proxy answers itself gets an ERROR and the session goes on.
 /// </summary>
 internal sealed record RunRefusal(string SqlState, string Message, string? Detail = null, string? Warning = null, byte? ForeignType = null);
 
@@ -132,7 +133,7 @@ internal sealed partial class StatementTracker
                 // On a backend, in the middle of the client's batch, an ERROR cannot be put in the reply
                 // stream without PostgreSQL's own replies to sort around it: the session ends.
                 run = default;
-                return new RunRefusal(limit.SqlState, limit.Message, limit.Detail);
+                return limit;
             }
             if (statement is null && !namedParse && !IsStatementClose(message))
             {

@@ -45,9 +45,6 @@ internal sealed partial class StatementTracker
     /// <summary>Reply bookkeeping entries not yet consumed (for the debug log).</summary>
     public int PendingReplies => _replyActions.Count;
 
-    /// <summary>Why a named Parse is refused: PostgreSQL's error fields.</summary>
-    public sealed record StatementRefusal(string SqlState, string Message, string Detail);
-
     /// <summary>The buffer a rewritten run is built in, rented from <paramref name="buffers"/> when there is none.</summary>
     public byte[] RentRewriteBuffer(BufferPool buffers) => _rewriteBuffer ??= buffers.Rent();
 
@@ -111,7 +108,7 @@ internal sealed partial class StatementTracker
     /// the batch up to Sync is skipped; <paramref name="refusal"/> is that error, null when there was none.
     /// Returns the bytes written.
     /// </summary>
-    public int AnswerLocalPrepare(ReadOnlySpan<byte> batch, Span<byte> output, out StatementRefusal? refusal)
+    public int AnswerLocalPrepare(ReadOnlySpan<byte> batch, Span<byte> output, out RunRefusal? refusal)
     {
         refusal = null;
         var writer = new PgWriter(output);
@@ -148,20 +145,20 @@ internal sealed partial class StatementTracker
     /// (53200); null when it fits. <paramref name="replaced"/> is the statement of that name it redefines,
     /// as the caller found it; null for a name the client has not used.
     /// </summary>
-    public StatementRefusal? StatementLimitRefusal(ReadOnlySpan<byte> body, ClientStatement? replaced)
+    public RunRefusal? StatementLimitRefusal(ReadOnlySpan<byte> body, ClientStatement? replaced)
     {
         Config.ProxyOptions options = _proxy.Options;
         ReadOnlySpan<byte> name = MessageFramer.ReadCString(body);
         if (replaced is null && _statements.Count >= options.MaxClientPreparedStatements)
         {
-            return new StatementRefusal(SqlState.ProgramLimitExceeded, "too many prepared statements",
+            return new RunRefusal(SqlState.ProgramLimitExceeded, "too many prepared statements",
                 $"The proxy keeps at most {options.MaxClientPreparedStatements} prepared statements per client (max_client_prepared_statements); deallocate some first.");
         }
 
         long bytes = _statementBytes + StatementCost(name.Length, body.Length - name.Length - 1) - (replaced is null ? 0 : StatementCost(name.Length, replaced.ParseTail.Length));
         if (bytes > options.MaxClientPreparedBytes)
         {
-            return new StatementRefusal(SqlState.OutOfMemory, "out of memory",
+            return new RunRefusal(SqlState.OutOfMemory, "out of memory",
                 $"This client's prepared statements would take {bytes} bytes in the proxy, over max_client_prepared_bytes ({options.MaxClientPreparedBytes}).");
         }
 

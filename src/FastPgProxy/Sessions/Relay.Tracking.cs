@@ -114,7 +114,7 @@ internal sealed partial class Relay
             return false;
         }
 
-        int written = tracker.AnswerLocalPrepare(window.Slice(0, batch), _session.RentOut(), out StatementTracker.StatementRefusal? refusal);
+        int written = tracker.AnswerLocalPrepare(window.Slice(0, batch), _session.RentOut(), out RunRefusal? refusal);
         if (refusal is not null)
         {
             Log.Warning($"client {_session.RemoteEndPoint} session {_session.Id}: {refusal.Message}");
