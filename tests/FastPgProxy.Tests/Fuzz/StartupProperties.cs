@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
-using System.Text;
 using CsCheck;
 using FastPgProxy.Protocol;
+using FastPgProxy.Tests.EndToEnd;
 using Xunit;
 
 namespace FastPgProxy.Tests.Fuzz;
@@ -25,24 +25,8 @@ public class StartupProperties
         (1, Gen.OneOf(StartupCodes.SslRequestCode, StartupCodes.GssEncRequestCode, 2 << 16, 1234 << 16)),
         (1, Gen.Int));
 
-    internal static byte[] StartupMessage(int code, KeyValuePair<string, string>[] parameters)
-    {
-        var body = new List<byte>();
-        foreach ((string name, string value) in parameters)
-        {
-            body.AddRange(Encoding.UTF8.GetBytes(name));
-            body.Add(0);
-            body.AddRange(Encoding.UTF8.GetBytes(value));
-            body.Add(0);
-        }
-
-        body.Add(0);
-        var packet = new byte[8 + body.Count];
-        BinaryPrimitives.WriteInt32BigEndian(packet, packet.Length);
-        BinaryPrimitives.WriteInt32BigEndian(packet.AsSpan(4), code);
-        body.CopyTo(packet, 8);
-        return packet;
-    }
+    internal static byte[] StartupMessage(int code, KeyValuePair<string, string>[] parameters) =>
+        RawProtocol.StartupWithVersion(code, Array.ConvertAll(parameters, p => (p.Key, p.Value)));
 
     internal static byte[] CancelPacket(int pid, byte[] key)
     {
