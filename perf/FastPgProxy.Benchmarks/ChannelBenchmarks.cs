@@ -429,7 +429,7 @@ public class ChannelBenchmarks
             End = bytes.Length;
         }
 
-        public override Socket? DetachSocket() => null;
+        public override IDisposable? DetachForCancel() => null;
     }
 
     /// <summary>The class behind a struct, so that generic code over it is compiled for it alone.</summary>

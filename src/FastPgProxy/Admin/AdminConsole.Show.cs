@@ -23,6 +23,8 @@ internal sealed partial class AdminConsole
         new("wait_us", AdminType.Int8),
         new("backend_pid", AdminType.Int4),
         new("tls", AdminType.Bool),
+        new("tls_version", AdminType.Text),
+        new("tls_cipher", AdminType.Text),
         new("application_name", AdminType.Text),
         new("query_ms", AdminType.Int8),
     ];
@@ -136,7 +138,7 @@ internal sealed partial class AdminConsole
             case ShowItem.Clients:
                 foreach (ClientRow c in (await AdminSnapshot.CollectAsync(Proxy).ConfigureAwait(false)).Clients)
                 {
-                    result.Rows.Add([c.Id, c.User, c.Database, c.State, c.Address, c.Port, c.ConnectTime, c.RequestTime, c.WaitMicros, c.BackendPid, false, c.ApplicationName, c.QueryMilliseconds]);
+                    result.Rows.Add([c.Id, c.User, c.Database, c.State, c.Address, c.Port, c.ConnectTime, c.RequestTime, c.WaitMicros, c.BackendPid, c.TlsVersion is not null, c.TlsVersion, c.TlsCipher, c.ApplicationName, c.QueryMilliseconds]);
                 }
 
                 break;

@@ -200,6 +200,17 @@ internal sealed partial class AdminConsole
             return AdminResult.Failed(AdminSqlState.InvalidParameterValue, e.Message, detail: "Nothing was changed.");
         }
 
+        try
+        {
+            // Certificates first: a file that does not load leaves every setting as it was.
+            fresh.SourcePath = running.SourcePath;
+            await Task.Run(() => Proxy.ReloadTls(fresh)).ConfigureAwait(false);
+        }
+        catch (ConfigException e)
+        {
+            return AdminResult.Failed(AdminSqlState.InvalidParameterValue, e.Message, detail: "Nothing was changed.");
+        }
+
         var restart = new List<string>();
         foreach (ConfigSetting setting in ConfigSetting.All)
         {

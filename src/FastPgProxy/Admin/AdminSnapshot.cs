@@ -21,7 +21,9 @@ internal sealed record ClientRow(
     int? BackendPid,
     string ApplicationName,
     long? QueryMilliseconds,
-    ServerPool? Pool);
+    ServerPool? Pool,
+    string? TlsVersion,
+    string? TlsCipher);
 
 /// <summary>A backend connection as SHOW SERVERS lists it.</summary>
 internal sealed record ServerRow(
@@ -155,7 +157,9 @@ internal sealed class AdminSnapshot
                 server is { HasCancelKey: true } ? server.BackendPid : null,
                 session.ApplicationName,
                 session.RequestStarted == 0 ? null : (long)Stopwatch.GetElapsedTime(session.RequestStarted, now).TotalMilliseconds,
-                session.Pool));
+                session.Pool,
+                session.TlsVersion,
+                session.TlsCipher));
         }
 
         foreach (ServerPool pool in pools)

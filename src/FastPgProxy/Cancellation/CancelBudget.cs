@@ -42,19 +42,19 @@ internal sealed class CancelBudget
     /// <summary>
     /// Cancels the query running on <paramref name="server"/> with the backend's own key, now or when a
     /// cancel connection is free. The backend stays out of the pool until the cancel is settled.
-    /// <paramref name="cancelSocket"/> (a client's cancel connection) is closed when it is.
+    /// <paramref name="cancelConnection"/> (a client's cancel connection) is closed when it is.
     /// </summary>
-    public void Cancel(ServerConnection server, Socket? cancelSocket)
+    public void Cancel(ServerConnection server, IDisposable? cancelConnection)
     {
         Debug.Assert(_pool.Loop.InLoop && server.Pool == _pool);
         server.PendingCancels++;
         if (_waiting.Count == 0 && HasRoom)
         {
-            Forward(server, cancelSocket);
+            Forward(server, cancelConnection);
             return;
         }
 
-        _waiting.Enqueue(new WaitingCancel(server, cancelSocket, server.ReadyCount, Stopwatch.GetTimestamp()));
+        _waiting.Enqueue(new WaitingCancel(server, cancelConnection, server.ReadyCount, Stopwatch.GetTimestamp()));
         Log.Debug($"pool {_pool.Database}/{_pool.User}: cancel for server {server.Id} waits for a cancel connection ({_connections} open, {_waiting.Count} waiting)");
     }
 
@@ -83,7 +83,7 @@ internal sealed class CancelBudget
                 }
                 else
                 {
-                    Forward(server, cancel.Socket);
+                    Forward(server, cancel.Connection);
                 }
             }
         }
@@ -132,11 +132,11 @@ internal sealed class CancelBudget
         }
     }
 
-    private void Forward(ServerConnection server, Socket? cancelSocket)
+    private void Forward(ServerConnection server, IDisposable? cancelConnection)
     {
         _connections++;
         _ = CancelForwarder.ForwardAsync(
-            cancelSocket,
+            cancelConnection,
             server.CancelTarget,
             _proxy.Options.CancelTimeout,
             _proxy.CancelStats,
@@ -177,9 +177,9 @@ internal sealed class CancelBudget
             Log.Debug($"pool {_pool.Database}/{_pool.User}: waiting cancel for server {cancel.Server.Id} dropped: its request ended");
         }
 
-        cancel.Socket?.Dispose();
+        cancel.Connection?.Dispose();
         Settle(cancel.Server);
     }
 
-    private readonly record struct WaitingCancel(ServerConnection Server, Socket? Socket, long ReadyCount, long Since);
+    private readonly record struct WaitingCancel(ServerConnection Server, IDisposable? Connection, long ReadyCount, long Since);
 }

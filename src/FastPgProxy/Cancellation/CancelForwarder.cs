@@ -1,20 +1,31 @@
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
 using FastPgProxy.Hosting;
 using FastPgProxy.Protocol;
+using FastPgProxy.Tls;
 
 namespace FastPgProxy.Cancellation;
 
 /// <summary>Where and how to cancel the query a backend runs: its server address and its own pid and key.</summary>
 internal sealed class CancelTarget
 {
-    /// <summary>Creates a target.</summary>
-    public CancelTarget(EndPoint endPoint, int processId, byte[] secretKey)
+    /// <summary>Creates a target; <paramref name="tls"/> is set when the backend's own connection is TLS (so is the cancel's).</summary>
+    public CancelTarget(EndPoint endPoint, int processId, byte[] secretKey, ServerTls? tls = null, string? host = null)
     {
         EndPoint = endPoint;
         ProcessId = processId;
         SecretKey = secretKey;
+        Tls = tls;
+        Host = host ?? endPoint.ToString() ?? "";
     }
+
+    /// <summary>How the backend's connection used TLS; null when it was plain.</summary>
+    public ServerTls? Tls { get; }
+
+    /// <summary>The server's host name as configured, for TLS's name check.</summary>
+    public string Host { get; }
 
     /// <summary>The PostgreSQL server the backend belongs to.</summary>
     public EndPoint EndPoint { get; }
@@ -39,11 +50,11 @@ internal static class CancelForwarder
     private static readonly TimeSpan s_longestTimeout = TimeSpan.FromDays(24);
 
     /// <summary>
-    /// Forwards the cancel and closes <paramref name="clientSocket"/> afterwards; <paramref name="done"/>
+    /// Forwards the cancel and closes <paramref name="clientConnection"/> afterwards; <paramref name="done"/>
     /// runs when PostgreSQL has closed the cancel connection or the attempt failed, with false when the
     /// request may have reached PostgreSQL without its close being seen (it may still act on it).
     /// </summary>
-    public static async Task ForwardAsync(Socket? clientSocket, CancelTarget target, TimeSpan timeout, CancelStats stats, Action<bool>? done = null)
+    public static async Task ForwardAsync(IDisposable? clientConnection, CancelTarget target, TimeSpan timeout, CancelStats stats, Action<bool>? done = null)
     {
         bool sent = false;
         bool confirmed = false;
@@ -54,15 +65,16 @@ internal static class CancelForwarder
                 ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
                 : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
             await server.ConnectAsync(target.EndPoint, cts.Token).ConfigureAwait(false);
+            await using Stream stream = await OpenAsync(server, target, cts.Token).ConfigureAwait(false);
             byte[] packet = new byte[StartupCodes.CancelRequestLength - sizeof(int) + target.SecretKey.Length];
             var writer = new PgWriter(packet);
             writer.WriteCancelRequest(target.ProcessId, target.SecretKey);
             sent = true;
-            await server.SendAsync(packet.AsMemory(0, writer.Position), SocketFlags.None, cts.Token).ConfigureAwait(false);
+            await stream.WriteAsync(packet.AsMemory(0, writer.Position), cts.Token).ConfigureAwait(false);
 
             // PostgreSQL answers nothing and closes once it has signalled the backend.
             byte[] sink = new byte[16];
-            while (await server.ReceiveAsync(sink, SocketFlags.None, cts.Token).ConfigureAwait(false) > 0)
+            while (await stream.ReadAsync(sink, cts.Token).ConfigureAwait(false) > 0)
             {
             }
 
@@ -70,15 +82,53 @@ internal static class CancelForwarder
             stats.OnForwarded();
             Log.Debug($"cancel forwarded to backend pid {target.ProcessId}");
         }
-        catch (Exception e) when (e is SocketException or OperationCanceledException or ObjectDisposedException)
+        catch (Exception e) when (e is SocketException or OperationCanceledException or ObjectDisposedException or IOException or AuthenticationException)
         {
             stats.OnFailed();
             Log.Warning($"cancel for backend pid {target.ProcessId} failed: {e.Message}");
         }
         finally
         {
-            clientSocket?.Dispose();
+            clientConnection?.Dispose();
             done?.Invoke(confirmed || !sent);
         }
+    }
+
+    /// <summary>
+    /// The stream the CancelRequest goes on: TLS when the backend's own connection is (SSLRequest, S, the
+    /// handshake, then the request inside it, as PostgreSQL 17's libpq sends it), else the plain socket.
+    /// </summary>
+    private static async Task<Stream> OpenAsync(Socket server, CancelTarget target, CancellationToken cancellation)
+    {
+        var plain = new NetworkStream(server, ownsSocket: false);
+        if (target.Tls is not { } tls)
+        {
+            return plain;
+        }
+
+        byte[] request = new byte[StartupCodes.MinStartupPacketLength];
+        var writer = new PgWriter(request);
+        writer.WriteInt32(StartupCodes.MinStartupPacketLength);
+        writer.WriteInt32(StartupCodes.SslRequestCode);
+        await plain.WriteAsync(request, cancellation).ConfigureAwait(false);
+        byte[] answer = new byte[1];
+        if (await plain.ReadAsync(answer, cancellation).ConfigureAwait(false) != 1)
+        {
+            throw new IOException("server closed the connection after SSLRequest");
+        }
+
+        if (answer[0] == (byte)'N' && !tls.Required)
+        {
+            return plain;
+        }
+
+        if (answer[0] != (byte)'S')
+        {
+            throw new IOException(answer[0] == (byte)'N' ? "server refused TLS for the cancel connection" : "server sent an invalid answer to SSLRequest");
+        }
+
+        var ssl = new SslStream(plain, leaveInnerStreamOpen: false);
+        await ssl.AuthenticateAsClientAsync(tls.Options(target.Host), cancellation).ConfigureAwait(false);
+        return ssl;
     }
 }

@@ -122,7 +122,8 @@ internal static class ConfigLoader
                     "trust" => AuthType.Trust,
                     "md5" => AuthType.Md5,
                     "scram-sha-256" => AuthType.ScramSha256,
-                    _ => throw Error(source, line, key, $"invalid value '{value}' (trust, md5 or scram-sha-256)"),
+                    "cert" => AuthType.Cert,
+                    _ => throw Error(source, line, key, $"invalid value '{value}' (trust, md5, scram-sha-256 or cert)"),
                 };
                 break;
             case "auth_file":
@@ -215,6 +216,42 @@ internal static class ConfigLoader
             case "stats_users":
                 AddNames(o.StatsUsers, value);
                 break;
+            case "client_tls_sslmode":
+                o.ClientTls.Mode = ParseTlsMode(value, source, line, key);
+                break;
+            case "client_tls_key_file":
+                o.ClientTls.KeyFile = EmptyAsNull(value);
+                break;
+            case "client_tls_cert_file":
+                o.ClientTls.CertFile = EmptyAsNull(value);
+                break;
+            case "client_tls_ca_file":
+                o.ClientTls.CaFile = EmptyAsNull(value);
+                break;
+            case "client_tls_protocols":
+                o.ClientTls.Protocols = value;
+                break;
+            case "client_tls_ciphers":
+                o.ClientTls.Ciphers = value;
+                break;
+            case "server_tls_sslmode":
+                o.ServerTls.Mode = ParseTlsMode(value, source, line, key);
+                break;
+            case "server_tls_key_file":
+                o.ServerTls.KeyFile = EmptyAsNull(value);
+                break;
+            case "server_tls_cert_file":
+                o.ServerTls.CertFile = EmptyAsNull(value);
+                break;
+            case "server_tls_ca_file":
+                o.ServerTls.CaFile = EmptyAsNull(value);
+                break;
+            case "server_tls_protocols":
+                o.ServerTls.Protocols = value;
+                break;
+            case "server_tls_ciphers":
+                o.ServerTls.Ciphers = value;
+                break;
             case "verbose":
                 o.Verbose = ParseInt(value, 0, 3, source, line, key);
                 break;
@@ -222,6 +259,11 @@ internal static class ConfigLoader
                 throw Error(source, line, key, "unknown setting");
         }
     }
+
+    private static TlsMode ParseTlsMode(string value, string source, int line, string key) =>
+        TlsSettings.ParseMode(value) ?? throw Error(source, line, key, $"invalid value '{value}' (disable, allow, prefer, require, verify-ca or verify-full)");
+
+    private static string? EmptyAsNull(string value) => value.Length == 0 ? null : value;
 
     /// <summary>Adds the names of a comma-separated list (blanks ignored, spaces trimmed).</summary>
     private static void AddNames(HashSet<string> names, string value)
@@ -389,7 +431,12 @@ internal static class ConfigLoader
 
     private static void Validate(ProxyOptions o, string source)
     {
-        if (o.AuthType != AuthType.Trust && o.AuthFile is null)
+        if (o.AuthType == AuthType.Cert && o.ClientTls.Mode < TlsMode.VerifyCa)
+        {
+            throw new ConfigException($"{source}: auth_type cert needs client_tls_sslmode verify-ca or verify-full");
+        }
+
+        if (o.AuthType is not (AuthType.Trust or AuthType.Cert) && o.AuthFile is null)
         {
             throw new ConfigException($"{source}: auth_type {o.AuthType.ToString().ToLowerInvariant()} needs auth_file");
         }

@@ -9,8 +9,10 @@ internal enum AuthType
     Trust,
     /// <summary>MD5 challenge; a user whose auth_file secret is a SCRAM verifier is asked for SCRAM instead, as PostgreSQL does.</summary>
     Md5,
-    /// <summary>SCRAM-SHA-256 (RFC 5802/7677) without channel binding.</summary>
+    /// <summary>SCRAM-SHA-256 (RFC 5802/7677); SCRAM-SHA-256-PLUS with channel binding is offered over TLS.</summary>
     ScramSha256,
+    /// <summary>A TLS client certificate, checked against client_tls_ca_file, whose CN is the user name.</summary>
+    Cert,
 }
 
 /// <summary>When a backend connection is handed back to the pool.</summary>
@@ -67,6 +69,12 @@ internal sealed class ProxyOptions
 
     /// <summary>Client authentication method. Default md5, as PgBouncer.</summary>
     public AuthType AuthType { get; set; } = AuthType.Md5;
+
+    /// <summary>TLS towards clients: <c>client_tls_*</c>. Default disabled, as PgBouncer.</summary>
+    public TlsSettings ClientTls { get; set; } = new() { Mode = TlsMode.Disable };
+
+    /// <summary>TLS towards PostgreSQL: <c>server_tls_*</c>. Default prefer, as PgBouncer.</summary>
+    public TlsSettings ServerTls { get; set; } = new() { Mode = TlsMode.Prefer };
 
     /// <summary>Path of the PgBouncer-format user list; required unless auth_type is trust.</summary>
     public string? AuthFile { get; set; }

@@ -8,6 +8,7 @@ using FastPgProxy.Config;
 using FastPgProxy.Net;
 using FastPgProxy.Pooling;
 using FastPgProxy.Sessions;
+using FastPgProxy.Tls;
 
 namespace FastPgProxy.Hosting;
 
@@ -51,6 +52,8 @@ internal sealed class ProxyServer : IAsyncDisposable
 
             Users = users;
         }
+
+        ReloadTls(options);
 
         // Unknown users still go through a full SCRAM exchange against this throw-away verifier.
         MockVerifier = ScramVerifier.FromPassword(Convert.ToBase64String(System.Security.Cryptography.RandomNumberGenerator.GetBytes(18)));
@@ -127,6 +130,38 @@ internal sealed class ProxyServer : IAsyncDisposable
 
     /// <summary>The options the server runs with.</summary>
     public ProxyOptions Options { get; }
+
+    /// <summary>TLS towards clients (client_tls_*); null when disabled. Swapped whole by RELOAD; any thread.</summary>
+    public ClientTls? ClientTls => Volatile.Read(ref _clientTls);
+
+    /// <summary>TLS towards PostgreSQL (server_tls_*); null when disabled. Swapped whole by RELOAD; any thread.</summary>
+    public ServerTls? ServerTls => Volatile.Read(ref _serverTls);
+
+    private ClientTls? _clientTls;
+    private ServerTls? _serverTls;
+
+    /// <summary>
+    /// Loads the certificate files of <paramref name="options"/> again and puts them in place for new
+    /// handshakes, both sides or neither; throws <see cref="ConfigException"/> (and changes nothing) when a
+    /// file or setting cannot be used.
+    /// </summary>
+    public void ReloadTls(ProxyOptions options)
+    {
+        ClientTls? client;
+        ServerTls? server;
+        try
+        {
+            client = ClientTls.Build(options.ClientTls);
+            server = ServerTls.Build(options.ServerTls);
+        }
+        catch (TlsConfigException e)
+        {
+            throw new ConfigException(options.SourcePath is null ? e.Message : $"{options.SourcePath}: {e.Message}");
+        }
+
+        Volatile.Write(ref _clientTls, client);
+        Volatile.Write(ref _serverTls, server);
+    }
 
     /// <summary>The auth_file contents; null when none is configured.</summary>
     public UserList? Users { get; }

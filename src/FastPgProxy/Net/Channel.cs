@@ -12,15 +12,15 @@ internal interface IChannelHandler
     /// <summary>The whole of the last send was written, or it failed.</summary>
     void OnSend(Channel channel, SocketError error);
 
-    /// <summary>A connect finished.</summary>
+    /// <summary>A connect finished, or a <see cref="TlsChannel"/>'s handshake.</summary>
     void OnConnect(Channel channel, SocketError error);
 }
 
 /// <summary>
 /// A connection as the relay, the login and the backends' own code see it: a receive window, one run of
 /// bytes sent at a time, waiting while idle without a buffer, and closing once. <see cref="SocketChannel"/>
-/// is the plain implementation; a second one (TLS) derives from this class (or from
-/// <see cref="ClientChannel"/>) and is dropped in without touching the relay.
+/// is the plain implementation and <see cref="TlsChannel"/> the encrypted one; both derive from
+/// <see cref="ClientChannel"/>, and the relay cannot tell them apart.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -63,8 +63,9 @@ internal interface IChannelHandler
 /// </list>
 /// <para>
 /// Not part of the contract: connecting (<see cref="SocketChannel.Connect"/>: a backend's socket, which a
-/// TLS backend connection would wrap after its SSLRequest) and the underlying <see cref="Socket"/>. What
-/// the session does with a client connection outside the relay is <see cref="ClientChannel"/>.
+/// TLS backend connection wraps in a <see cref="TlsChannel"/> after its SSLRequest), the TLS handshake, and
+/// the underlying <see cref="Socket"/>. What the session does with a client connection outside the relay is
+/// <see cref="ClientChannel"/>.
 /// </para>
 /// </remarks>
 internal abstract class Channel : IDisposable
@@ -179,8 +180,9 @@ internal abstract class ClientChannel : Channel
     public abstract void Restore(ReadOnlySpan<byte> bytes);
 
     /// <summary>
-    /// Gives up the connection's socket without closing it, for the cancel path, which writes nothing to it
-    /// and closes it once PostgreSQL has acted; the channel is closed afterwards. Only while quiescent.
+    /// Gives up the connection without closing it, for the cancel path, which writes nothing to it and
+    /// disposes it once PostgreSQL has acted (a TLS connection then ends with close_notify); the channel is
+    /// closed afterwards. Only while quiescent.
     /// </summary>
-    public abstract Socket? DetachSocket();
+    public abstract IDisposable? DetachForCancel();
 }

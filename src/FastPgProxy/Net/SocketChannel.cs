@@ -364,7 +364,7 @@ internal sealed class SocketChannel : ClientChannel
     }
 
     /// <inheritdoc/>
-    public override Socket? DetachSocket()
+    public override IDisposable? DetachForCancel()
     {
         Debug.Assert(Quiescent);
         Socket? socket = Socket;

@@ -9,6 +9,7 @@ using FastPgProxy.Config;
 using FastPgProxy.Hosting;
 using FastPgProxy.Net;
 using FastPgProxy.Protocol;
+using FastPgProxy.Tls;
 
 namespace FastPgProxy.Pooling;
 
@@ -59,8 +60,10 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     private readonly string _databaseName;
     private readonly TimeSpan _connectTimeout;
 
-    // The connection's socket: connecting is its own, outside the channel contract.
-    private readonly SocketChannel _socket;
+    // The plain channel that connects; replaced by a TLS channel on its socket once PostgreSQL says S.
+    private Channel _channel;
+    private readonly ServerTls? _tls;
+    private bool _negotiatingTls;
     private IServerLoginListener? _listener;
     private MessageFramer _framer;
     private ScramClient? _scram;
@@ -75,13 +78,15 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         DatabaseOptions database,
         string databaseName,
         ServerCredentials credentials,
-        TimeSpan connectTimeout)
+        TimeSpan connectTimeout,
+        ServerTls? tls = null)
     {
+        _tls = tls;
         _database = database;
         _databaseName = databaseName;
         _credentials = credentials;
         _connectTimeout = connectTimeout;
-        _socket = new SocketChannel(loop, null, this) { IdleWithoutBuffer = true };
+        _channel = new SocketChannel(loop, null, this) { IdleWithoutBuffer = true };
         EndPoint = ResolveEndPoint(database);
         Id = Interlocked.Increment(ref s_lastId);
         CreatedAt = Stopwatch.GetTimestamp();
@@ -124,8 +129,14 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     public PreparedStatementCache? PreparedStatements { get; set; }
 
 
-    /// <summary>The receive window and sends, for the login here and for the relay.</summary>
-    public Channel Channel => _socket;
+    /// <summary>The receive window and sends, for the login here and for the relay: plain, or TLS after SSLRequest.</summary>
+    public Channel Channel => _channel;
+
+    /// <summary>Whether the connection to PostgreSQL is TLS.</summary>
+    public bool IsTls { get; private set; }
+
+    /// <summary>The tls-server-end-point channel binding data of PostgreSQL's certificate; null on a plain connection.</summary>
+    public byte[]? ChannelBinding { get; private set; }
 
     /// <summary>Where PostgreSQL listens; also where cancels for this backend go.</summary>
     public EndPoint EndPoint { get; }
@@ -143,7 +154,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     public bool HasCancelKey => BackendKey.Length > 0;
 
     /// <summary>Where and how to cancel this backend's query; made once, so attaching a client allocates nothing.</summary>
-    public CancelTarget CancelTarget => _cancelTarget ??= new CancelTarget(EndPoint, BackendPid, BackendKey);
+    public CancelTarget CancelTarget => _cancelTarget ??= new CancelTarget(EndPoint, BackendPid, BackendKey, IsTls ? _tls : null, _database.Host);
 
     private CancelTarget? _cancelTarget;
 
@@ -185,7 +196,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         _listener = listener;
         State = ServerState.Connecting;
         Channel.Loop.Schedule(this, Stopwatch.GetTimestamp() + (long)(_connectTimeout.TotalSeconds * Stopwatch.Frequency));
-        _socket.Connect(EndPoint);
+        ((SocketChannel)_channel).Connect(EndPoint);
     }
 
     /// <inheritdoc/>
@@ -205,12 +216,88 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
             return;
         }
 
+        if (channel is TlsChannel tlsChannel)
+        {
+            OnTlsHandshake(tlsChannel, error);
+            return;
+        }
+
         if (error != SocketError.Success)
         {
             FailToConnect($"could not connect to server {_database.Host}:{_database.Port}: {DescribeError(error)}");
             return;
         }
 
+        if (_tls is { AsksForTls: true } && EndPoint is not UnixDomainSocketEndPoint)
+        {
+            // SSLRequest (55.2.10); PostgreSQL answers one byte. Unix sockets never carry TLS, as with libpq.
+            _negotiatingTls = true;
+            _out = Channel.Loop.Buffers.Rent();
+            var request = new PgWriter(_out);
+            request.WriteInt32(StartupCodes.MinStartupPacketLength);
+            request.WriteInt32(StartupCodes.SslRequestCode);
+            Channel.Send(_out, 0, request.Position);
+            return;
+        }
+
+        SendStartup();
+    }
+
+    /// <summary>PostgreSQL's one-byte answer to SSLRequest: S starts the handshake, N goes on in plain text unless TLS is required.</summary>
+    private void OnSslAnswer()
+    {
+        _negotiatingTls = false;
+        byte answer = Channel.Window[0];
+        if (answer == (byte)'S')
+        {
+            if (Channel.Buffered > 1)
+            {
+                // Bytes after S before the handshake could only have been injected in plain text (CVE-2021-23222).
+                Fail(null, "server sent unencrypted data after SSL response");
+                return;
+            }
+
+            Channel.Consume(1);
+            var plain = (SocketChannel)_channel;
+            var socket = (Socket)plain.DetachForCancel()!;
+            plain.Dispose();
+            var tlsChannel = new TlsChannel(plain.Loop, socket, null, this) { IdleWithoutBuffer = true };
+            _channel = tlsChannel;
+            tlsChannel.AuthenticateAsClient(_tls!.Options(_database.Host));
+            return;
+        }
+
+        if (answer == (byte)'N' && !_tls!.Required)
+        {
+            Channel.Consume(1);
+            SendStartup();
+            return;
+        }
+
+        Fail(null, answer == (byte)'N'
+            ? $"server {_database.Host}:{_database.Port} does not support TLS, and server_tls_sslmode is {TlsSettings.Name(_tls!.Mode)}"
+            : "server sent an invalid answer to SSLRequest");
+    }
+
+    private void OnTlsHandshake(TlsChannel channel, SocketError error)
+    {
+        if (error != SocketError.Success)
+        {
+            FailToConnect($"TLS handshake with server {_database.Host}:{_database.Port} failed: {channel.FailureReason ?? DescribeError(error)}");
+            return;
+        }
+
+        IsTls = true;
+        if (channel.Ssl.RemoteCertificate is { } certificate)
+        {
+            ChannelBinding = Auth.ChannelBinding.TryComputeTlsServerEndPoint(certificate, out byte[]? binding) ? binding : null;
+        }
+
+        SendStartup();
+    }
+
+    private void SendStartup()
+    {
         State = ServerState.Login;
         _out = Channel.Loop.Buffers.Rent();
         var writer = new PgWriter(_out);
@@ -229,6 +316,18 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     public void OnSend(Channel channel, SocketError error)
     {
         ReturnOut();
+        if (_negotiatingTls && State == ServerState.Connecting)
+        {
+            if (error != SocketError.Success)
+            {
+                FailToConnect($"could not send to server: {DescribeError(error)}");
+                return;
+            }
+
+            Channel.Receive();
+            return;
+        }
+
         if (State is not (ServerState.Login or ServerState.InternalQuery))
         {
             return;
@@ -249,6 +348,18 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// <inheritdoc/>
     public void OnReceive(Channel channel, int bytes, SocketError error)
     {
+        if (_negotiatingTls && State == ServerState.Connecting)
+        {
+            if (bytes == 0)
+            {
+                FailToConnect(error == SocketError.Success ? "server closed the connection unexpectedly" : $"server connection failed: {DescribeError(error)}");
+                return;
+            }
+
+            OnSslAnswer();
+            return;
+        }
+
         if (State is not (ServerState.Login or ServerState.InternalQuery))
         {
             return;

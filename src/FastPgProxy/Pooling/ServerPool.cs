@@ -93,12 +93,12 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     /// <summary>
     /// Cancels the query running on <paramref name="server"/> with the backend's own key, now or when a
     /// cancel connection is free (<see cref="CancelBudget"/>). The backend stays out of the pool until the
-    /// cancel is settled; <paramref name="cancelSocket"/> (a client's cancel connection) is closed when it is.
+    /// cancel is settled; <paramref name="cancelConnection"/> (a client's cancel connection) is closed when it is.
     /// </summary>
-    public void CancelQuery(ServerConnection server, Socket? cancelSocket)
+    public void CancelQuery(ServerConnection server, IDisposable? cancelConnection)
     {
         EnsureTick();
-        _cancels.Cancel(server, cancelSocket);
+        _cancels.Cancel(server, cancelConnection);
     }
 
     /// <summary>A cancel connection closed: its slot may go to a waiting cancel or a login.</summary>
@@ -284,7 +284,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
     private void Launch()
     {
-        var server = new ServerConnection(Loop, Options, Options.DatabaseName ?? Database, _credentials, _proxy.Options.ServerConnectTimeout)
+        var server = new ServerConnection(Loop, Options, Options.DatabaseName ?? Database, _credentials, _proxy.Options.ServerConnectTimeout, _proxy.ServerTls)
         {
             Pool = this,
         };

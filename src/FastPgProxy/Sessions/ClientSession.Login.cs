@@ -119,9 +119,9 @@ internal sealed partial class ClientSession
 
         // The decision is the target's own loop's: only there is it known whether a query is running and
         // on which backend, atomically with that backend being handed back to the pool.
-        System.Net.Sockets.Socket? socket = _client.DetachSocket();
+        IDisposable? connection = _client.DetachForCancel();
         TryFinish();
-        target.RequestCancel(socket);
+        target.RequestCancel(connection);
     }
 
     private void CloseCancelSocket()

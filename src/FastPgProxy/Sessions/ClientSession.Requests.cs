@@ -71,19 +71,19 @@ internal sealed partial class ClientSession
         }
     }
 
-    /// <summary>Asks this session's loop to cancel its running query; <paramref name="cancelSocket"/> (a client's cancel connection) is closed when done. Any thread.</summary>
-    public void RequestCancel(Socket? cancelSocket) => Loop.Post(() =>
+    /// <summary>Asks this session's loop to cancel its running query; <paramref name="cancelConnection"/> (a client's cancel connection) is closed when done. Any thread.</summary>
+    public void RequestCancel(IDisposable? cancelConnection) => Loop.Post(() =>
     {
         if (_relay is { } relay)
         {
-            relay.Cancel(cancelSocket);
+            relay.Cancel(cancelConnection);
             return;
         }
 
         // Still logging in, or the admin console: no query of this session runs on PostgreSQL.
         _proxy.CancelStats.OnDroppedIdle();
         Log.Debug($"session {Id}: cancel dropped, no query running (state {State})");
-        cancelSocket?.Dispose();
+        cancelConnection?.Dispose();
     });
 
     /// <summary>Cancels this session's running query, from any thread, through the CancelRequest path.</summary>

@@ -35,6 +35,8 @@ internal enum AfterSend
     StartRelay,
     /// <summary>Go on relaying the client's messages.</summary>
     ContinueRelay,
+    /// <summary>Start the TLS handshake (the <c>S</c> answering SSLRequest went out).</summary>
+    StartTls,
     /// <summary>Close the session.</summary>
     Close,
 }
@@ -50,7 +52,7 @@ internal enum AfterSend
 internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoopWork
 {
     private readonly ProxyServer _proxy;
-    private readonly ClientChannel _client;
+    private ClientChannel _client;
     private Relay? _relay;
     private byte[]? _out;
     private AfterSend _afterSend;
@@ -220,6 +222,9 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
             case AfterSend.ConnectServer:
                 OnAuthenticated();
                 break;
+            case AfterSend.StartTls:
+                _login!.OnSslAnswerSent();
+                break;
             case AfterSend.StartRelay:
                 State = SessionState.Active;
                 _relay!.Start();
@@ -233,8 +238,6 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
         }
     }
 
-    /// <inheritdoc/>
-    public void OnConnect(Channel channel, SocketError error) => TryFinish();
 
     /// <summary>Serves what the client sent once logged in: the console's messages, or the relay's run to the backend.</summary>
     private void PumpClient()

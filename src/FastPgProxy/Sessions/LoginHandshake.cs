@@ -4,6 +4,7 @@ using FastPgProxy.Config;
 using FastPgProxy.Hosting;
 using FastPgProxy.Pooling;
 using FastPgProxy.Protocol;
+using FastPgProxy.Tls;
 
 namespace FastPgProxy.Sessions;
 
@@ -40,6 +41,10 @@ internal sealed class LoginHandshake
     private ScramServer? _scramServer;
     private MessageFramer _authFramer;
     private bool _sslAnswered;
+    private ClientTls? _tlsAnswered;
+
+    // The first byte of a TLS handshake record: a direct TLS ClientHello (PostgreSQL checks the same byte).
+    private const byte TlsRecordHandshake = 0x16;
     private bool _gssAnswered;
 
     /// <summary>The handshake of <paramref name="owner"/>, which has read nothing yet.</summary>
@@ -52,6 +57,16 @@ internal sealed class LoginHandshake
     /// <summary>Reads the first packet of the connection (protocol 55.2.1 and 55.2.10-12).</summary>
     private void ReadStartup()
     {
+        if (!_sslAnswered && _owner.Client.Buffered > 0 && _owner.Client.Window[0] == TlsRecordHandshake && _proxy.ClientTls is { } directTls)
+        {
+            // PostgreSQL 17's sslnegotiation=direct: a TLS ClientHello from the first byte, no SSLRequest.
+            _sslAnswered = true;
+            byte[] hello = _owner.Client.Window.ToArray();
+            _owner.Client.Consume(hello.Length);
+            _owner.StartTls(directTls, hello, direct: true);
+            return;
+        }
+
         StartupParseStatus status = StartupPacketHeader.TryRead(_owner.Client.Window, out StartupPacketHeader header);
         if (status == StartupParseStatus.NeedMore)
         {
@@ -105,9 +120,12 @@ internal sealed class LoginHandshake
                     return;
                 }
 
+                // S, then the handshake once the S is out; GSSENCRequest always gets N.
+                ClientTls? tls = ssl ? _proxy.ClientTls : null;
+                _tlsAnswered = tls;
                 byte[] output = _owner.RentOut();
-                output[0] = (byte)'N';
-                _owner.SendOut(1, AfterSend.ReadClient);
+                output[0] = tls is null ? (byte)'N' : (byte)'S';
+                _owner.SendOut(1, tls is null ? AfterSend.ReadClient : AfterSend.StartTls);
                 return;
         }
 
@@ -116,6 +134,13 @@ internal sealed class LoginHandshake
             _owner.Fatal(
                 header.Major == 1234 ? SqlState.ProtocolViolation : SqlState.FeatureNotSupported,
                 $"unsupported frontend protocol {header.Major}.{header.Minor}: server supports 3.0 to 3.0");
+            return;
+        }
+
+        if (!_owner.IsTls && _proxy.ClientTls is { Mode: >= TlsMode.Require })
+        {
+            // Before anything is read from the packet: a plain client learns nothing but that TLS is required.
+            _owner.Fatal(SqlState.InvalidAuthorization, "SSL required");
             return;
         }
 
@@ -241,9 +266,15 @@ internal sealed class LoginHandshake
     {
         UserList? users = _proxy.Users;
         AuthType authType = _proxy.Options.AuthType;
+        if (authType == AuthType.Cert && !CertificateNamesUser())
+        {
+            return;
+        }
+
         var writer = new PgWriter(_owner.RentOut());
         WriteNegotiateIfNeeded(ref writer);
-        if (authType == AuthType.Trust)
+
+        if (authType is AuthType.Trust or AuthType.Cert)
         {
             if (users is not null && !_userKnown)
             {
@@ -288,6 +319,32 @@ internal sealed class LoginHandshake
         }
 
         _owner.SendOut(writer.Position, AfterSend.ReadClient);
+    }
+
+    /// <summary>
+    /// auth_type cert: the client's certificate (checked against client_tls_ca_file in the handshake) must
+    /// have the user name as its CN, as PostgreSQL's cert method without a user map. False after a FATAL.
+    /// </summary>
+    private bool CertificateNamesUser()
+    {
+        if (_owner.ClientCertificate is not { } certificate)
+        {
+            _owner.Fatal(SqlState.InvalidAuthorization, "connection requires a valid client certificate");
+            return false;
+        }
+
+        string commonName = certificate.GetNameInfo(System.Security.Cryptography.X509Certificates.X509NameType.SimpleName, forIssuer: false);
+        if (!string.Equals(commonName, _owner.User, StringComparison.Ordinal))
+        {
+            _proxy.Stats.OnLoginFailed();
+            _owner.Fatal(
+                SqlState.InvalidAuthorization,
+                $"certificate authentication failed for user \"{_owner.User}\"",
+                $"The certificate's common name \"{commonName}\" is not the user name.");
+            return false;
+        }
+
+        return true;
     }
 
     /// <summary>Reads the client's next PasswordMessage/SASL message and acts on it.</summary>
@@ -448,6 +505,9 @@ internal sealed class LoginHandshake
 
     /// <summary>The credentials for the backends of the client's pool, once the client has authenticated (see <see cref="BuildCredentials"/>).</summary>
     public ServerCredentials Credentials => BuildCredentials(_databaseOptions!);
+
+    /// <summary>The <c>S</c> answering SSLRequest went out: the TLS handshake starts.</summary>
+    public void OnSslAnswerSent() => _owner.StartTls(_tlsAnswered!, null, direct: false);
 
     /// <summary>Reads on in the stage the handshake is in: new bytes arrived, or the proxy's own message went out.</summary>
     public void Continue()

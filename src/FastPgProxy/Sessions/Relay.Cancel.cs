@@ -16,8 +16,8 @@ internal sealed partial class Relay
     private bool _cancelPendingRequest;
     private MessageFramer _swallowFramer;
 
-    /// <summary>A cancel of the client's running request, on the session's loop; <paramref name="cancelSocket"/> (a client's cancel connection) is closed when done.</summary>
-    public void Cancel(Socket? cancelSocket)
+    /// <summary>A cancel of the client's running request, on the session's loop; <paramref name="cancelConnection"/> (a client's cancel connection) is closed when done.</summary>
+    public void Cancel(IDisposable? cancelConnection)
     {
         CancelStats stats = _proxy.CancelStats;
         bool relaying = _session.State == SessionState.Active;
@@ -27,7 +27,7 @@ internal sealed partial class Relay
             case CancelAction.AnswerLocally:
                 stats.OnQueued();
                 Log.Debug($"session {_session.Id}: cancel of a request not sent to PostgreSQL; answered 57014 by the proxy");
-                cancelSocket?.Dispose();
+                cancelConnection?.Dispose();
                 _pool.RemoveWaiter(this);
                 _cancelPendingRequest = true;
                 if (!_syncingParameters && !_client.ReceivePending && !_client.SendPending && !_session.OutPending)
@@ -39,26 +39,26 @@ internal sealed partial class Relay
             case CancelAction.Drop:
                 stats.OnDroppedIdle();
                 Log.Debug($"session {_session.Id}: cancel dropped, no query running (state {_session.State}, backend {_server?.Id}, expected {_booking.ReadyForQueryDue}, open {_booking.BatchOpen})");
-                cancelSocket?.Dispose();
+                cancelConnection?.Dispose();
                 return;
             default:
-                CancelRunningQuery(cancelSocket);
+                CancelRunningQuery(cancelConnection);
                 return;
         }
     }
 
     /// <summary>Has the pool send the backend's own CancelRequest, holding the backend until PostgreSQL has acted. Loop only.</summary>
-    public void CancelRunningQuery(Socket? cancelSocket)
+    public void CancelRunningQuery(IDisposable? cancelConnection)
     {
         ServerConnection server = _server!;
         if (!server.HasCancelKey)
         {
             _proxy.CancelStats.OnNoBackend();
-            cancelSocket?.Dispose();
+            cancelConnection?.Dispose();
             return;
         }
 
-        server.Pool!.CancelQuery(server, cancelSocket);
+        server.Pool!.CancelQuery(server, cancelConnection);
     }
 
     /// <summary>
