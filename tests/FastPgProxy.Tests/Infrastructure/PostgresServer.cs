@@ -25,6 +25,17 @@ namespace FastPgProxy.Tests.Infrastructure;
 /// host all all 127.0.0.1/32 trust
 /// </code>
 /// <para>
+/// A server started with <see cref="StartWithTls"/> also has <c>ssl = on</c>, with the server
+/// certificate, its key and the test CA copied into the data directory, and two more roles whose
+/// lines come first:
+/// </para>
+/// <code>
+/// hostssl   all fpp_sslonly 127.0.0.1/32 scram-sha-256
+/// hostnossl all fpp_sslonly 127.0.0.1/32 reject
+/// hostssl   all fpp_cert    127.0.0.1/32 cert
+/// hostnossl all fpp_cert    127.0.0.1/32 reject
+/// </code>
+/// <para>
 /// PostgreSQL refuses to run as root, so when the tests run as root every server program runs
 /// as the <c>postgres</c> OS user through <c>runuser</c>, and the temp folder belongs to it.
 /// </para>
@@ -61,6 +72,27 @@ public sealed class PostgresServer : IDisposable
     /// <summary>A second trusted role, for tests that need two distinct users.</summary>
     public const string OtherUser = "fpp_other";
 
+    /// <summary>Role that may log in only over TLS, with SCRAM-SHA-256 (TLS servers only).</summary>
+    public const string SslOnlyUser = "fpp_sslonly";
+
+    /// <summary>Password of <see cref="SslOnlyUser"/>.</summary>
+    public const string SslOnlyPassword = "sslonlypass";
+
+    /// <summary>
+    /// Role that logs in only over TLS with a client certificate whose CN is the role name, signed by
+    /// the test CA (pg_hba method <c>cert</c>, which implies <c>clientcert=verify-full</c>; TLS servers only).
+    /// </summary>
+    public const string CertUser = "fpp_cert";
+
+    /// <summary>File names, in the data directory, of the copies the server reads when TLS is on.</summary>
+    private const string ServerCertCopy = "server.crt";
+
+    /// <inheritdoc cref="ServerCertCopy"/>
+    private const string ServerKeyCopy = "server.key";
+
+    /// <inheritdoc cref="ServerCertCopy"/>
+    private const string CaCopy = "root.crt";
+
     /// <summary>The OS user PostgreSQL runs as when the tests run as root.</summary>
     private const string ServerOsUser = "postgres";
 
@@ -93,8 +125,9 @@ public sealed class PostgresServer : IDisposable
     private bool _running;
     private bool _disposed;
 
-    private PostgresServer(string binDir, string rootDir)
+    private PostgresServer(string binDir, string rootDir, TestCertificates? certificates)
     {
+        Certificates = certificates;
         BinDir = binDir;
         SocketDir = rootDir;
         DataDir = Path.Combine(rootDir, "data");
@@ -124,17 +157,45 @@ public sealed class PostgresServer : IDisposable
     public string LogFile => _logFile;
 
     /// <summary>
+    /// The certificates the server was started with by <see cref="StartWithTls"/>, or null when TLS is
+    /// off. The server uses copies of their files; the caller keeps ownership of these.
+    /// </summary>
+    public TestCertificates? Certificates { get; }
+
+    /// <summary>True when the server has <c>ssl = on</c> (see <see cref="StartWithTls"/>).</summary>
+    public bool TlsEnabled => Certificates is not null;
+
+    /// <summary>
     /// Creates, configures and starts a new scratch cluster and its test roles and database.
     /// </summary>
     /// <returns>The running server; dispose it to stop it and delete its files.</returns>
     /// <exception cref="InvalidOperationException">
     /// Any step failed; the message includes the tail of the server log.
     /// </exception>
-    public static PostgresServer Start()
+    public static PostgresServer Start() => Launch(certificates: null);
+
+    /// <summary>
+    /// Like <see cref="Start"/>, with <c>ssl = on</c>: the server presents
+    /// <see cref="TestCertificates.ServerCertificate"/>, verifies client certificates against
+    /// <see cref="TestCertificates.Ca"/>, and has the roles <see cref="SslOnlyUser"/> and
+    /// <see cref="CertUser"/> besides the usual ones. Plain connections still work for every other role.
+    /// </summary>
+    /// <param name="certificates">Where the server certificate, its key and the CA come from; the caller disposes it after the server.</param>
+    /// <returns>The running server; dispose it to stop it and delete its files.</returns>
+    /// <exception cref="InvalidOperationException">
+    /// Any step failed; the message includes the tail of the server log.
+    /// </exception>
+    public static PostgresServer StartWithTls(TestCertificates certificates)
+    {
+        ArgumentNullException.ThrowIfNull(certificates);
+        return Launch(certificates);
+    }
+
+    private static PostgresServer Launch(TestCertificates? certificates)
     {
         string binDir = LocatedBinDir.Value;
         string rootDir = Directory.CreateTempSubdirectory("fpp-pg-").FullName;
-        var server = new PostgresServer(binDir, rootDir);
+        var server = new PostgresServer(binDir, rootDir, certificates);
         try
         {
             server.InitializeCluster();
@@ -184,6 +245,36 @@ public sealed class PostgresServer : IDisposable
         }
 
         return builder.ConnectionString;
+    }
+
+    /// <summary>
+    /// Npgsql connection string for this TLS server (or a proxy in front of it, with
+    /// <paramref name="port"/>) that trusts the test CA: <c>Root Certificate</c> is
+    /// <see cref="TestCertificates.CaFile"/>.
+    /// </summary>
+    /// <param name="sslMode">Npgsql's SSL mode; VerifyFull checks the chain and that the certificate names <see cref="Host"/>.</param>
+    /// <param name="user">Role to log in as.</param>
+    /// <param name="password">Password, or null for none.</param>
+    /// <param name="database">Database to connect to.</param>
+    /// <param name="pooling">Whether Npgsql pools connections; off by default so every open is a real login.</param>
+    /// <param name="port">Port to connect to; null means <see cref="Port"/>.</param>
+    /// <returns>The connection string.</returns>
+    /// <exception cref="InvalidOperationException">The server was started without TLS.</exception>
+    public string TlsConnectionString(
+        SslMode sslMode = SslMode.VerifyFull,
+        string user = Superuser,
+        string? password = null,
+        string database = Database,
+        bool pooling = false,
+        int? port = null)
+    {
+        TestCertificates certificates = Certificates
+            ?? throw new InvalidOperationException("This server was started without TLS; use StartWithTls.");
+        return new NpgsqlConnectionStringBuilder(ConnectionString(user, password, database, pooling, port))
+        {
+            SslMode = sslMode,
+            RootCertificate = certificates.CaFile,
+        }.ConnectionString;
     }
 
     /// <summary>Runs <paramref name="sql"/> as the superuser on database <c>fpp</c>.</summary>
@@ -368,25 +459,82 @@ public sealed class PostgresServer : IDisposable
         }
 
         // Rewriting existing files keeps their owner (postgres when running as root).
-        File.WriteAllText(Path.Combine(DataDir, "pg_hba.conf"), string.Join('\n',
+        File.WriteAllText(Path.Combine(DataDir, "pg_hba.conf"), string.Join('\n', (string[])[
             "# Written by the FastPgProxy test fixture; first match wins.",
             "local all all trust",
+            .. TlsHbaLines(),
             $"host all {Md5User} 127.0.0.1/32 md5",
             $"host all {ScramUser} 127.0.0.1/32 scram-sha-256",
             $"host all {ClearUser} 127.0.0.1/32 password",
             "host all all 127.0.0.1/32 trust",
-            string.Empty));
+            string.Empty]));
         _initialConf = File.ReadAllText(Path.Combine(DataDir, "postgresql.conf"));
+        CopyTlsFiles();
+    }
+
+    /// <summary>
+    /// The pg_hba.conf lines of the TLS-only roles, ahead of the catch-all <c>trust</c> line, which
+    /// would otherwise let them in without TLS; none when TLS is off.
+    /// </summary>
+    private string[] TlsHbaLines() => Certificates is null
+        ? []
+        :
+        [
+            $"hostssl all {SslOnlyUser} 127.0.0.1/32 scram-sha-256",
+            $"hostnossl all {SslOnlyUser} 127.0.0.1/32 reject",
+            $"hostssl all {CertUser} 127.0.0.1/32 cert",
+            $"hostnossl all {CertUser} 127.0.0.1/32 reject",
+        ];
+
+    /// <summary>
+    /// Copies the server certificate, its key and the CA into the data directory. PostgreSQL refuses a
+    /// key file that is not owned by its OS user (or root) or that others may read, and as the
+    /// postgres OS user it could not read the caller's 0600 files anyway: the copies are mode 0600
+    /// and, when we are root, handed to the postgres user.
+    /// </summary>
+    private void CopyTlsFiles()
+    {
+        if (Certificates is null)
+        {
+            return;
+        }
+
+        string[] copies =
+        [
+            Path.Combine(DataDir, ServerCertCopy),
+            Path.Combine(DataDir, ServerKeyCopy),
+            Path.Combine(DataDir, CaCopy),
+        ];
+        File.Copy(Certificates.ServerCertFile, copies[0]);
+        File.Copy(Certificates.ServerKeyFile, copies[1]);
+        File.Copy(Certificates.CaFile, copies[2]);
+        if (!OperatingSystem.IsWindows())
+        {
+            foreach (string copy in copies)
+            {
+                File.SetUnixFileMode(copy, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            }
+        }
+
+        if (IsRoot.Value)
+        {
+            var (chownExit, _, chownErr) = ProcessRunner.Run(
+                "chown", [$"{ServerOsUser}:{ServerOsUser}", .. copies], ShortCommandTimeout);
+            if (chownExit != 0)
+            {
+                throw new InvalidOperationException($"chown of the TLS files to {ServerOsUser} failed: {chownErr}");
+            }
+        }
     }
 
     private void WriteSettings()
     {
-        string settings = string.Join('\n',
+        string settings = string.Join('\n', (string[])[
             string.Empty,
             "# Written by the FastPgProxy test fixture.",
             $"listen_addresses = '{Host}'",
             $"port = {Port.ToString(CultureInfo.InvariantCulture)}",
-            $"unix_socket_directories = '{SocketDir.Replace("'", "''", StringComparison.Ordinal)}'",
+            $"unix_socket_directories = '{QuoteConf(SocketDir)}'",
             "max_connections = 300",
             "fsync = off",
             "synchronous_commit = off",
@@ -396,9 +544,25 @@ public sealed class PostgresServer : IDisposable
             // pg_ctl -l sends the server's stderr to LogFile in the temp folder.
             "logging_collector = off",
             "log_destination = 'stderr'",
-            string.Empty);
+            .. TlsSettings(),
+            string.Empty]);
         File.WriteAllText(Path.Combine(DataDir, "postgresql.conf"), _initialConf + settings);
     }
+
+    /// <summary>The TLS settings, naming the copies made by <see cref="CopyTlsFiles"/>; none when TLS is off.</summary>
+    private string[] TlsSettings() => Certificates is null
+        ? []
+        :
+        [
+            "ssl = on",
+            $"ssl_cert_file = '{QuoteConf(Path.Combine(DataDir, ServerCertCopy))}'",
+            $"ssl_key_file = '{QuoteConf(Path.Combine(DataDir, ServerKeyCopy))}'",
+            // With a CA file the server asks every client for a certificate, but only the cert
+            // method (and clientcert options) make one required.
+            $"ssl_ca_file = '{QuoteConf(Path.Combine(DataDir, CaCopy))}'",
+        ];
+
+    private static string QuoteConf(string value) => value.Replace("'", "''", StringComparison.Ordinal);
 
     private void StartWithFreePort()
     {
@@ -447,6 +611,7 @@ public sealed class PostgresServer : IDisposable
             $"CREATE ROLE {ClearUser} LOGIN PASSWORD '{ClearPassword}'",
             $"CREATE ROLE {TrustUser} LOGIN",
             $"CREATE ROLE {OtherUser} LOGIN",
+            .. TlsRoles(),
             $"CREATE DATABASE {Database} OWNER {Superuser}",
             $"GRANT ALL ON DATABASE {Database} TO PUBLIC",
         ];
@@ -455,6 +620,15 @@ public sealed class PostgresServer : IDisposable
         // PostgreSQL 15 no longer lets PUBLIC create in the public schema.
         ExecuteEach(ConnectionString(), ["GRANT ALL ON SCHEMA public TO PUBLIC"]);
     }
+
+    /// <summary>The roles of <see cref="TlsHbaLines"/>; none when TLS is off. SCRAM is the encryption in force here.</summary>
+    private string[] TlsRoles() => Certificates is null
+        ? []
+        :
+        [
+            $"CREATE ROLE {SslOnlyUser} LOGIN PASSWORD '{SslOnlyPassword}'",
+            $"CREATE ROLE {CertUser} LOGIN",
+        ];
 
     private static void ExecuteEach(string connectionString, IEnumerable<string> statements)
     {
