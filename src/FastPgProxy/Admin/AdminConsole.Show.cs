@@ -41,6 +41,7 @@ internal sealed partial class AdminConsole
         new("backend_pid", AdminType.Int4),
         new("client_id", AdminType.Int4),
         new("being_canceled", AdminType.Bool),
+        new("tls", AdminType.Bool),
     ];
 
     private static readonly AdminColumn[] s_poolColumns =
@@ -145,7 +146,7 @@ internal sealed partial class AdminConsole
             case ShowItem.Servers:
                 foreach (ServerRow s in (await AdminSnapshot.CollectAsync(Proxy).ConfigureAwait(false)).Servers)
                 {
-                    result.Rows.Add([s.Id, s.User, s.Database, s.State, s.Address, s.Port, s.ConnectTime, s.BackendPid, s.ClientId, s.PendingCancels > 0]);
+                    result.Rows.Add([s.Id, s.User, s.Database, s.State, s.Address, s.Port, s.ConnectTime, s.BackendPid, s.ClientId, s.PendingCancels > 0, s.Tls]);
                 }
 
                 break;

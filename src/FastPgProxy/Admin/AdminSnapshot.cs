@@ -37,7 +37,8 @@ internal sealed record ServerRow(
     int? BackendPid,
     int? ClientId,
     int PendingCancels,
-    ServerPool Pool);
+    ServerPool Pool,
+    bool Tls);
 
 /// <summary>A pool's own state and counters, copied on its loop.</summary>
 internal sealed record PoolRow(
@@ -190,7 +191,8 @@ internal sealed class AdminSnapshot
                     server.BackendPid == 0 ? null : server.BackendPid,
                     holder?.Id,
                     server.PendingCancels,
-                    pool));
+                    pool,
+                    server.IsTls));
             }
 
             PoolStats stats = pool.Stats;
