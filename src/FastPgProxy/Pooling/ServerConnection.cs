@@ -454,7 +454,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                 writer.WritePassword(response);
                 break;
             case AuthRequest.Sasl:
-                if (!OffersScram(payload))
+                if (!SaslMechanismList.Contains(payload, Scram.MechanismNameUtf8))
                 {
                     ReturnOut();
                     Fail(null, "server offered no supported SASL mechanism (SCRAM-SHA-256)");
@@ -476,7 +476,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                     return false;
                 }
 
-                writer.WriteSaslInitialResponse(_scram.CreateClientFirst());
+                writer.WriteSaslInitialResponse(Scram.MechanismNameUtf8, _scram.CreateClientFirst());
                 break;
             case AuthRequest.SaslContinue:
                 if (_scram is null || !_scram.TryHandleServerFirst(payload, out byte[]? clientFinal, out string? error))
@@ -508,27 +508,6 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
 
         Channel.Send(output, 0, writer.Position);
         return true;
-    }
-
-    private static bool OffersScram(ReadOnlySpan<byte> mechanisms)
-    {
-        while (!mechanisms.IsEmpty && mechanisms[0] != 0)
-        {
-            int end = mechanisms.IndexOf((byte)0);
-            if (end < 0)
-            {
-                return false;
-            }
-
-            if (mechanisms.Slice(0, end).SequenceEqual(PgWriter.ScramMechanism))
-            {
-                return true;
-            }
-
-            mechanisms = mechanisms.Slice(end + 1);
-        }
-
-        return false;
     }
 
     /// <summary>

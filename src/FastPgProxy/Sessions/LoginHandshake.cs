@@ -42,6 +42,9 @@ internal sealed class LoginHandshake
     private bool _sslAnswered;
     private bool _gssAnswered;
 
+    /// <summary>The SASL mechanisms the proxy offers, as AuthenticationSASL lists them.</summary>
+    private static ReadOnlySpan<byte> ScramMechanisms => "SCRAM-SHA-256\0"u8;
+
     /// <summary>The handshake of <paramref name="owner"/>, which has read nothing yet.</summary>
     public LoginHandshake(ClientSession owner, ProxyServer proxy)
     {
@@ -277,7 +280,7 @@ internal sealed class LoginHandshake
 
             _scramServer = new ScramServer(verifier);
             _authStage = AuthStage.ScramFirst;
-            writer.WriteAuthenticationSasl();
+            writer.WriteAuthenticationSasl(ScramMechanisms);
         }
         else
         {
@@ -345,7 +348,7 @@ internal sealed class LoginHandshake
 
     private void HandleSaslInitialResponse(ReadOnlySpan<byte> body)
     {
-        if (!PasswordMessages.TryReadSaslInitialResponse(body, PgWriter.ScramMechanism, out ReadOnlySpan<byte> data, out string? malformed))
+        if (!PasswordMessages.TryReadSaslInitialResponse(body, ScramMechanisms, out _, out ReadOnlySpan<byte> data, out string? malformed))
         {
             _owner.Fatal(SqlState.ProtocolViolation, malformed);
             return;
