@@ -454,7 +454,8 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                 writer.WritePassword(response);
                 break;
             case AuthRequest.Sasl:
-                if (!SaslMechanismList.Contains(payload, Scram.MechanismNameUtf8))
+                byte[]? channelBinding = TlsServerEndPoint;
+                if (!ScramClient.TrySelectMechanism(payload, channelBinding is not null, out Gs2CbindFlag cbindFlag))
                 {
                     ReturnOut();
                     Fail(null, "server offered no supported SASL mechanism (SCRAM-SHA-256)");
@@ -463,11 +464,11 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
 
                 if (_credentials.Password is not null)
                 {
-                    _scram = new ScramClient(_credentials.Password);
+                    _scram = new ScramClient(_credentials.Password, cbindFlag, channelBinding);
                 }
                 else if (_credentials.ScramClientKey is not null && _credentials.ScramServerKey is not null)
                 {
-                    _scram = new ScramClient(_credentials.ScramClientKey, _credentials.ScramServerKey);
+                    _scram = new ScramClient(_credentials.ScramClientKey, _credentials.ScramServerKey, cbindFlag, channelBinding);
                 }
                 else
                 {
@@ -476,7 +477,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                     return false;
                 }
 
-                writer.WriteSaslInitialResponse(Scram.MechanismNameUtf8, _scram.CreateClientFirst());
+                writer.WriteSaslInitialResponse(_scram.Mechanism, _scram.CreateClientFirst());
                 break;
             case AuthRequest.SaslContinue:
                 if (_scram is null || !_scram.TryHandleServerFirst(payload, out byte[]? clientFinal, out string? error))
@@ -509,6 +510,14 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         Channel.Send(output, 0, writer.Position);
         return true;
     }
+
+    /// <summary>
+    /// The tls-server-end-point channel binding data of PostgreSQL's certificate
+    /// (<see cref="ChannelBinding.TryComputeTlsServerEndPoint"/> of the TLS stream's remote certificate) when
+    /// this connection is TLS, so the SCRAM login uses SCRAM-SHA-256-PLUS where offered; null on a plain
+    /// connection. Set before the server's AuthenticationSASL arrives.
+    /// </summary>
+    public byte[]? TlsServerEndPoint { get; set; }
 
     /// <summary>
     /// The login failed at the connection itself (refused, reset, closed, timed out), as it does while
