@@ -15,6 +15,21 @@ internal static class Scram
     /// <summary>The SASL mechanism name sent in AuthenticationSASL and SASLInitialResponse.</summary>
     public const string MechanismName = "SCRAM-SHA-256";
 
+    /// <summary><see cref="MechanismName"/> as the bytes on the wire.</summary>
+    public static ReadOnlySpan<byte> MechanismNameUtf8 => "SCRAM-SHA-256"u8;
+
+    /// <summary>
+    /// The SASL mechanism name of SCRAM-SHA-256 with channel binding (RFC 5802 section 4: the <c>-PLUS</c>
+    /// variant), which PostgreSQL offers over TLS only.
+    /// </summary>
+    public static ReadOnlySpan<byte> PlusMechanismNameUtf8 => "SCRAM-SHA-256-PLUS"u8;
+
+    /// <summary>
+    /// The gs2 header of a client that binds to the TLS channel with <c>tls-server-end-point</c>, the only
+    /// channel binding type PostgreSQL supports: <c>gs2-cbind-flag "," [authzid] ","</c> with no authzid.
+    /// </summary>
+    public static ReadOnlySpan<byte> TlsServerEndPointGs2Header => "p=tls-server-end-point,,"u8;
+
     /// <summary>Length of SHA-256 output, and so of every SCRAM key, signature and proof.</summary>
     public const int KeyLength = 32;
 

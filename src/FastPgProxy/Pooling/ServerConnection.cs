@@ -565,7 +565,8 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                 writer.WritePassword(response);
                 break;
             case AuthRequest.Sasl:
-                if (!OffersScram(payload))
+                byte[]? channelBinding = TlsServerEndPoint;
+                if (!ScramClient.TrySelectMechanism(payload, channelBinding is not null, out Gs2CbindFlag cbindFlag))
                 {
                     ReturnOut();
                     Fail(null, "server offered no supported SASL mechanism (SCRAM-SHA-256)");
@@ -574,11 +575,11 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
 
                 if (_credentials.Password is not null)
                 {
-                    _scram = new ScramClient(_credentials.Password);
+                    _scram = new ScramClient(_credentials.Password, cbindFlag, channelBinding);
                 }
                 else if (_credentials.ScramClientKey is not null && _credentials.ScramServerKey is not null)
                 {
-                    _scram = new ScramClient(_credentials.ScramClientKey, _credentials.ScramServerKey);
+                    _scram = new ScramClient(_credentials.ScramClientKey, _credentials.ScramServerKey, cbindFlag, channelBinding);
                 }
                 else
                 {
@@ -587,7 +588,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                     return false;
                 }
 
-                writer.WriteSaslInitialResponse(_scram.CreateClientFirst());
+                writer.WriteSaslInitialResponse(_scram.Mechanism, _scram.CreateClientFirst());
                 break;
             case AuthRequest.SaslContinue:
                 if (_scram is null || !_scram.TryHandleServerFirst(payload, out byte[]? clientFinal, out string? error))
@@ -621,26 +622,13 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         return true;
     }
 
-    private static bool OffersScram(ReadOnlySpan<byte> mechanisms)
-    {
-        while (!mechanisms.IsEmpty && mechanisms[0] != 0)
-        {
-            int end = mechanisms.IndexOf((byte)0);
-            if (end < 0)
-            {
-                return false;
-            }
-
-            if (mechanisms.Slice(0, end).SequenceEqual(PgWriter.ScramMechanism))
-            {
-                return true;
-            }
-
-            mechanisms = mechanisms.Slice(end + 1);
-        }
-
-        return false;
-    }
+    /// <summary>
+    /// The tls-server-end-point channel binding data of PostgreSQL's certificate
+    /// (<see cref="ChannelBinding.TryComputeTlsServerEndPoint"/> of the TLS stream's remote certificate) when
+    /// this connection is TLS, so the SCRAM login uses SCRAM-SHA-256-PLUS where offered; null on a plain
+    /// connection. Set before the server's AuthenticationSASL arrives.
+    /// </summary>
+    public byte[]? TlsServerEndPoint { get; set; }
 
     /// <summary>
     /// The login failed at the connection itself (refused, reset, closed, timed out), as it does while

@@ -18,13 +18,19 @@ internal static class PasswordMessages
 
     /// <summary>
     /// Reads a SASLInitialResponse (mechanism name, NUL, int32 length, data) and requires the mechanism to be
-    /// <paramref name="mechanism"/>. Checks in PostgreSQL's order: the name and length word must be there,
-    /// then the mechanism must match, then the length must be that of the rest of the body. On false,
+    /// one of <paramref name="offered"/>, the list the proxy sent in AuthenticationSASL (see
+    /// <see cref="SaslMechanismList"/>). Checks in PostgreSQL's order: the name and length word must be there,
+    /// then the mechanism must be offered, then the length must be that of the rest of the body. On false,
     /// <paramref name="error"/> is the message of the 08P01 FATAL.
     /// </summary>
     public static bool TryReadSaslInitialResponse(
-        ReadOnlySpan<byte> body, ReadOnlySpan<byte> mechanism, out ReadOnlySpan<byte> data, [NotNullWhen(false)] out string? error)
+        ReadOnlySpan<byte> body,
+        ReadOnlySpan<byte> offered,
+        out ReadOnlySpan<byte> mechanism,
+        out ReadOnlySpan<byte> data,
+        [NotNullWhen(false)] out string? error)
     {
+        mechanism = default;
         data = default;
         int nameEnd = body.IndexOf((byte)0);
         if (nameEnd < 0 || body.Length < nameEnd + 1 + sizeof(int))
@@ -33,7 +39,7 @@ internal static class PasswordMessages
             return false;
         }
 
-        if (!body.Slice(0, nameEnd).SequenceEqual(mechanism))
+        if (!SaslMechanismList.Contains(offered, body.Slice(0, nameEnd)))
         {
             error = "client selected an invalid SASL authentication mechanism";
             return false;
@@ -47,6 +53,7 @@ internal static class PasswordMessages
             return false;
         }
 
+        mechanism = body.Slice(0, nameEnd);
         data = rest;
         error = null;
         return true;

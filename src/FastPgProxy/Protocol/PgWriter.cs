@@ -135,18 +135,19 @@ internal ref struct PgWriter
         EndMessage();
     }
 
-    /// <summary>AuthenticationSASL offering SCRAM-SHA-256 only (no channel binding is offered).</summary>
-    public void WriteAuthenticationSasl()
+    /// <summary>
+    /// AuthenticationSASL offering <paramref name="mechanisms"/>: the names in order of preference, each
+    /// already NUL-terminated (see <see cref="SaslMechanismList"/>); the list's closing NUL is written here.
+    /// </summary>
+    public void WriteAuthenticationSasl(scoped ReadOnlySpan<byte> mechanisms)
     {
+        Debug.Assert(!mechanisms.IsEmpty && mechanisms[^1] == 0, "every mechanism name ends with its NUL");
         BeginMessage((byte)BackendMessage.Authentication);
         WriteInt32((int)AuthRequest.Sasl);
-        WriteCString(ScramMechanism);
+        WriteBytes(mechanisms);
         WriteByte(0);
         EndMessage();
     }
-
-    /// <summary>The SASL mechanism name of SCRAM-SHA-256.</summary>
-    public static ReadOnlySpan<byte> ScramMechanism => "SCRAM-SHA-256"u8;
 
     /// <summary>BackendKeyData with a 4-byte key (protocol 3.0).</summary>
     public void WriteBackendKeyData(int processId, int secretKey)
@@ -183,11 +184,11 @@ internal ref struct PgWriter
         EndMessage();
     }
 
-    /// <summary>SASLInitialResponse for SCRAM-SHA-256.</summary>
-    public void WriteSaslInitialResponse(scoped ReadOnlySpan<byte> clientFirst)
+    /// <summary>SASLInitialResponse selecting <paramref name="mechanism"/> (SCRAM-SHA-256 or SCRAM-SHA-256-PLUS) with the client-first message.</summary>
+    public void WriteSaslInitialResponse(scoped ReadOnlySpan<byte> mechanism, scoped ReadOnlySpan<byte> clientFirst)
     {
         BeginMessage((byte)FrontendMessage.Password);
-        WriteCString(ScramMechanism);
+        WriteCString(mechanism);
         WriteInt32(clientFirst.Length);
         WriteBytes(clientFirst);
         EndMessage();

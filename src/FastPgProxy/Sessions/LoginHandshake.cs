@@ -308,7 +308,7 @@ internal sealed class LoginHandshake
 
             _scramServer = new ScramServer(verifier);
             _authStage = AuthStage.ScramFirst;
-            writer.WriteAuthenticationSasl();
+            writer.WriteAuthenticationSasl(_scramServer.Mechanisms);
         }
         else
         {
@@ -402,15 +402,16 @@ internal sealed class LoginHandshake
 
     private void HandleSaslInitialResponse(ReadOnlySpan<byte> body)
     {
-        if (!PasswordMessages.TryReadSaslInitialResponse(body, PgWriter.ScramMechanism, out ReadOnlySpan<byte> data, out string? malformed))
+        if (!PasswordMessages.TryReadSaslInitialResponse(
+                body, _scramServer!.Mechanisms, out ReadOnlySpan<byte> mechanism, out ReadOnlySpan<byte> data, out string? malformed))
         {
             _owner.Fatal(SqlState.ProtocolViolation, malformed);
             return;
         }
 
-        if (!_scramServer!.TryHandleClientFirst(data, out byte[]? serverFirst, out string? error))
+        if (!_scramServer.TryHandleClientFirst(mechanism, data, out byte[]? serverFirst, out string? error))
         {
-            _owner.Fatal(SqlState.ProtocolViolation, error ?? "malformed SCRAM message");
+            ScramFailed(error);
             return;
         }
 
@@ -424,15 +425,7 @@ internal sealed class LoginHandshake
     {
         if (!_scramServer!.TryHandleClientFinal(body, out byte[]? serverFinal, out string? error))
         {
-            if (_scramServer.State == ScramServerState.Malformed)
-            {
-                _owner.Fatal(SqlState.ProtocolViolation, error ?? "malformed SCRAM message");
-            }
-            else
-            {
-                PasswordFailed();
-            }
-
+            ScramFailed(error);
             return;
         }
 
@@ -445,6 +438,23 @@ internal sealed class LoginHandshake
         var writer = new PgWriter(_owner.RentOut());
         writer.WriteAuthentication(AuthRequest.SaslFinal, serverFinal);
         _owner.SendOut(writer.Position, AfterSend.ConnectServer);
+    }
+
+    /// <summary>Ends a failed SCRAM exchange with PostgreSQL's SQLSTATE for how it failed.</summary>
+    private void ScramFailed(string error)
+    {
+        switch (_scramServer!.State)
+        {
+            case ScramServerState.ProofRejected:
+                PasswordFailed();
+                return;
+            case ScramServerState.ChannelBindingRejected:
+                _owner.Fatal(SqlState.InvalidAuthorization, error, _scramServer.ErrorDetail);
+                return;
+            default:
+                _owner.Fatal(SqlState.ProtocolViolation, error);
+                return;
+        }
     }
 
     private void PasswordFailed()

@@ -229,10 +229,12 @@ internal static class AuthOracle
     public static void CheckSaslInitialResponse(byte[] body)
     {
         (byte[]? data, string? error) = ReferenceSaslInitialResponse(body);
-        bool ok = PasswordMessages.TryReadSaslInitialResponse(body, Mechanism, out ReadOnlySpan<byte> actual, out string? actualError);
+        bool ok = PasswordMessages.TryReadSaslInitialResponse(
+            body, [.. Mechanism, 0], out ReadOnlySpan<byte> mechanism, out ReadOnlySpan<byte> actual, out string? actualError);
         Property.RequireEqual(data is not null, ok, "SASLInitialResponse accepted");
         Property.RequireEqual(error, actualError, "SASLInitialResponse error");
         Property.Require(ok ? actual.SequenceEqual(data) : actual.IsEmpty, "SASLInitialResponse data");
+        Property.Require(ok ? mechanism.SequenceEqual(Mechanism) : mechanism.IsEmpty, "SASLInitialResponse mechanism");
     }
 
     /// <summary>The reference MD5 answer: "md5" + hex(md5(hex(md5(password + user)) + salt)).</summary>
