@@ -135,8 +135,6 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// <summary>Whether the connection to PostgreSQL is TLS.</summary>
     public bool IsTls { get; private set; }
 
-    /// <summary>The tls-server-end-point channel binding data of PostgreSQL's certificate; null on a plain connection.</summary>
-    public byte[]? ChannelBinding { get; private set; }
 
     /// <summary>Where PostgreSQL listens; also where cancels for this backend go.</summary>
     public EndPoint EndPoint { get; }
@@ -290,7 +288,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         IsTls = true;
         if (channel.Ssl.RemoteCertificate is { } certificate)
         {
-            ChannelBinding = Auth.ChannelBinding.TryComputeTlsServerEndPoint(certificate, out byte[]? binding) ? binding : null;
+            TlsServerEndPoint = ChannelBinding.TryComputeTlsServerEndPoint(certificate, out byte[]? binding) ? binding : null;
         }
 
         SendStartup();
@@ -628,7 +626,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// this connection is TLS, so the SCRAM login uses SCRAM-SHA-256-PLUS where offered; null on a plain
     /// connection. Set before the server's AuthenticationSASL arrives.
     /// </summary>
-    public byte[]? TlsServerEndPoint { get; set; }
+    public byte[]? TlsServerEndPoint { get; private set; }
 
     /// <summary>
     /// The login failed at the connection itself (refused, reset, closed, timed out), as it does while

@@ -306,7 +306,7 @@ internal sealed class LoginHandshake
                 verifier = real;
             }
 
-            _scramServer = new ScramServer(verifier);
+            _scramServer = new ScramServer(verifier, _owner.Tls?.ChannelBinding);
             _authStage = AuthStage.ScramFirst;
             writer.WriteAuthenticationSasl(_scramServer.Mechanisms);
         }

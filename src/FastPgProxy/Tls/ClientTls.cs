@@ -29,6 +29,7 @@ internal sealed class ClientTls
         Mode = mode;
         _certificate = certificate;
         Certificate = leaf;
+        ChannelBinding = Auth.ChannelBinding.TryComputeTlsServerEndPoint(leaf, out byte[]? binding) ? binding : null;
         _clientChain = clientChain;
         _protocols = protocols;
         _ciphers = ciphers;
@@ -37,8 +38,14 @@ internal sealed class ClientTls
     /// <summary>client_tls_sslmode.</summary>
     public TlsMode Mode { get; }
 
-    /// <summary>The proxy's certificate (for tls-server-end-point channel binding).</summary>
+    /// <summary>The proxy's certificate.</summary>
     public X509Certificate2 Certificate { get; }
+
+    /// <summary>
+    /// The tls-server-end-point channel binding data of <see cref="Certificate"/>, computed once: SCRAM
+    /// offers SCRAM-SHA-256-PLUS to TLS clients with it. Null for a certificate whose signature has no usable hash.
+    /// </summary>
+    public byte[]? ChannelBinding { get; }
 
     /// <summary>Whether a client must present a certificate signed by the CA (verify-ca, verify-full).</summary>
     public bool VerifiesClients => _clientChain is not null;
