@@ -1,12 +1,16 @@
 using System.Buffers.Binary;
 using CsCheck;
+using FastPgProxy.Cancellation;
 using FastPgProxy.Protocol;
 using FastPgProxy.Tests.EndToEnd;
 using Xunit;
 
 namespace FastPgProxy.Tests.Fuzz;
 
-/// <summary>The start-up packet header, StartupMessage parameters and CancelRequest parsers (see <see cref="StartupOracle"/>).</summary>
+/// <summary>
+/// The start-up packet header, StartupMessage parameters and CancelRequest parsers (see <see cref="StartupOracle"/>),
+/// and the cancel key comparison.
+/// </summary>
 public class StartupProperties
 {
     // Names and values: ASCII, Latin-1, CJK and emoji text, never NUL (a C string ends there).
@@ -104,5 +108,35 @@ public class StartupProperties
             (1, Gen.Byte.Array[0, 64]),
             (1, Gen.Int[0, 10_010].SelectMany(n => Gen.Byte.Array[0, 80].Select(rest => (byte[])[(byte)(n >> 24), (byte)(n >> 16), (byte)(n >> 8), (byte)n, .. rest]))));
         anyPacket.Sample(StartupOracle.Check, iter: FuzzSettings.Iterations(6_000));
+    }
+    [Fact]
+    public void Cancel_keys_match_only_the_key_issued_whatever_the_lengths()
+    {
+        // The issued key (4 or 32 bytes as the proxy gives them, or any length), and a presented key that is
+        // the same bytes, the same with one bit flipped, cut or padded, or anything of 0 to 300 bytes.
+        Gen<byte[]> issued = Gen.Frequency((2, Gen.Byte.Array[4]), (2, Gen.Byte.Array[32]), (1, Gen.Byte.Array[0, 64]));
+        Gen<(byte[] Issued, byte[] Presented)> pairs = issued.SelectMany(key => Gen.Frequency(
+            (2, Gen.Const(0).Select(_ => key.ToArray())),
+            (2, Gen.Int[0, Math.Max(0, (key.Length * 8) - 1)].Select(bit => Flip(key, bit))),
+            (1, Gen.Int[0, key.Length + 8].Select(n => key.Concat(new byte[8]).Take(n).ToArray())),
+            (1, Gen.Byte.Array[0, 300])).Select(presented => (key, presented)));
+        pairs.Sample(
+            pair =>
+            {
+                bool expected = pair.Issued.Length > 0 && pair.Issued.AsSpan().SequenceEqual(pair.Presented);
+                Property.RequireEqual(expected, CancelRequestCheck.KeyMatches(pair.Issued, pair.Presented), $"a {pair.Presented.Length}-byte key against a {pair.Issued.Length}-byte one");
+            },
+            iter: FuzzSettings.Iterations(3_000));
+    }
+
+    private static byte[] Flip(byte[] key, int bit)
+    {
+        byte[] flipped = key.ToArray();
+        if (flipped.Length > 0)
+        {
+            flipped[bit / 8] ^= (byte)(1 << (bit % 8));
+        }
+
+        return flipped;
     }
 }
