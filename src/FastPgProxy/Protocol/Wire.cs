@@ -74,6 +74,12 @@ internal static class StartupCodes
     /// <summary>Protocol 3.0 as sent in StartupMessage: major 3 in the high 16 bits, minor 0.</summary>
     public const int Protocol30 = 3 << 16;
 
+    /// <summary>
+    /// Protocol 3.1, which no PostgreSQL version speaks: it was skipped because old PgBouncer versions
+    /// claimed it (PostgreSQL's PG_PROTOCOL_RESERVED_31). libpq refuses a server that names it.
+    /// </summary>
+    public const int Protocol31Reserved = (3 << 16) | 1;
+
     /// <summary>Protocol 3.2 (PostgreSQL 18), the newest the proxy speaks: BackendKeyData's key is 4 to 256 bytes.</summary>
     public const int Protocol32 = (3 << 16) | 2;
 

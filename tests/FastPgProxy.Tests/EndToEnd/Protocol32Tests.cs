@@ -2,6 +2,9 @@ using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
+using FastPgProxy.Config;
+using FastPgProxy.Pooling;
+using FastPgProxy.Protocol;
 using FastPgProxy.Sessions;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
@@ -285,6 +288,27 @@ public sealed class Protocol32Tests(PostgresFixture fixture) : IAsyncLifetime
         }
     }
 
+    [Fact]
+    public async Task Backend_logins_ask_PostgreSQL_15_for_3_2_and_go_on_in_the_3_0_it_negotiates()
+    {
+        await using NpgsqlConnection c = await _proxy.OpenAsync();
+        await using (var cmd = new NpgsqlCommand("SELECT 1", c))
+        {
+            Assert.Equal(1, await cmd.ExecuteScalarAsync());
+        }
+
+        List<int> versions = [];
+        foreach (ServerPool pool in _proxy.Server.Pools.Pools.ToArray())
+        {
+            var done = new TaskCompletionSource<int[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+            pool.Loop.Post(() => done.SetResult(pool.Servers.Select(s => s.ProtocolVersion).ToArray()));
+            versions.AddRange(await done.Task.WaitAsync(Protocol32.Patience));
+        }
+
+        Assert.NotEmpty(versions);
+        Assert.All(versions, v => Assert.Equal(StartupCodes.Protocol30, v));
+    }
+
     /// <summary>Runs a short sleep, sends a cancel with <paramref name="key"/>, and checks that the query completes and a wrong key was counted.</summary>
     private async Task AssertNotCancelledAsync(Socket raw, int pid, byte[] key, string marker)
     {
@@ -331,5 +355,143 @@ public sealed class Protocol32Tests(PostgresFixture fixture) : IAsyncLifetime
             Assert.True(deadline.Elapsed < Protocol32.Patience, $"query '{marker}' did not start");
             await Task.Delay(20);
         }
+    }
+}
+
+/// <summary>
+/// Protocol 3.2 towards PostgreSQL, against <see cref="FakePostmaster"/> (a PostgreSQL 18 stand-in): the proxy
+/// asks for 3.2, keeps the backend's 32-byte key whole and cancels with it; a server's NegotiateProtocolVersion
+/// is taken down to 3.0 and anything else it may say there fails the login with a clear reason.
+/// </summary>
+public sealed class Protocol32BackendTests
+{
+    private static ProxyHarness StartProxy(FakePostmaster fake)
+    {
+        ProxyOptions options = ProxyHarness.Options();
+        options.Databases.Clear();
+        options.Databases.Add(new DatabaseOptions { Name = "*", Host = "127.0.0.1", Port = fake.Port });
+        return ProxyHarness.Start(options);
+    }
+
+    private static async Task<int[]> BackendVersionsAsync(ProxyHarness proxy)
+    {
+        List<int> versions = [];
+        foreach (ServerPool pool in proxy.Server.Pools.Pools.ToArray())
+        {
+            var done = new TaskCompletionSource<int[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+            pool.Loop.Post(() => done.SetResult(pool.Servers.Select(s => s.ProtocolVersion).ToArray()));
+            versions.AddRange(await done.Task.WaitAsync(Protocol32.Patience));
+        }
+
+        return [.. versions];
+    }
+
+    [Fact]
+    public async Task The_proxy_asks_for_3_2_and_a_cancel_reaches_the_server_with_its_whole_32_byte_key()
+    {
+        await using FakePostmaster fake = FakePostmaster.Start();
+        await using ProxyHarness proxy = StartProxy(fake);
+        (Socket raw, List<(byte Type, byte[] Body)> login) = await Protocol32.LoginAsync(proxy, Protocol32.V32);
+        using (raw)
+        {
+            Assert.Equal(196610, Assert.Single(fake.StartupVersions));
+            int[] versions = await BackendVersionsAsync(proxy);
+            Assert.Equal(196610, Assert.Single(versions));
+            (int pid, byte[] key) = Protocol32.KeyData(login);
+            Assert.Equal(32, key.Length);
+
+            await raw.SendAsync(RawProtocol.Query("SELECT 1"));
+            Assert.Contains(await RawProtocol.ReadUntilReadyAsync(raw, Protocol32.Patience), m => m.Type == (byte)'D');
+
+            await raw.SendAsync(RawProtocol.Query("SELECT pg_sleep(60) /* fake-cancel */"));
+            FakePostmaster.Backend backend = await fake.WaitForHeldQueryAsync("fake-cancel", Protocol32.Patience);
+            Assert.Equal(32, backend.Key.Length);
+            Assert.NotEqual(key, backend.Key);
+
+            await Protocol32.SendCancelAsync(proxy, RawProtocol.CancelRequest(pid, key));
+            List<(byte Type, byte[] Body)> reply = await RawProtocol.ReadUntilReadyAsync(raw, Protocol32.Patience);
+            Assert.Equal("57014", Protocol32.ErrorCode(reply));
+
+            // The server saw the backend's own pid and its whole key, never the client's.
+            (int cancelPid, byte[] cancelKey) = Assert.Single(fake.Cancels);
+            Assert.Equal(backend.Pid, cancelPid);
+            Assert.Equal(backend.Key, cancelKey);
+        }
+    }
+
+    [Fact]
+    public async Task A_3_0_client_in_front_of_a_3_2_server_gets_4_bytes_and_its_cancel_carries_the_servers_32()
+    {
+        await using FakePostmaster fake = FakePostmaster.Start();
+        await using ProxyHarness proxy = StartProxy(fake);
+        (Socket raw, List<(byte Type, byte[] Body)> login) = await Protocol32.LoginAsync(proxy, Protocol32.V30);
+        using (raw)
+        {
+            (int pid, byte[] key) = Protocol32.KeyData(login);
+            Assert.Equal(4, key.Length);
+            await raw.SendAsync(RawProtocol.Query("SELECT pg_sleep(60) /* fake-30 */"));
+            FakePostmaster.Backend backend = await fake.WaitForHeldQueryAsync("fake-30", Protocol32.Patience);
+            await Protocol32.SendCancelAsync(proxy, RawProtocol.CancelRequest(pid, key));
+            Assert.Equal("57014", Protocol32.ErrorCode(await RawProtocol.ReadUntilReadyAsync(raw, Protocol32.Patience)));
+            (int cancelPid, byte[] cancelKey) = Assert.Single(fake.Cancels);
+            Assert.Equal(backend.Pid, cancelPid);
+            Assert.Equal(backend.Key, cancelKey);
+        }
+    }
+
+    [Fact]
+    public async Task A_server_that_negotiates_3_0_is_logged_in_in_3_0()
+    {
+        // What PostgreSQL 15 answers a 3.2 request with, from the fake so that it is asserted exactly.
+        await using FakePostmaster fake = FakePostmaster.Start();
+        fake.Negotiate = FakePostmaster.NegotiateBody(StartupCodes.Protocol30);
+        fake.KeyLength = 4;
+        await using ProxyHarness proxy = StartProxy(fake);
+        (Socket raw, List<(byte Type, byte[] Body)> login) = await Protocol32.LoginAsync(proxy, Protocol32.V32);
+        using (raw)
+        {
+            Assert.DoesNotContain(login, m => m.Type == (byte)'v');
+            Assert.Equal(32, Protocol32.KeyData(login).Key.Length);
+            int[] versions = await BackendVersionsAsync(proxy);
+            Assert.Equal(StartupCodes.Protocol30, Assert.Single(versions));
+            await raw.SendAsync(RawProtocol.Query("SELECT 1"));
+            Assert.Null(Protocol32.ErrorCode(await RawProtocol.ReadUntilReadyAsync(raw, Protocol32.Patience)));
+        }
+    }
+
+    public static TheoryData<byte[], string> BadNegotiations => new()
+    {
+        { FakePostmaster.NegotiateBody(2 << 16), "downgrade to pre-3.0 protocol version" },
+        { FakePostmaster.NegotiateBody((3 << 16) | 1), "non-existent 3.1 protocol version" },
+        { FakePostmaster.NegotiateBody((3 << 16) | 3), "downgrade to a higher-numbered version" },
+        { FakePostmaster.NegotiateBody(4 << 16), "downgrade to a higher-numbered version" },
+        { FakePostmaster.NegotiateBody(StartupCodes.Protocol32), "negotiated but asks for no changes" },
+        { FakePostmaster.NegotiateBody(StartupCodes.Protocol30, "_pq_.x"), "unsupported parameter that was not requested (\"_pq_.x\")" },
+        { FakePostmaster.NegotiateBody(StartupCodes.Protocol30)[..6], "malformed NegotiateProtocolVersion" },
+        { [.. FakePostmaster.NegotiateBody(StartupCodes.Protocol30), 0x41], "malformed NegotiateProtocolVersion" },
+        { [0, 3, 0, 0, 0, 0, 0, 1, 0x5F, 0x70], "malformed NegotiateProtocolVersion" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadNegotiations))]
+    public Task A_bad_NegotiateProtocolVersion_fails_the_backend_login_with_a_clear_reason(byte[] body, string reason) =>
+        AssertBackendLoginFailsAsync(body, late: false, reason);
+
+    [Fact]
+    public Task A_NegotiateProtocolVersion_after_authentication_fails_the_backend_login() =>
+        AssertBackendLoginFailsAsync(FakePostmaster.NegotiateBody(StartupCodes.Protocol30), late: true, "unexpected NegotiateProtocolVersion");
+
+    private static async Task AssertBackendLoginFailsAsync(byte[] body, bool late, string reason)
+    {
+        await using FakePostmaster fake = FakePostmaster.Start();
+        fake.Negotiate = body;
+        fake.NegotiateLate = late;
+        await using ProxyHarness proxy = StartProxy(fake);
+        using Socket raw = await proxy.ConnectRawAsync();
+        await raw.SendAsync(RawProtocol.StartupWithVersion(Protocol32.V32, ("user", PostgresServer.Superuser), ("database", PostgresServer.Database)));
+        (byte[] data, bool closed) = await RawProtocol.ReadUntilCloseAsync(raw, Protocol32.Patience);
+        Assert.True(closed, "the client was kept waiting after its backend's login failed");
+        Assert.Equal("08006", RawProtocol.ErrorCode(data));
+        Assert.Contains(reason, RawProtocol.ErrorField(data, (byte)'M'), StringComparison.Ordinal);
     }
 }
