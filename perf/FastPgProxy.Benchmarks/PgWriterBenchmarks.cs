@@ -16,12 +16,15 @@ public class PgWriterBenchmarks
 
     private readonly byte[] _buffer = new byte[BackendKeyDataLength + ReadyForQueryLength];
 
+    // A protocol 3.0 key (4 bytes); a 3.2 client's is 32.
+    private readonly byte[] _key = [0x5E, 0xC2, 0xE7, 0xA1];
+
     /// <summary>BackendKeyData followed by ReadyForQuery (idle); returns the bytes written.</summary>
     [Benchmark]
     public int BackendKeyDataAndReadyForQuery()
     {
         var writer = new PgWriter(_buffer);
-        writer.WriteBackendKeyData(processId: 4_242, secretKey: 0x5EC2_E7A1);
+        writer.WriteBackendKeyData(processId: 4_242, secretKey: _key);
         writer.WriteReadyForQuery(TransactionStatus.Idle);
         return writer.Position;
     }

@@ -220,10 +220,10 @@ internal sealed class AdminOutput
         Length += w.Position;
     }
 
-    /// <summary>BackendKeyData with the session id and secret.</summary>
-    public void WriteBackendKeyData(int processId, int secret)
+    /// <summary>BackendKeyData with the session id and its cancel key.</summary>
+    public void WriteBackendKeyData(int processId, ReadOnlySpan<byte> secret)
     {
-        var w = new PgWriter(GetSpan(MessageFramer.HeaderLength + sizeof(int) + sizeof(int)));
+        var w = new PgWriter(GetSpan(MessageFramer.HeaderLength + sizeof(int) /* pid */ + secret.Length));
         w.WriteBackendKeyData(processId, secret);
         Length += w.Position;
     }

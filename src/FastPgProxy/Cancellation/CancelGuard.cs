@@ -9,9 +9,9 @@ namespace FastPgProxy.Cancellation;
 /// Slows key guessing down: counts wrong keys per source address in one-minute windows and blocks a source
 /// over cancel_bad_key_limit for a minute, during which its wrong keys are dropped without a log line of
 /// their own. A correct key is honoured whatever its source: keys are random (a 31-bit session id and a
-/// 32-bit secret), so a block must not cost everyone behind one address (a NAT) their Ctrl-C. (Cancel
-/// connections to PostgreSQL are bounded by each pool, see ServerPool.Cancels.cs.) Thread-safe; ordinary
-/// traffic never touches it.
+/// secret of 4 or 32 bytes), so a block must not cost everyone behind one address (a NAT) their Ctrl-C.
+/// (Cancel connections to PostgreSQL are bounded by each pool, see ServerPool.Cancels.cs.) Thread-safe;
+/// ordinary traffic never touches it.
 /// </summary>
 internal sealed class CancelGuard
 {

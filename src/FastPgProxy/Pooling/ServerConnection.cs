@@ -70,6 +70,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     private byte[]? _out;
     private IInternalQueryListener? _queryListener;
     private bool _queryFailed;
+    private bool _loginAnswered;
     private static int s_lastId;
 
     /// <summary>Creates a connection that will log in as <paramref name="credentials"/> to <paramref name="databaseName"/>.</summary>
@@ -147,6 +148,12 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
 
     /// <summary>The backend's own cancel key.</summary>
     public byte[] BackendKey { get; private set; } = [];
+
+    /// <summary>
+    /// The protocol version the backend speaks: the 3.2 the proxy asks for, or the lower version (3.0) a
+    /// server's NegotiateProtocolVersion names, as PostgreSQL before 18 answers. 0 before the start-up packet.
+    /// </summary>
+    public int ProtocolVersion { get; private set; }
 
     /// <summary>Whether the backend sent BackendKeyData (some servers and poolers do not).</summary>
     public bool HasCancelKey => BackendKey.Length > 0;
@@ -300,7 +307,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         _out = Channel.Loop.Buffers.Rent();
         var writer = new PgWriter(_out);
         writer.BeginStartupPacket();
-        writer.WriteInt32(StartupCodes.Protocol30);
+        writer.WriteInt32(ProtocolVersion = ProtocolNegotiation.Requested);
         writer.WriteCString("user");
         writer.WriteCString(_credentials.User);
         writer.WriteCString("database");
@@ -491,6 +498,8 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     private bool HandleLoginMessage(ReadOnlySpan<byte> message, out bool sent)
     {
         sent = false;
+        bool first = !_loginAnswered;
+        _loginAnswered = true;
         ReadOnlySpan<byte> body = message.Slice(MessageFramer.HeaderLength);
         switch ((BackendMessage)message[0])
         {
@@ -510,6 +519,23 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                 BackendPid = BinaryPrimitives.ReadInt32BigEndian(body);
                 BackendKey = body.Slice(sizeof(int)).ToArray();
                 return false;
+            case BackendMessage.NegotiateProtocolVersion:
+                // A server older than 3.2 (PostgreSQL before 18) names the newest version it speaks and goes
+                // on in it; checked as libpq checks it. It comes once, before anything else.
+                if (!first)
+                {
+                    Fail(null, "server sent an unexpected NegotiateProtocolVersion message");
+                    return false;
+                }
+
+                if (!ProtocolNegotiation.TryReadServerAnswer(body, ProtocolNegotiation.Requested, out int version, out string? error))
+                {
+                    Fail(null, error);
+                    return false;
+                }
+
+                ProtocolVersion = version;
+                return false;
             case BackendMessage.ErrorResponse:
                 Fail(message.ToArray(), "server refused the login");
                 return false;
@@ -517,7 +543,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
                 TransactionStatus = body.Length == 1 ? (TransactionStatus)body[0] : TransactionStatus.Idle;
                 return true;
             default:
-                // NoticeResponse and NegotiateProtocolVersion need no action during login.
+                // NoticeResponse needs no action during login.
                 return false;
         }
     }

@@ -149,12 +149,13 @@ internal ref struct PgWriter
         EndMessage();
     }
 
-    /// <summary>BackendKeyData with a 4-byte key (protocol 3.0).</summary>
-    public void WriteBackendKeyData(int processId, int secretKey)
+    /// <summary>BackendKeyData: the pid and the secret key, 4 bytes for protocol 3.0, 4 to 256 for 3.2.</summary>
+    public void WriteBackendKeyData(int processId, scoped ReadOnlySpan<byte> secretKey)
     {
+        Debug.Assert(secretKey.Length is >= StartupCodes.MinCancelKeyLength and <= StartupCodes.MaxCancelKeyLength);
         BeginMessage((byte)BackendMessage.BackendKeyData);
         WriteInt32(processId);
-        WriteInt32(secretKey);
+        WriteBytes(secretKey);
         EndMessage();
     }
 

@@ -74,6 +74,15 @@ internal static class StartupCodes
     /// <summary>Protocol 3.0 as sent in StartupMessage: major 3 in the high 16 bits, minor 0.</summary>
     public const int Protocol30 = 3 << 16;
 
+    /// <summary>
+    /// Protocol 3.1, which no PostgreSQL version speaks: it was skipped because old PgBouncer versions
+    /// claimed it (PostgreSQL's PG_PROTOCOL_RESERVED_31). libpq refuses a server that names it.
+    /// </summary>
+    public const int Protocol31Reserved = (3 << 16) | 1;
+
+    /// <summary>Protocol 3.2 (PostgreSQL 18), the newest the proxy speaks: BackendKeyData's key is 4 to 256 bytes.</summary>
+    public const int Protocol32 = (3 << 16) | 2;
+
     /// <summary>CancelRequest code: 1234 in the high 16 bits, 5678 in the low.</summary>
     public const int CancelRequestCode = 80877102;
 
@@ -94,6 +103,12 @@ internal static class StartupCodes
 
     /// <summary>Smallest cancel key protocol 3.2 allows.</summary>
     public const int MinCancelKeyLength = 4;
+
+    /// <summary>The cancel key of protocol 3.0, and of any request below 3.2 (as PostgreSQL 18 gives).</summary>
+    public const int ShortCancelKeyLength = sizeof(int);
+
+    /// <summary>The cancel key PostgreSQL 18 gives a client that asked for 3.2 or newer (its MAX_CANCEL_KEY_LENGTH).</summary>
+    public const int LongCancelKeyLength = 32;
 
     /// <summary>Largest cancel key protocol 3.2 allows.</summary>
     public const int MaxCancelKeyLength = 256;

@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Security.Cryptography;
 using FastPgProxy.Cancellation;
 using FastPgProxy.Net;
@@ -20,17 +19,19 @@ internal sealed partial class ClientSession
     internal List<KeyValuePair<string, string>>? StartupParameters { get; set; }
 
     /// <summary>
-    /// Names the session after StartupMessage: its user and database, and its id and cancel key. Only a
-    /// session that sent StartupMessage gets an id and a key; both exist before any reply so that the
-    /// BackendKeyData sent at the end of login is already valid for cancels.
+    /// Names the session after StartupMessage: its user and database, and its id and a cancel key of
+    /// <paramref name="keyLength"/> random bytes (4 for protocol 3.0, 32 for 3.2). Only a session that sent
+    /// StartupMessage gets an id and a key; both exist before any reply so that the BackendKeyData sent at
+    /// the end of login is already valid for cancels, and the key is published before the registry can
+    /// hand the session to a cancel.
     /// </summary>
-    internal void Identify(string user, string database)
+    internal void Identify(string user, string database, int keyLength)
     {
         User = user;
         Database = database;
-        Span<byte> random = stackalloc byte[sizeof(int)];
-        RandomNumberGenerator.Fill(random);
-        Volatile.Write(ref _secret, BinaryPrimitives.ReadInt32BigEndian(random));
+        byte[] secret = new byte[keyLength];
+        RandomNumberGenerator.Fill(secret);
+        Volatile.Write(ref _secret, secret);
         Id = _proxy.Sessions.Add(this);
     }
 

@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using System.Security.Cryptography;
 using FastPgProxy.Cancellation;
 using FastPgProxy.Hosting;
 using FastPgProxy.Net;
@@ -56,7 +55,9 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
     private Relay? _relay;
     private byte[]? _out;
     private AfterSend _afterSend;
-    private int _secret;
+    // The cancel key the client was given: set once in Identify, before the session is registered, and
+    // published with a volatile write for the cancel path on other threads; never changed in place.
+    private byte[] _secret = [];
     private CancelTarget? _cancelTarget;
     private bool _finished;
     private bool _outOwned;
@@ -116,8 +117,8 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
     /// <summary>The proxy this session belongs to.</summary>
     internal ProxyServer Proxy => _proxy;
 
-    /// <summary>The cancel secret the client was given; any thread.</summary>
-    internal int Secret => Volatile.Read(ref _secret);
+    /// <summary>The cancel key the client was given (4 or 32 bytes; empty before StartupMessage); any thread, read-only.</summary>
+    internal byte[] Secret => Volatile.Read(ref _secret);
 
     /// <summary>Whether a message of the proxy's own is on its way to the client. Loop only.</summary>
     internal bool OutPending => _out is not null;
@@ -131,13 +132,11 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
         _client.Receive();
     }
 
-    /// <summary>Compares a cancel key with this session's secret in constant time; any thread.</summary>
-    public bool MatchesSecret(ReadOnlySpan<byte> key)
-    {
-        Span<byte> secret = stackalloc byte[sizeof(int)];
-        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(secret, Volatile.Read(ref _secret));
-        return Id != 0 && CryptographicOperations.FixedTimeEquals(secret, key);
-    }
+    /// <summary>
+    /// Compares a cancel key with this session's key in constant time (<see cref="CancelRequestCheck.KeyMatches"/>):
+    /// only a key of the issued length can match; any thread.
+    /// </summary>
+    public bool MatchesSecret(ReadOnlySpan<byte> key) => CancelRequestCheck.KeyMatches(Volatile.Read(ref _secret), key) && Id != 0;
 
     /// <inheritdoc/>
     public void OnTimer(long dueTimestamp)

@@ -32,7 +32,7 @@ internal sealed class LoginHandshake
     private readonly ClientSession _owner;
     private readonly ProxyServer _proxy;
     private List<string>? _unrecognizedOptions;
-    private int _requestedMinor;
+    private int _requestedVersion;
     private DatabaseOptions? _databaseOptions;
     private UserSecret? _userSecret;
     private bool _userKnown;
@@ -99,7 +99,7 @@ internal sealed class LoginHandshake
                 bool ssl = header.Code == StartupCodes.SslRequestCode;
                 if (ssl ? _sslAnswered : _gssAnswered)
                 {
-                    _owner.Fatal(SqlState.FeatureNotSupported, $"unsupported frontend protocol {header.Major}.{header.Minor}: server supports 3.0 to 3.0");
+                    _owner.Fatal(SqlState.FeatureNotSupported, $"unsupported frontend protocol {header.Major}.{header.Minor}: server supports {ProtocolNegotiation.SupportedRange}");
                     return;
                 }
 
@@ -133,7 +133,7 @@ internal sealed class LoginHandshake
         {
             _owner.Fatal(
                 header.Major == 1234 ? SqlState.ProtocolViolation : SqlState.FeatureNotSupported,
-                $"unsupported frontend protocol {header.Major}.{header.Minor}: server supports 3.0 to 3.0");
+                $"unsupported frontend protocol {header.Major}.{header.Minor}: server supports {ProtocolNegotiation.SupportedRange}");
             return;
         }
 
@@ -144,7 +144,7 @@ internal sealed class LoginHandshake
             return;
         }
 
-        _requestedMinor = header.Minor;
+        _requestedVersion = header.Code;
         var parameters = new List<KeyValuePair<string, string>>();
         if (!StartupParameters.TryParse(packet.Slice(StartupCodes.MinStartupPacketLength), parameters, out string? error))
         {
@@ -207,7 +207,7 @@ internal sealed class LoginHandshake
             database = user;
         }
 
-        _owner.Identify(user, database);
+        _owner.Identify(user, database, ProtocolNegotiation.CancelKeyLength(_requestedVersion));
 
         // Every client connection counts, this one included: logged in, logging in, or a cancel not yet read.
         if (_proxy.Admission.Connections > _proxy.Options.MaxClientConnections)
@@ -242,16 +242,19 @@ internal sealed class LoginHandshake
         }
     }
 
-    /// <summary>Sends NegotiateProtocolVersion when the client asked for a newer minor version or for _pq_ options (55.2.1).</summary>
+    /// <summary>
+    /// Sends NegotiateProtocolVersion when the client asked for a minor version above 3.2 or for _pq_ options
+    /// (55.2.1): the version the session runs (the request, at most 3.2) and the options not recognised.
+    /// </summary>
     private void WriteNegotiateIfNeeded(ref PgWriter writer)
     {
-        if (_requestedMinor == 0 && _unrecognizedOptions is null)
+        if (!ProtocolNegotiation.NeedsAnswer(_requestedVersion, _unrecognizedOptions is not null))
         {
             return;
         }
 
         writer.BeginMessage((byte)BackendMessage.NegotiateProtocolVersion);
-        writer.WriteInt32(0);
+        writer.WriteInt32(ProtocolNegotiation.Effective(_requestedVersion));
         writer.WriteInt32(_unrecognizedOptions?.Count ?? 0);
         foreach (string option in _unrecognizedOptions ?? [])
         {

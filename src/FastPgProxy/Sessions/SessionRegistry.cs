@@ -8,8 +8,9 @@ namespace FastPgProxy.Sessions;
 /// The live client sessions by proxy session id: the pid clients see in BackendKeyData. Lookups are O(1)
 /// from any thread (the cancel path runs on whichever loop accepted the cancel connection). Ids are random
 /// positive int32 values from <see cref="RandomNumberGenerator"/>, drawn again when a live session has the
-/// one drawn, so an id is never reused while in use. With the 32-bit secret, a cancel key then carries
-/// about 63 random bits (PgBouncer's is 8 random bytes), and cannot be guessed.
+/// one drawn, so an id is never reused while in use. With the secret (4 random bytes for a protocol 3.0
+/// client, 32 for 3.2), a cancel key then carries about 63 random bits at least (PgBouncer's is 8 random
+/// bytes), and cannot be guessed.
 /// </summary>
 internal sealed class SessionRegistry
 {

@@ -25,6 +25,15 @@ internal static class RawProtocol
         return Packet(16, 80877102, rest);
     }
 
+    /// <summary>A CancelRequest carrying <paramref name="key"/> whole, whatever its length (protocol 3.2 keys are 4 to 256 bytes).</summary>
+    public static byte[] CancelRequest(int pid, ReadOnlySpan<byte> key)
+    {
+        var rest = new byte[sizeof(int) + key.Length];
+        BinaryPrimitives.WriteInt32BigEndian(rest, pid);
+        key.CopyTo(rest.AsSpan(sizeof(int)));
+        return Packet(8 + rest.Length, 80877102, rest);
+    }
+
     public static byte[] Startup(params (string Name, string Value)[] parameters) => StartupWithVersion(3 << 16, parameters);
 
     /// <summary>An SSLRequest: length 8 and code 1234.5679.</summary>

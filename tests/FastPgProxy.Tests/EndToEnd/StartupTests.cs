@@ -515,11 +515,12 @@ public sealed class StartupTests(PostgresFixture fixture) : IAsyncLifetime
         (byte type, byte[] body) = login[0];
         Assert.Equal((byte)'v', type);
 
-        // Newest minor version supported, the number of options not recognized, then their names.
-        Assert.Equal(0, BinaryPrimitives.ReadInt32BigEndian(body));
+        // The version the session runs (3.2, as PostgreSQL 18 writes it: the whole version word), the number
+        // of options not recognized, then their names; a 3.2 client's key is 32 bytes.
+        Assert.Equal((3 << 16) | 2, BinaryPrimitives.ReadInt32BigEndian(body));
         Assert.Equal(1, BinaryPrimitives.ReadInt32BigEndian(body.AsSpan(sizeof(int))));
         Assert.Equal("_pq_.foo\0", Encoding.UTF8.GetString(body.AsSpan(2 * sizeof(int))));
-        AssertLoginCompleted(proxy, login, 1);
+        AssertLoginCompleted(proxy, login, 1, keyLength: 32);
     }
 
     private static async Task AssertSilentClientClosedAsync(ProxyHarness proxy)
@@ -579,10 +580,11 @@ public sealed class StartupTests(PostgresFixture fixture) : IAsyncLifetime
     }
 
     /// <summary>
-    /// AuthenticationOk, ParameterStatus messages, one BackendKeyData with a 4-byte key that belongs to a live
-    /// proxy session, then ReadyForQuery (protocol 55.2.2), starting at <paramref name="start"/>.
+    /// AuthenticationOk, ParameterStatus messages, one BackendKeyData with a key of <paramref name="keyLength"/>
+    /// bytes (4 for protocol 3.0) that belongs to a live proxy session, then ReadyForQuery (protocol 55.2.2),
+    /// starting at <paramref name="start"/>.
     /// </summary>
-    private static void AssertLoginCompleted(ProxyHarness proxy, List<(byte Type, byte[] Body)> login, int start)
+    private static void AssertLoginCompleted(ProxyHarness proxy, List<(byte Type, byte[] Body)> login, int start, int keyLength = 4)
     {
         (byte authType, byte[] authBody) = login[start];
         Assert.Equal((byte)'R', authType);
@@ -592,7 +594,7 @@ public sealed class StartupTests(PostgresFixture fixture) : IAsyncLifetime
         List<(byte Type, byte[] Body)> rest = login.Skip(start + 1).ToList();
         Assert.Contains(rest, m => m.Type == (byte)'S');
         (byte Type, byte[] Body) key = Assert.Single(rest, m => m.Type == (byte)'K');
-        Assert.Equal(8, key.Body.Length);
+        Assert.Equal(sizeof(int) + keyLength, key.Body.Length);
         int pid = BinaryPrimitives.ReadInt32BigEndian(key.Body);
         Assert.True(proxy.Server.Sessions.TryGet(pid, out ClientSession? session), $"BackendKeyData names pid {pid}, which is no live session");
         Assert.True(session.MatchesSecret(key.Body.AsSpan(sizeof(int))));

@@ -1,12 +1,17 @@
 using System.Buffers.Binary;
+using System.Text;
 using CsCheck;
+using FastPgProxy.Cancellation;
 using FastPgProxy.Protocol;
 using FastPgProxy.Tests.EndToEnd;
 using Xunit;
 
 namespace FastPgProxy.Tests.Fuzz;
 
-/// <summary>The start-up packet header, StartupMessage parameters and CancelRequest parsers (see <see cref="StartupOracle"/>).</summary>
+/// <summary>
+/// The start-up packet header, StartupMessage parameters and CancelRequest parsers (see <see cref="StartupOracle"/>),
+/// the cancel key comparison, and the reading of a server's NegotiateProtocolVersion.
+/// </summary>
 public class StartupProperties
 {
     // Names and values: ASCII, Latin-1, CJK and emoji text, never NUL (a C string ends there).
@@ -104,5 +109,110 @@ public class StartupProperties
             (1, Gen.Byte.Array[0, 64]),
             (1, Gen.Int[0, 10_010].SelectMany(n => Gen.Byte.Array[0, 80].Select(rest => (byte[])[(byte)(n >> 24), (byte)(n >> 16), (byte)(n >> 8), (byte)n, .. rest]))));
         anyPacket.Sample(StartupOracle.Check, iter: FuzzSettings.Iterations(6_000));
+    }
+    [Fact]
+    public void Cancel_keys_match_only_the_key_issued_whatever_the_lengths()
+    {
+        // The issued key (4 or 32 bytes as the proxy gives them, or any length), and a presented key that is
+        // the same bytes, the same with one bit flipped, cut or padded, or anything of 0 to 300 bytes.
+        Gen<byte[]> issued = Gen.Frequency((2, Gen.Byte.Array[4]), (2, Gen.Byte.Array[32]), (1, Gen.Byte.Array[0, 64]));
+        Gen<(byte[] Issued, byte[] Presented)> pairs = issued.SelectMany(key => Gen.Frequency(
+            (2, Gen.Const(0).Select(_ => key.ToArray())),
+            (2, Gen.Int[0, Math.Max(0, (key.Length * 8) - 1)].Select(bit => Flip(key, bit))),
+            (1, Gen.Int[0, key.Length + 8].Select(n => key.Concat(new byte[8]).Take(n).ToArray())),
+            (1, Gen.Byte.Array[0, 300])).Select(presented => (key, presented)));
+        pairs.Sample(
+            pair =>
+            {
+                bool expected = pair.Issued.Length > 0 && pair.Issued.AsSpan().SequenceEqual(pair.Presented);
+                Property.RequireEqual(expected, CancelRequestCheck.KeyMatches(pair.Issued, pair.Presented), $"a {pair.Presented.Length}-byte key against a {pair.Issued.Length}-byte one");
+            },
+            iter: FuzzSettings.Iterations(3_000));
+    }
+
+    [Fact]
+    public void NegotiateProtocolVersion_from_a_server_is_read_like_the_reference()
+    {
+        Gen<int> version = Gen.Frequency(
+            (4, Gen.OneOf(StartupCodes.Protocol30, StartupCodes.Protocol31Reserved, StartupCodes.Protocol32, (3 << 16) | 3, 2 << 16, 4 << 16)),
+            (1, Gen.Int));
+        Gen<int> count = Gen.Frequency((4, Gen.Int[0, 3]), (1, Gen.OneOf(-1, int.MinValue, int.MaxValue)), (1, Gen.Int));
+        Gen<string[]> names = Gen.OneOf(Gen.Const("_pq_.a"), Gen.Const("b"), Gen.Const(""), Gen.Const("é😀")).Array[0, 3];
+        Gen<byte[]> valid = Gen.Select(version, count, names, NegotiateBody);
+        Gen.Frequency((3, valid), (2, Mutation.Mutated(valid)), (1, Gen.Byte.Array[0, 24])).Sample(
+            body =>
+            {
+                (int expectedVersion, string? expectedError) = ReferenceServerAnswer(body, StartupCodes.Protocol32);
+                bool ok = ProtocolNegotiation.TryReadServerAnswer(body, StartupCodes.Protocol32, out int actualVersion, out string? error);
+                Property.RequireEqual(expectedError is null, ok, $"answer accepted ({error}; the reference says {expectedError ?? "ok"})");
+                Property.RequireEqual(expectedVersion, actualVersion, "version");
+                if (!ok)
+                {
+                    Property.Require(error!.Contains(expectedError!, StringComparison.Ordinal), $"reason '{error}' names '{expectedError}'");
+                }
+            },
+            iter: FuzzSettings.Iterations(3_000));
+    }
+
+    private static byte[] Flip(byte[] key, int bit)
+    {
+        byte[] flipped = key.ToArray();
+        if (flipped.Length > 0)
+        {
+            flipped[bit / 8] ^= (byte)(1 << (bit % 8));
+        }
+
+        return flipped;
+    }
+
+    private static byte[] NegotiateBody(int version, int count, string[] names)
+    {
+        var body = new byte[8];
+        BinaryPrimitives.WriteInt32BigEndian(body, version);
+        BinaryPrimitives.WriteInt32BigEndian(body.AsSpan(4), count);
+        return [.. body, .. names.SelectMany(n => (byte[])[.. Encoding.UTF8.GetBytes(n), 0])];
+    }
+
+    /// <summary>
+    /// The reference for a server's NegotiateProtocolVersion (55.7) to a request for <paramref name="requested"/>,
+    /// with libpq's checks: the words split off, the names split on NUL with nothing left over, then the
+    /// version between 3.0 and the request but not 3.1, no names, and some change. The version, or the
+    /// words the reason must contain.
+    /// </summary>
+    private static (int Version, string? Error) ReferenceServerAnswer(byte[] body, int requested)
+    {
+        if (body.Length < 8)
+        {
+            return (0, "malformed");
+        }
+
+        int version = (body[0] << 24) | (body[1] << 16) | (body[2] << 8) | body[3];
+        int count = (body[4] << 24) | (body[5] << 16) | (body[6] << 8) | body[7];
+        var names = new List<byte[]>();
+        int at = 8;
+        for (long i = 0; i < count; i++)
+        {
+            int nul = Array.IndexOf(body, (byte)0, at);
+            if (nul < 0)
+            {
+                return (0, "malformed");
+            }
+
+            names.Add(body[at..nul]);
+            at = nul + 1;
+        }
+
+        if (at != body.Length)
+        {
+            return (0, "malformed");
+        }
+
+        return version > requested ? (0, "higher-numbered")
+            : version < (3 << 16) ? (0, "pre-3.0")
+            : version == ((3 << 16) | 1) ? (0, "3.1")
+            : count < 0 ? (0, "negative")
+            : count > 0 ? (0, $"(\"{Encoding.UTF8.GetString(names[0])}\")")
+            : version == requested ? (0, "no changes")
+            : (version, null);
     }
 }
