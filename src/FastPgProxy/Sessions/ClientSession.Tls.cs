@@ -19,6 +19,9 @@ internal sealed partial class ClientSession
     private ClientTls? _tls;
     private bool _directTls;
 
+    // From StartTls until the handshake's outcome: nothing may be sent (a FATAL then only closes).
+    private bool _tlsHandshaking;
+
     /// <summary>Whether the client's connection is TLS (handshake done).</summary>
     internal bool IsTls { get; private set; }
 
@@ -47,12 +50,14 @@ internal sealed partial class ClientSession
         plain.Dispose();
         var channel = new TlsChannel(Loop, socket, prefix, this) { IdleWithoutBuffer = true };
         _client = channel;
+        _tlsHandshaking = true;
         channel.AuthenticateAsServer(tls.Options());
     }
 
     /// <summary>The TLS handshake finished (the only connect a client channel reports).</summary>
     public void OnConnect(Channel channel, SocketError error)
     {
+        _tlsHandshaking = false;
         if (State == SessionState.Closed)
         {
             TryFinish();

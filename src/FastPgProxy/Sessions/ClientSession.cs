@@ -294,9 +294,9 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
     internal void Fatal(string sqlState, string message, string? detail = null)
     {
         Log.Write(sqlState == SqlState.InternalError ? LogLevel.Warning : LogLevel.Info, $"client {RemoteEndPoint} session {Id}: {message}");
-        if (_out is not null || _fatalLength > 0)
+        if (_out is not null || _fatalLength > 0 || _tlsHandshaking)
         {
-            // Another message of the proxy's own is on its way; nothing can be put in front of it.
+            // Another message of the proxy's own is on its way, or a TLS handshake is: nothing can be put in front of it.
             Close();
             return;
         }
