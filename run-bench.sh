@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Usage: ./run-bench.sh [seconds] [scenario...]
+# Usage: [PGBOUNCER=/path/to/pgbouncer] ./run-bench.sh [seconds] [scenario...]
 #
 # Compares read-only pgbench throughput and latency against a scratch PostgreSQL directly, through
 # FastPgProxy and through PgBouncer (when installed), over TCP on 127.0.0.1, and reports how much
 # CPU each proxy process spent per transaction. Every pgbench run lasts `seconds` (default 15).
-# The last scenario measures query cancel latency instead.
+# The cancel scenario measures query cancel latency instead.
 #
 # Scenarios, always run in this order; the default is all of them. All but cancel use pgbench -S
 # (one SELECT by primary key per transaction) on scale 10:
@@ -20,15 +20,42 @@
 #   cancel     tools/CancelLatency: NpgsqlCommand.Cancel() of SELECT pg_sleep(30) 50 ms after it
 #              started, timed until the query fails with 57014; transaction pooling. 200 cancels
 #              per target, or 15 per second of `seconds` (at least 50) when that is below 14
+#   tls        as tx16 over TLS: pgbench with sslmode=require to every target, and both proxies
+#              with TLS to PostgreSQL too (server_tls_sslmode = require)
+#   tls-connect  as connect over TLS, the same way: a TLS handshake per transaction between
+#              pgbench and its target (the proxies keep their TLS backends in the pool)
+#
+# TLS. The scenarios above tls are plain on every leg: PostgreSQL runs with ssl = off until the first
+# TLS scenario, and both proxies are configured with client_tls_sslmode = disable and
+# server_tls_sslmode = disable, explicitly (PgBouncer's default server_tls_sslmode is prefer, which
+# would use TLS to PostgreSQL as soon as it offers it). pgbench keeps libpq's default sslmode there
+# (prefer), so it asks for TLS and is refused, as before TLS existed. For tls and tls-connect the
+# script makes a self-signed RSA 2048 certificate with openssl in its temp folder, turns on ssl in
+# PostgreSQL with it (ALTER SYSTEM and a reload), and starts a second pair of transaction-mode
+# proxies with client_tls_sslmode = require on the same certificate and server_tls_sslmode =
+# require (no certificate checks, as sslmode=require). The TLS protocol and cipher are each side's
+# default.
 #
 # Both proxies get the same pool settings: in session mode default_pool_size = 20 and
 # max_client_conn = 200, in transaction mode default_pool_size = 16 and max_client_conn = 1000.
-# Each proxy is started once per pool mode and serves every scenario of that mode. A pgbench run
-# that fails shows as "failed" with pgbench's error; the script carries on with the next one.
+# Each proxy is started once per pool mode (and once more for the TLS scenarios) and serves every
+# scenario of that mode. A pgbench run that fails shows as "failed" with pgbench's error; the
+# script carries on with the next one. Under each table, FastPgProxy's managed allocations during
+# the run (SHOW MEMORY's allocated_bytes before and after) per transaction.
+#
+# PgBouncer: the executable PGBOUNCER names when set (a path or a command name), else pgbouncer on
+# PATH, else /usr/sbin/pgbouncer; the script prints which one and its version.
 #
 # Everything it starts (PostgreSQL, proxies, temp files) is stopped and removed on exit, also
 # on error or Ctrl-C. Exits 1 when FastPgProxy could not be benchmarked in every scenario.
 set -euo pipefail
+
+# PGBOUNCER is resolved before the cd below, so that a relative path is the caller's.
+pgbouncer=""
+if [ -n "${PGBOUNCER:-}" ]; then
+    pgbouncer="$(command -v -- "$PGBOUNCER")" && pgbouncer="$(realpath -- "$pgbouncer")" \
+        || { printf '[bench] error: PGBOUNCER=%s is not an executable\n' "$PGBOUNCER" >&2; exit 1; }
+fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -37,8 +64,9 @@ readonly host=127.0.0.1
 readonly start_timeout=30
 
 # Scenarios: pool mode, clients, pgbench threads, pgbench flags, and a note printed under the table.
-readonly all_scenarios=(session tx16 tx64 tx256 extended prepared connect cancel)
-declare -A scen_mode=() scen_clients=() scen_threads=() scen_flags=() scen_note=()
+# TLS scenarios come last: PostgreSQL turns ssl on before the first of them and keeps it on.
+readonly all_scenarios=(session tx16 tx64 tx256 extended prepared connect cancel tls tls-connect)
+declare -A scen_mode=() scen_clients=() scen_threads=() scen_flags=() scen_note=() scen_tls=()
 
 # define_scenario NAME MODE CLIENTS THREADS FLAGS [NOTE]
 define_scenario() {
@@ -47,6 +75,7 @@ define_scenario() {
     scen_threads[$1]="$4"
     scen_flags[$1]="$5"
     scen_note[$1]="${6:-}"
+    scen_tls[$1]=""
 }
 define_scenario session  session     16  2 "-S"
 define_scenario tx16     transaction 16  2 "-S"
@@ -56,9 +85,18 @@ define_scenario extended transaction 16  2 "-S -M extended"
 define_scenario prepared transaction 16  2 "-S -M prepared"
 define_scenario connect  transaction 16  2 "-S -C" \
     "pgbench -C connects one client at a time per thread, holding up that thread's other clients; avg latency includes connecting, p99 (per-transaction log) starts after the client's own connection"
-# Not pgbench: runs last, on the transaction-mode proxies the scenarios before it left running.
+# Not pgbench: runs after the other plain scenarios, on the transaction-mode proxies they left running.
 define_scenario cancel   transaction 1   1 ""
 readonly cancel_delay_ms=50
+define_scenario tls      transaction 16  2 "-S" \
+    "TLS on every leg: pgbench sslmode=require to each target; both proxies also TLS to PostgreSQL (server_tls_sslmode = require)"
+define_scenario tls-connect transaction 16 2 "-S -C" \
+    "TLS on every leg, a handshake per connection: pgbench sslmode=require to each target; both proxies also TLS to PostgreSQL (server_tls_sslmode = require, backends are pooled); avg latency includes connecting"
+scen_tls[tls]=1
+scen_tls[tls-connect]=1
+
+# proxy_set SCENARIO: the proxy pair a scenario runs on, its pool mode with "-tls" for the TLS ones.
+proxy_set() { printf '%s%s\n' "${scen_mode[$1]}" "${scen_tls[$1]:+-tls}"; }
 
 # Pool settings, the same for both proxies.
 declare -A pool_size=([session]=20 [transaction]=16) max_clients=([session]=200 [transaction]=1000)
@@ -88,7 +126,7 @@ for arg in "$@"; do
     [ -n "${scen_mode[$arg]:-}" ] || { echo "unknown scenario: $arg" >&2; usage; }
     wanted[$arg]=1
 done
-# The order is fixed, so each proxy starts once per pool mode whatever order they were named in.
+# The order is fixed, so each proxy starts once per pool mode (and TLS) whatever order they were named in.
 scenarios=()
 for s in "${all_scenarios[@]}"; do
     if [ $# -eq 0 ] || [ -n "${wanted[$s]:-}" ]; then scenarios+=("$s"); fi
@@ -227,8 +265,9 @@ work=""
 pg_data=""
 pg_started=false
 
-# Proxies, keyed "target/mode": state (pending, ok, failed, skipped, stopped), the reason when not
-# ok, process id while running (the one to measure and to stop), and port.
+# Proxies, keyed "target/set" (set: the pool mode, with "-tls" for the TLS scenarios' pair): state
+# (pending, ok, failed, skipped, stopped), the reason when not ok, process id while running (the
+# one to measure and to stop), and port.
 declare -A proxy_state=() proxy_note=() proxy_pid=() proxy_port=()
 
 cleanup() {
@@ -328,9 +367,57 @@ CONF
         >"$work/pgbench-init.log" 2>&1 || { show_tail "$work/pgbench-init.log"; die "pgbench -i failed"; }
 }
 
-# proxy_ini TARGET MODE PORT: the config file both proxies understand, with the shared pool
-# settings of MODE, on stdout.
+# enable_tls: makes a self-signed certificate and key in $tls_dir (for PostgreSQL and both proxies)
+# and turns ssl on in the running PostgreSQL. Sets tls_state to "on", or to why not and returns 1.
+enable_tls() {
+    tls_state="could not turn on TLS"
+    tls_dir="$work/tls"
+    mkdir -p "$tls_dir"
+    if ! command -v openssl >/dev/null 2>&1; then
+        tls_state="openssl not found, could not make a certificate"
+        log "$tls_state"
+        return 1
+    fi
+    log "making a self-signed certificate (RSA 2048) and turning ssl on in PostgreSQL"
+    if ! bounded 60 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$host" \
+        -keyout "$tls_dir/server.key" -out "$tls_dir/server.crt" >"$tls_dir/openssl.log" 2>&1; then
+        show_tail "$tls_dir/openssl.log"
+        tls_state="openssl req failed"
+        return 1
+    fi
+    # PostgreSQL takes a key only its owner can read; PgBouncer runs as that owner too.
+    chmod 600 "$tls_dir/server.key"
+    is_root && chown -R postgres: "$tls_dir"
+    # ssl is reloadable (PostgreSQL 10 on); each -c is its own transaction, as ALTER SYSTEM needs.
+    if ! PGCONNECT_TIMEOUT=5 bounded 30 "$psql" -X -q -h "$host" -p "$pg_port" -U postgres -d postgres \
+        -c "ALTER SYSTEM SET ssl_cert_file = '$tls_dir/server.crt'" \
+        -c "ALTER SYSTEM SET ssl_key_file = '$tls_dir/server.key'" \
+        -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >"$tls_dir/enable.log" 2>&1; then
+        show_tail "$tls_dir/enable.log"
+        tls_state="ALTER SYSTEM SET ssl = on failed"
+        return 1
+    fi
+    local deadline=$((SECONDS + start_timeout)) answer=""
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        answer="$(PGSSLMODE=require PGCONNECT_TIMEOUT=3 bounded 10 "$psql" -X -q -h "$host" -p "$pg_port" -U postgres \
+            -d postgres -Atc "SELECT version || ' ' || cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()" 2>/dev/null)" \
+            && [ -n "$answer" ] && break
+        answer=""
+        sleep 0.2
+    done
+    if [ -z "$answer" ]; then
+        show_tail "$pg_data/../postgresql.log"
+        tls_state="PostgreSQL did not accept sslmode=require within ${start_timeout}s after the reload"
+        return 1
+    fi
+    log "PostgreSQL speaks TLS: $answer"
+    tls_state=on
+}
+
+# proxy_ini TARGET SET PORT: the config file both proxies understand, with the shared pool
+# settings of SET's pool mode and its TLS settings, on stdout.
 proxy_ini() {
+    local mode="${2%-tls}"
     cat <<INI
 [databases]
 * = host=$host port=$pg_port
@@ -339,23 +426,41 @@ proxy_ini() {
 listen_addr = $host
 listen_port = $3
 auth_type = trust
-pool_mode = $2
-default_pool_size = ${pool_size[$2]}
-max_client_conn = ${max_clients[$2]}
+pool_mode = $mode
+default_pool_size = ${pool_size[$mode]}
+max_client_conn = ${max_clients[$mode]}
 INI
+    if [ "$2" = "$mode" ]; then
+        # Plain on both legs, whatever the defaults (PgBouncer's server_tls_sslmode is prefer).
+        printf 'client_tls_sslmode = disable\nserver_tls_sslmode = disable\n'
+    else
+        cat <<INI
+client_tls_sslmode = require
+client_tls_cert_file = $tls_dir/server.crt
+client_tls_key_file = $tls_dir/server.key
+server_tls_sslmode = require
+INI
+    fi
 }
 
-# start_fastpgproxy MODE
+# set_label SET: "transaction pooling", or "transaction pooling, TLS".
+set_label() { printf '%s pooling%s\n' "${1%-tls}" "$([ "$1" = "${1%-tls}" ] || echo ', TLS')"; }
+
+# start_fastpgproxy SET
 start_fastpgproxy() {
-    local mode="$1" id="fastpgproxy/$1" dir="$work/fastpgproxy-$1" port pid
+    local set="$1" id="fastpgproxy/$1" dir="$work/fastpgproxy-$1" port pid
     if [ -n "$build_note" ]; then
         proxy_note[$id]="$build_note"
         return 1
     fi
     mkdir -p "$dir"
     free_port port
-    proxy_ini fastpgproxy "$mode" "$port" >"$dir/fastpgproxy.ini"
-    log "starting FastPgProxy ($mode pooling) on port $port"
+    {
+        proxy_ini fastpgproxy "$set" "$port"
+        # SHOW MEMORY, read before and after each run, needs a console user.
+        echo "stats_users = postgres"
+    } >"$dir/fastpgproxy.ini"
+    log "starting FastPgProxy ($(set_label "$set")) on port $port"
     .bench/bin/fastpgproxy --config "$dir/fastpgproxy.ini" </dev/null >"$dir/fastpgproxy.log" 2>&1 &
     pid=$!
     proxy_pid[$id]="$pid"
@@ -376,9 +481,9 @@ start_fastpgproxy() {
     proxy_port[$id]="$port"
 }
 
-# start_pgbouncer MODE
+# start_pgbouncer SET
 start_pgbouncer() {
-    local mode="$1" id="pgbouncer/$1" dir="$work/pgbouncer-$1" port pidfile bouncer_pid
+    local set="$1" id="pgbouncer/$1" dir="$work/pgbouncer-$1" port pidfile bouncer_pid
     if [ -z "$pgbouncer" ]; then
         proxy_note[$id]="pgbouncer not installed"
         return 1
@@ -388,14 +493,14 @@ start_pgbouncer() {
     pidfile="$dir/pgbouncer.pid"
     printf '"postgres" ""\n' >"$dir/userlist.txt"
     {
-        proxy_ini pgbouncer "$mode" "$port"
+        proxy_ini pgbouncer "$set" "$port"
         echo "unix_socket_dir ="
         echo "auth_file = $dir/userlist.txt"
         echo "logfile = $dir/pgbouncer.log"
         echo "pidfile = $pidfile"
     } >"$dir/pgbouncer.ini"
     is_root && chown -R postgres: "$dir"
-    log "starting PgBouncer $("$pgbouncer" --version | awk 'NR == 1 {print $NF}') ($mode pooling) on port $port"
+    log "starting PgBouncer $pgbouncer_version ($(set_label "$set")) on port $port"
     if ! as_pg 30 "$pgbouncer" -d -q "$dir/pgbouncer.ini" >"$dir/start.log" 2>&1; then
         show_tail "$dir/start.log"
         show_tail "$dir/pgbouncer.log"
@@ -412,7 +517,7 @@ start_pgbouncer() {
     proxy_port[$id]="$port"
 }
 
-# ensure_proxy TARGET MODE: starts TARGET in MODE the first time it is needed. Fails when it could
+# ensure_proxy TARGET SET: starts TARGET of SET the first time it is needed. Fails when it could
 # not be started or has exited since.
 ensure_proxy() {
     local id="$1/$2"
@@ -427,7 +532,7 @@ ensure_proxy() {
                 proxy_state[$id]=failed
                 proxy_note[$id]="exited during an earlier run"
                 proxy_pid[$id]=""
-                log "${label[$1]} ($2 pooling) ${proxy_note[$id]}; its log:"
+                log "${label[$1]} ($(set_label "$2")) ${proxy_note[$id]}; its log:"
                 show_tail "$work/$1-$2/$1.log"
                 return 1
             fi
@@ -438,26 +543,26 @@ ensure_proxy() {
     esac
 }
 
-# stop_proxies MODE: stops both proxies of MODE. FastPgProxy logs its managed allocations at
+# stop_proxies SET: stops both proxies of SET. FastPgProxy logs its managed allocations at
 # shutdown; they are kept to show whether relaying allocates per transaction (it should not: the
 # total stays near start-up size).
 stop_proxies() {
-    local mode="$1" target id
+    local set="$1" target id
     for target in fastpgproxy pgbouncer; do
-        id="$target/$mode"
+        id="$target/$set"
         [ -n "${proxy_pid[$id]:-}" ] || continue
         stop_pid "${proxy_pid[$id]}"
         proxy_pid[$id]=""
         proxy_state[$id]=stopped
     done
-    allocated[$mode]="$(sed -n 's/.* \([0-9][0-9]*\) bytes allocated since start.*/\1/p' \
-        "$work/fastpgproxy-$mode/fastpgproxy.log" 2>/dev/null | tail -n 1)" || allocated[$mode]=""
+    allocated[$set]="$(sed -n 's/.* \([0-9][0-9]*\) bytes allocated since start.*/\1/p' \
+        "$work/fastpgproxy-$set/fastpgproxy.log" 2>/dev/null | tail -n 1)" || allocated[$set]=""
 }
 
 # ---------------------------------------------------------------------------------------------
 # Runs. Results are keyed "scenario/target".
 
-declare -A state=() tps=() latency=() p99=() txns=() cpu_us=() note=() allocated=()
+declare -A state=() tps=() latency=() p99=() txns=() cpu_us=() run_alloc=() note=() allocated=()
 # The cancel scenario's results, keyed by target.
 declare -A cancel_median=() cancel_p99=() cancel_max=()
 
@@ -479,19 +584,32 @@ pgbench_error() {
     printf '%s\n' "$msg"
 }
 
+# fastpgproxy_allocated PORT: FastPgProxy's allocated_bytes (GC.GetTotalAllocatedBytes, to within
+# a few KB) from SHOW MEMORY on its console; fails when it cannot be read.
+fastpgproxy_allocated() {
+    PGCONNECT_TIMEOUT=3 bounded 10 "$psql" -X -q -h "$host" -p "$1" -U postgres -d fastpgproxy \
+        -F ' ' -Atc 'SHOW MEMORY' 2>/dev/null | awk '$1 == "allocated_bytes" { print $2; found = 1 } END { exit !found }'
+}
+
 # bench SCENARIO TARGET PORT PID: one pgbench run of SCENARIO against PORT; records tps, latency
-# and transactions and, when PID names a proxy process, its CPU time per transaction.
+# and transactions and, when PID names a proxy process, its CPU time per transaction (and for
+# FastPgProxy, its managed allocations during the run).
 bench() {
     local scen="$1" key="$2" port="$3" proc="$4" id="$1/$2"
     local out="$work/runs/$1-$2.out" txlog="$work/runs/$1-$2.tx" before="" after="" rc=0
-    local -a flags
+    local alloc_before="" alloc_after=""
+    local -a flags tls_env=()
     read -r -a flags <<< "${scen_flags[$scen]}"
     local -a args=("${flags[@]}" -c "${scen_clients[$scen]}" -j "${scen_threads[$scen]}" -T "$seconds" -n)
-    log "$scen: pgbench ${args[*]} against ${label[$key]} (port $port)"
+    # Plain scenarios keep libpq's default (prefer), which every plain target refuses.
+    [ -z "${scen_tls[$scen]}" ] || tls_env=(env PGSSLMODE=require)
+    log "$scen: ${tls_env[*]:+${tls_env[*]} }pgbench ${args[*]} against ${label[$key]} (port $port)"
+    if [ "$key" = fastpgproxy ]; then alloc_before="$(fastpgproxy_allocated "$port")" || alloc_before=""; fi
     if [ -n "$proc" ]; then before="$(cpu_ticks "$proc")" || before=""; fi
-    bounded $((seconds + 120)) "$pgbench" "${args[@]}" --log --log-prefix="$txlog" \
+    bounded $((seconds + 120)) "${tls_env[@]}" "$pgbench" "${args[@]}" --log --log-prefix="$txlog" \
         -U postgres -h "$host" -p "$port" postgres >"$out" 2>&1 || rc=$?
     if [ -n "$proc" ]; then after="$(cpu_ticks "$proc")" || after=""; fi
+    if [ "$key" = fastpgproxy ]; then alloc_after="$(fastpgproxy_allocated "$port")" || alloc_after=""; fi
     if [ "$rc" -eq 124 ]; then
         note[$id]="pgbench did not finish within $((seconds + 120))s"
         return 1
@@ -514,6 +632,9 @@ bench() {
     if [ -n "$before" ] && [ -n "$after" ]; then
         cpu_us[$id]="$(awk -v t="$((after - before))" -v hz="$clk_tck" -v n="${txns[$id]}" \
             'BEGIN { printf "%.1f", t / hz * 1e6 / n }')"
+    fi
+    if [ -n "$alloc_before" ] && [ -n "$alloc_after" ]; then
+        run_alloc[$id]="$((alloc_after - alloc_before))"
     fi
     state[$id]=ok
 }
@@ -552,16 +673,19 @@ bench_cancel() {
 # run_target SCENARIO TARGET: starts the target's proxy when needed and benchmarks it, recording
 # the outcome.
 run_target() {
-    local scen="$1" key="$2" id="$1/$2" mode="${scen_mode[$1]}" runner=bench
+    local scen="$1" key="$2" id="$1/$2" set runner=bench
+    set="$(proxy_set "$scen")"
     [ "$scen" = cancel ] && runner=bench_cancel
     state[$id]=failed
-    if [ "$key" = direct ]; then
+    if [ -n "${scen_tls[$scen]}" ] && [ "$tls_state" != on ]; then
+        note[$id]="$tls_state"
+    elif [ "$key" = direct ]; then
         "$runner" "$scen" "$key" "$pg_port" "" || true
-    elif ensure_proxy "$key" "$mode"; then
-        "$runner" "$scen" "$key" "${proxy_port[$key/$mode]}" "${proxy_pid[$key/$mode]}" || true
+    elif ensure_proxy "$key" "$set"; then
+        "$runner" "$scen" "$key" "${proxy_port[$key/$set]}" "${proxy_pid[$key/$set]}" || true
     else
-        [ "${proxy_state[$key/$mode]}" = skipped ] && state[$id]=skipped
-        note[$id]="${proxy_note[$key/$mode]}"
+        [ "${proxy_state[$key/$set]}" = skipped ] && state[$id]=skipped
+        note[$id]="${proxy_note[$key/$set]}"
     fi
 }
 
@@ -624,8 +748,9 @@ print_table() {
     [ "${state[$scen/direct]}" = ok ] && direct_tps="${tps[$scen/direct]}"
     [ "${state[$scen/pgbouncer]}" = ok ] && bouncer_tps="${tps[$scen/pgbouncer]}"
     echo
-    printf 'pgbench %s, %s clients, %s threads, %ss per target, scale %s, %s pooling' "${scen_flags[$scen]}" \
-        "${scen_clients[$scen]}" "${scen_threads[$scen]}" "$seconds" "$scale" "$mode"
+    printf 'pgbench %s%s, %s clients, %s threads, %ss per target, scale %s, %s' "${scen_flags[$scen]}" \
+        "${scen_tls[$scen]:+ sslmode=require}" "${scen_clients[$scen]}" "${scen_threads[$scen]}" "$seconds" "$scale" \
+        "$(set_label "$(proxy_set "$scen")")"
     [ "$mode" = session ] || printf ' (pool size %s in both proxies)' "${pool_size[$mode]}"
     printf ', %s CPUs\n' "$(nproc)"
     # "µs" takes two bytes and printf pads bytes: one more for that heading.
@@ -643,15 +768,19 @@ print_table() {
         fi
     done
     print_notes "$scen"
+    if [ -n "${run_alloc[$scen/fastpgproxy]:-}" ]; then
+        awk -v a="${run_alloc[$scen/fastpgproxy]}" -v n="${txns[$scen/fastpgproxy]}" 'BEGIN {
+            printf "  FastPgProxy managed allocations during the run (SHOW MEMORY allocated_bytes before and after): %d bytes over %d transactions = %.1f bytes/txn\n", a, n, a / n }'
+    fi
 }
 
-# alloc_line MODE: FastPgProxy's managed allocations over its life in MODE, per transaction of the
+# alloc_line SET: FastPgProxy's managed allocations over its life in SET, per transaction of the
 # runs it served.
 alloc_line() {
-    local mode="$1" s n=0 extra="start-up and logins"
-    [ -n "${allocated[$mode]:-}" ] || return 0
+    local set="$1" s n=0 extra="start-up and logins"
+    [ -n "${allocated[$set]:-}" ] || return 0
     for s in "${scenarios[@]}"; do
-        if [ "${scen_mode[$s]}" = "$mode" ] && [ "${state[$s/fastpgproxy]}" = ok ]; then
+        if [ "$(proxy_set "$s")" = "$set" ] && [ "${state[$s/fastpgproxy]}" = ok ]; then
             # The cancel scenario's cancels are not transactions, but their allocations are in the total.
             if [ "$s" = cancel ]; then extra="start-up, logins and the cancel runs"; continue; fi
             n=$((n + ${txns[$s/fastpgproxy]}))
@@ -659,8 +788,8 @@ alloc_line() {
     done
     [ "$n" -gt 0 ] || return 0
     echo
-    awk -v m="$mode" -v a="${allocated[$mode]}" -v n="$n" -v x="$extra" 'BEGIN {
-        printf "FastPgProxy (%s pooling) managed allocations, whole process life (%s included): %d bytes over %d transactions = %.1f bytes/txn\n", m, x, a, n, a / n }'
+    awk -v m="$(set_label "$set")" -v a="${allocated[$set]}" -v n="$n" -v x="$extra" 'BEGIN {
+        printf "FastPgProxy (%s) managed allocations, whole process life (%s included): %d bytes over %d transactions = %.1f bytes/txn\n", m, x, a, n, a / n }'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -674,19 +803,28 @@ if is_root; then
 fi
 clk_tck="$(getconf CLK_TCK)"
 
-pgbouncer="$(command -v pgbouncer 2>/dev/null || true)"
-if [ -z "$pgbouncer" ] && [ -x /usr/sbin/pgbouncer ]; then pgbouncer=/usr/sbin/pgbouncer; fi
+# PGBOUNCER (resolved at the top) first, then PATH, then Debian's place.
+if [ -z "$pgbouncer" ]; then
+    pgbouncer="$(command -v pgbouncer 2>/dev/null || true)"
+    if [ -z "$pgbouncer" ] && [ -x /usr/sbin/pgbouncer ]; then pgbouncer=/usr/sbin/pgbouncer; fi
+fi
+pgbouncer_version=""
+if [ -n "$pgbouncer" ]; then
+    pgbouncer_version="$("$pgbouncer" --version 2>/dev/null | awk 'NR == 1 { print $NF }')"
+    [ -n "$pgbouncer_version" ] || die "$pgbouncer --version printed no version"
+    log "PgBouncer: $pgbouncer, version $pgbouncer_version${PGBOUNCER:+ (from PGBOUNCER)}"
+fi
 
 declare -A label=([direct]="PostgreSQL (direct)" [fastpgproxy]="FastPgProxy" [pgbouncer]="PgBouncer")
-for mode in session transaction; do
-    proxy_state[fastpgproxy/$mode]=pending
-    proxy_state[pgbouncer/$mode]=pending
+for set in session transaction transaction-tls; do
+    proxy_state[fastpgproxy/$set]=pending
+    proxy_state[pgbouncer/$set]=pending
     if [ -z "$pgbouncer" ]; then
-        proxy_state[pgbouncer/$mode]=skipped
-        proxy_note[pgbouncer/$mode]="pgbouncer not installed"
+        proxy_state[pgbouncer/$set]=skipped
+        proxy_note[pgbouncer/$set]="pgbouncer not installed"
     fi
 done
-[ -n "$pgbouncer" ] || log "note: pgbouncer not found (apt-get install pgbouncer); skipping that column"
+[ -n "$pgbouncer" ] || log "note: pgbouncer not found (apt-get install pgbouncer, or set PGBOUNCER); skipping that column"
 
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -713,28 +851,35 @@ for scen in "${scenarios[@]}"; do
 done
 start_postgres
 
-# One pool mode at a time: the previous mode's proxies stop before the next mode's start.
-current_mode=""
+# One proxy pair at a time: the previous pair stops before the next one starts. PostgreSQL turns
+# ssl on before the first TLS scenario (they come last) and keeps it on.
+current_set=""
+tls_dir=""
+tls_state=""
 for scen in "${scenarios[@]}"; do
-    if [ "${scen_mode[$scen]}" != "$current_mode" ]; then
-        [ -z "$current_mode" ] || stop_proxies "$current_mode"
-        current_mode="${scen_mode[$scen]}"
+    set="$(proxy_set "$scen")"
+    if [ "$set" != "$current_set" ]; then
+        [ -z "$current_set" ] || stop_proxies "$current_set"
+        current_set="$set"
     fi
+    if [ -n "${scen_tls[$scen]}" ] && [ -z "$tls_state" ]; then enable_tls || true; fi
     for target in direct fastpgproxy pgbouncer; do
         run_target "$scen" "$target"
     done
 done
-stop_proxies "$current_mode"
+stop_proxies "$current_set"
+
+[ -z "$pgbouncer" ] || printf '\nPgBouncer: %s, version %s\n' "$pgbouncer" "$pgbouncer_version"
 
 all_ok=true
 for i in "${!scenarios[@]}"; do
     scen="${scenarios[$i]}"
     print_table "$scen"
     [ "${state[$scen/fastpgproxy]}" = ok ] || all_ok=false
-    # Each mode's allocation line follows its last table.
+    # Each proxy pair's allocation line follows its last table.
     next="${scenarios[$((i + 1))]:-}"
-    if [ -z "$next" ] || [ "${scen_mode[$next]}" != "${scen_mode[$scen]}" ]; then
-        alloc_line "${scen_mode[$scen]}"
+    if [ -z "$next" ] || [ "$(proxy_set "$next")" != "$(proxy_set "$scen")" ]; then
+        alloc_line "$(proxy_set "$scen")"
     fi
 done
 
