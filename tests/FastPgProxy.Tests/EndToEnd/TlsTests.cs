@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Net.Security;
 using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
 using FastPgProxy.Config;
@@ -108,6 +109,82 @@ public sealed class TlsTests(TlsPostgresFixture fixture, ITestOutputHelper outpu
 
         (string? sqlState, _) = await client.ReadErrorAndCloseAsync();
         Assert.Equal(PostgresErrorCodes.AdminShutdown, sqlState);
+    }
+
+    [Fact]
+    public async Task Client_tls_protocols_and_ciphers_are_what_clients_get()
+    {
+        const string cipher = "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256";
+        await using ProxyHarness proxy = TlsProxies.Start(_pg, configure: o =>
+        {
+            o.ClientTls.Protocols = "tlsv1.2";
+            o.ClientTls.Ciphers = cipher;
+        });
+        await using NpgsqlConnection client = await TlsProxies.OpenVerifyFullAsync(proxy, _certs.CaFile);
+        await using NpgsqlConnection console = await TlsProxies.OpenConsoleAsync(proxy);
+        Dictionary<string, object?> row = Assert.Single(await TlsProxies.QueryAsync(console, "SHOW CLIENTS"), c => (string?)c["database"] == PostgresServer.Database);
+
+        Assert.Equal("TLSv1.2", row["tls_version"]);
+        Assert.Equal(cipher, row["tls_cipher"]);
+
+        // A client that speaks TLS 1.3 only finds no protocol in common.
+        using TlsRawClient modern = await TlsRawClient.ConnectAsync(proxy.Port);
+        Assert.Equal('S', await modern.RequestSslAsync());
+        SslClientAuthenticationOptions options = TlsRawClient.Trusting(_certs.Ca);
+        options.EnabledSslProtocols = SslProtocols.Tls13;
+        await Assert.ThrowsAnyAsync<Exception>(() => modern.StartTlsAsync(options));
+    }
+
+    [Fact]
+    public async Task A_StartupMessage_and_a_Query_in_one_TLS_write_are_both_served()
+    {
+        // Two loops: some sessions log in on a loop other than their pool's and move with the Query unread.
+        await using ProxyHarness proxy = TlsProxies.Start(_pg);
+        for (int i = 0; i < 8; i++)
+        {
+            using TlsRawClient client = await TlsRawClient.ConnectAsync(proxy.Port);
+            await client.NegotiateTlsAsync(_certs.Ca);
+            await client.SendAsync([
+                .. RawProtocol.Startup(("user", PostgresServer.TrustUser), ("database", PostgresServer.Database)),
+                .. RawProtocol.Query($"SELECT {i.ToString(CultureInfo.InvariantCulture)}")]);
+
+            List<(byte Type, byte[] Body)> login = await client.ReadUntilReadyAsync();
+            Assert.DoesNotContain(login, m => m.Type == (byte)'E');
+            List<(byte Type, byte[] Body)> answer = await client.ReadUntilReadyAsync();
+            (byte _, byte[] dataRow) = Assert.Single(answer, m => m.Type == (byte)'D');
+            Assert.Equal(i.ToString(CultureInfo.InvariantCulture), System.Text.Encoding.ASCII.GetString(dataRow, sizeof(short) + sizeof(int), dataRow.Length - sizeof(short) - sizeof(int)));
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task KILL_of_a_TLS_client_sends_FATAL_57P01_inside_TLS(bool busy)
+    {
+        await using ProxyHarness proxy = TlsProxies.Start(_pg);
+        using (TlsRawClient client = await TlsRawClient.ConnectAsync(proxy.Port))
+        {
+            await client.NegotiateTlsAsync(_certs.Ca);
+            (int id, _) = await client.LoginAsync();
+            if (busy)
+            {
+                await client.SendQueryAsync("SELECT pg_sleep(60) /* tls-kill */");
+                await TlsProxies.WaitRunningAsync(_pg, "tls-kill");
+            }
+
+            await using (NpgsqlConnection console = await TlsProxies.OpenConsoleAsync(proxy))
+            {
+                await TlsProxies.QueryAsync(console, $"KILL PGSQL CONNECTION {id.ToString(CultureInfo.InvariantCulture)}");
+            }
+
+            (byte[] data, bool closed) = await client.ReadUntilCloseAsync();
+            Assert.True(closed, "the killed client was not closed");
+
+            // A busy client may first see its query cancelled (57014); the last word is the FATAL.
+            Assert.Equal(PostgresErrorCodes.AdminShutdown, LastErrorCode(data));
+        }
+
+        await TlsProxies.AssertNothingLeakedAsync(proxy, _certs);
     }
 
     [Fact]
@@ -233,18 +310,26 @@ public sealed class TlsTests(TlsPostgresFixture fixture, ITestOutputHelper outpu
     }
 
     [Fact]
-    public async Task Npgsql_direct_TLS_negotiation_logs_in()
+    public async Task Npgsql_direct_TLS_negotiation_logs_in_and_cancels()
     {
         await using ProxyHarness proxy = TlsProxies.Start(_pg);
-        var builder = new NpgsqlConnectionStringBuilder(TlsProxies.VerifyFull(proxy, _certs.CaFile)) { SslNegotiation = SslNegotiation.Direct };
         await using var relay = RecordingRelay.Start("127.0.0.1", proxy.Port);
-        builder.Port = relay.Port;
+        var builder = new NpgsqlConnectionStringBuilder(TlsProxies.VerifyFull(proxy, _certs.CaFile, port: relay.Port)) { SslNegotiation = SslNegotiation.Direct };
         await using var client = new NpgsqlConnection(builder.ConnectionString);
         await client.OpenAsync();
-
         Assert.Equal(7, await TlsProxies.ScalarAsync<int>(client, "SELECT 7"));
-        RelayedConnection first = Assert.Single(await relay.WaitForConnectionsAsync(1));
-        Assert.True(first.StartsWithTlsHandshake, first.ToString());
+
+        await using var command = new NpgsqlCommand("SELECT pg_sleep(60) /* tls-direct-cancel */", client);
+        Task<object?> running = command.ExecuteScalarAsync();
+        await TlsProxies.WaitRunningAsync(_pg, "tls-direct-cancel");
+        command.Cancel();
+        await TlsProxies.AssertCancelledAsync(running);
+
+        // Both the session and its cancel began with a ClientHello, not a PostgreSQL packet.
+        IReadOnlyList<RelayedConnection> seen = await relay.WaitForConnectionsAsync(2);
+        output.WriteLine($"relay saw: {string.Join(", ", seen)}");
+        Assert.Equal(2, seen.Count);
+        Assert.All(seen, c => Assert.True(c.StartsWithTlsHandshake, c.ToString()));
     }
 
     [Theory]
@@ -443,6 +528,24 @@ public sealed class TlsTests(TlsPostgresFixture fixture, ITestOutputHelper outpu
         {
             Directory.Delete(dir, recursive: true);
         }
+    }
+
+    /// <summary>The SQLSTATE of the last ErrorResponse among the messages in <paramref name="data"/>.</summary>
+    private static string? LastErrorCode(byte[] data)
+    {
+        string? last = null;
+        for (int at = 0; at + 5 <= data.Length;)
+        {
+            int length = System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(data.AsSpan(at + 1));
+            if (data[at] == (byte)'E' && at + 1 + length <= data.Length)
+            {
+                last = TlsRawClient.Field(data[(at + 5)..(at + 1 + length)], 'C');
+            }
+
+            at += 1 + length;
+        }
+
+        return last;
     }
 
     /// <summary>A proxy with client TLS and auth_type scram-sha-256 whose auth_file holds fpp_sslonly's password.</summary>
