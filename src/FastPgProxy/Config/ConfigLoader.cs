@@ -3,6 +3,7 @@ using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
 using System.IO;
 using System.Text;
+using FastPgProxy.Tls;
 
 namespace FastPgProxy.Config;
 
@@ -229,10 +230,10 @@ internal static class ConfigLoader
                 o.ClientTls.CaFile = EmptyAsNull(value);
                 break;
             case "client_tls_protocols":
-                o.ClientTls.Protocols = value;
+                o.ClientTls.Protocols = CheckTls(value, source, line, key, static (v, k) => TlsFiles.ParseProtocols(v, k));
                 break;
             case "client_tls_ciphers":
-                o.ClientTls.Ciphers = value;
+                o.ClientTls.Ciphers = CheckTls(value, source, line, key, static (v, k) => TlsFiles.ParseCiphers(v, k));
                 break;
             case "server_tls_sslmode":
                 o.ServerTls.Mode = ParseTlsMode(value, source, line, key);
@@ -247,10 +248,10 @@ internal static class ConfigLoader
                 o.ServerTls.CaFile = EmptyAsNull(value);
                 break;
             case "server_tls_protocols":
-                o.ServerTls.Protocols = value;
+                o.ServerTls.Protocols = CheckTls(value, source, line, key, static (v, k) => TlsFiles.ParseProtocols(v, k));
                 break;
             case "server_tls_ciphers":
-                o.ServerTls.Ciphers = value;
+                o.ServerTls.Ciphers = CheckTls(value, source, line, key, static (v, k) => TlsFiles.ParseCiphers(v, k));
                 break;
             case "verbose":
                 o.Verbose = ParseInt(value, 0, 3, source, line, key);
@@ -262,6 +263,25 @@ internal static class ConfigLoader
 
     private static TlsMode ParseTlsMode(string value, string source, int line, string key) =>
         TlsSettings.ParseMode(value) ?? throw Error(source, line, key, $"invalid value '{value}' (disable, allow, prefer, require, verify-ca or verify-full)");
+
+    /// <summary>
+    /// Checks a protocol or cipher list as the file is read, so that a bad one names its line; the TLS
+    /// contexts are built from it later (at start and at RELOAD), where the line is no longer known.
+    /// </summary>
+    private static string CheckTls(string value, string source, int line, string key, Action<string, string> parse)
+    {
+        try
+        {
+            parse(value, key);
+        }
+        catch (TlsConfigException e)
+        {
+            // The message starts with the key already.
+            throw new ConfigException($"{source}:{line.ToString(CultureInfo.InvariantCulture)}: {e.Message}");
+        }
+
+        return value;
+    }
 
     private static string? EmptyAsNull(string value) => value.Length == 0 ? null : value;
 

@@ -315,6 +315,7 @@ public sealed class AdminConsoleTests(PostgresFixture fixture)
         (int exit, string stdout, string stderr) = await PsqlAsync(proxy, AdminUser, "SHOW CLIENTS");
         Assert.True(exit == 0, $"psql exited with {exit}: {stderr}");
         string line = Assert.Single(stdout.Split('\n'), l => l.StartsWith(victim.ProcessID.ToString(CultureInfo.InvariantCulture) + "|", StringComparison.Ordinal));
+        // tls false, tls_version and tls_cipher empty on a plain connection.
         Assert.Contains($"|{realPid}|f|||victim-app|", line, StringComparison.Ordinal);
         Assert.Matches(@"\|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00\|", line);
     }
