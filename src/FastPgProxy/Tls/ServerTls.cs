@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Net.Security;
 using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
@@ -73,6 +74,7 @@ internal sealed class ServerTls
     }
 
     /// <summary>The options for one handshake with the server at <paramref name="host"/> (its name is checked with verify-full).</summary>
+    [SuppressMessage("Security", "CA5359", Justification = "prefer and require do not check PostgreSQL's certificate, as libpq's and PgBouncer's sslmode; verify-ca and verify-full refuse by throwing, with the reason.")]
     public SslClientAuthenticationOptions Options(string host)
     {
         TlsMode mode = Mode;
@@ -85,13 +87,33 @@ internal sealed class ServerTls
             CertificateChainPolicy = _chain,
             CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
             AllowRenegotiation = false,
-            RemoteCertificateValidationCallback = (_, certificate, _, errors) => mode switch
+            RemoteCertificateValidationCallback = (_, certificate, _, errors) =>
             {
                 // prefer and require: encrypted, PostgreSQL's certificate not checked (as libpq's sslmode).
-                < TlsMode.VerifyCa => true,
-                TlsMode.VerifyCa => certificate is not null && (errors & ~SslPolicyErrors.RemoteCertificateNameMismatch) == SslPolicyErrors.None,
-                _ => certificate is not null && errors == SslPolicyErrors.None,
+                SslPolicyErrors checkedErrors = mode switch
+                {
+                    < TlsMode.VerifyCa => SslPolicyErrors.None,
+                    TlsMode.VerifyCa => errors & ~SslPolicyErrors.RemoteCertificateNameMismatch,
+                    _ => errors,
+                };
+                if (checkedErrors == SslPolicyErrors.None)
+                {
+                    return true;
+                }
+
+                // Thrown rather than returned, so that the login's error says what was wrong with the certificate.
+                throw new AuthenticationException(Describe(checkedErrors, host, mode));
             },
         };
+    }
+
+    private static string Describe(SslPolicyErrors errors, string host, TlsMode mode)
+    {
+        string why = (errors & SslPolicyErrors.RemoteCertificateNotAvailable) != 0
+            ? "the server sent no certificate"
+            : (errors & SslPolicyErrors.RemoteCertificateChainErrors) != 0
+                ? "the server's certificate is not signed by a CA of server_tls_ca_file (or the system's, without one), or is expired"
+                : $"the server's certificate does not name the host \"{host}\"";
+        return $"{why} (server_tls_sslmode {TlsSettings.Name(mode)})";
     }
 }

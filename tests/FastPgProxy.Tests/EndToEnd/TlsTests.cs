@@ -370,6 +370,8 @@ public sealed class TlsTests(TlsPostgresFixture fixture, ITestOutputHelper outpu
         output.WriteLine(e.MessageText);
         Assert.Equal(PostgresErrorCodes.ConnectionFailure, e.SqlState);
         Assert.Contains("TLS handshake with server", e.MessageText, StringComparison.Ordinal);
+        Assert.Contains("not signed by a CA of server_tls_ca_file", e.MessageText, StringComparison.Ordinal);
+        Assert.Contains($"server_tls_sslmode {sslmode}", e.MessageText, StringComparison.Ordinal);
     }
 
     [Fact]
