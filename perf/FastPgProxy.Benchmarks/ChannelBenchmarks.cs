@@ -419,16 +419,6 @@ public class ChannelBenchmarks
 
         public override void Dispose() => ReleaseBuffer();
 
-        public override void MoveTo(EventLoop loop) => Loop = loop;
-
-        public override void Restore(ReadOnlySpan<byte> bytes)
-        {
-            Buffer = Loop.Buffers.Rent();
-            bytes.CopyTo(Buffer);
-            Start = 0;
-            End = bytes.Length;
-        }
-
         public override IDisposable? DetachForCancel() => null;
     }
 

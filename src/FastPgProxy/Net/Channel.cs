@@ -174,10 +174,44 @@ internal abstract class ClientChannel : Channel
     /// <see cref="Channel.Quiescent"/> and holds no buffer; the caller owns the current loop and hands the
     /// session over by posting to the new one.
     /// </summary>
-    public abstract void MoveTo(EventLoop loop);
+    public virtual void MoveTo(EventLoop loop)
+    {
+        Debug.Assert(Quiescent && Buffer is null);
+        Loop = loop;
+    }
 
     /// <summary>Puts <paramref name="bytes"/> back as the unconsumed window after a move (at most one buffer); the caller owns the loop.</summary>
-    public abstract void Restore(ReadOnlySpan<byte> bytes);
+    public virtual void Restore(ReadOnlySpan<byte> bytes)
+    {
+        Debug.Assert(Buffer is null && bytes.Length <= Loop.Buffers.BufferSize);
+        if (bytes.IsEmpty)
+        {
+            return;
+        }
+
+        Buffer = Loop.Buffers.Rent();
+        bytes.CopyTo(Buffer);
+        Start = 0;
+        End = bytes.Length;
+    }
+
+    /// <summary>Shuts <paramref name="socket"/> down both ways and closes it; a peer that reset it first is no error.</summary>
+    protected static void CloseSocket(Socket socket)
+    {
+        try
+        {
+            socket.Shutdown(SocketShutdown.Both);
+        }
+        catch (SocketException)
+        {
+            // Already reset by the peer: closing is all that is left.
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+
+        socket.Dispose();
+    }
 
     /// <summary>
     /// Gives up the connection without closing it, for the cancel path, which writes nothing to it and

@@ -73,28 +73,6 @@ internal sealed class SocketChannel : ClientChannel
         _sendArgs = new LoopSocketArgs(this) { Operation = ChannelOperation.Send };
     }
 
-    /// <inheritdoc/>
-    public override void MoveTo(EventLoop loop)
-    {
-        Debug.Assert(Quiescent && Buffer is null);
-        Loop = loop;
-    }
-
-    /// <inheritdoc/>
-    public override void Restore(ReadOnlySpan<byte> bytes)
-    {
-        Debug.Assert(Buffer is null && bytes.Length <= Loop.Buffers.BufferSize);
-        if (bytes.IsEmpty)
-        {
-            return;
-        }
-
-        Buffer = Loop.Buffers.Rent();
-        bytes.CopyTo(Buffer);
-        Start = 0;
-        End = bytes.Length;
-    }
-
     /// <summary>The socket; null until connected.</summary>
     public Socket? Socket { get; private set; }
 
@@ -347,19 +325,7 @@ internal sealed class SocketChannel : ClientChannel
         Closed = true;
         if (Socket is { } socket)
         {
-            try
-            {
-                socket.Shutdown(SocketShutdown.Both);
-            }
-            catch (SocketException)
-            {
-                // Already reset by the peer: closing is all that is left.
-            }
-            catch (ObjectDisposedException)
-            {
-            }
-
-            socket.Dispose();
+            CloseSocket(socket);
         }
     }
 

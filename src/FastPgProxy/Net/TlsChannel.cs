@@ -256,42 +256,8 @@ internal sealed class TlsChannel : ClientChannel
         Closed = true;
         if (_socket is { } socket)
         {
-            try
-            {
-                socket.Shutdown(SocketShutdown.Both);
-            }
-            catch (SocketException)
-            {
-                // Already reset by the peer: closing is all that is left.
-            }
-            catch (ObjectDisposedException)
-            {
-            }
-
-            socket.Dispose();
+            CloseSocket(socket);
         }
-    }
-
-    /// <inheritdoc/>
-    public override void MoveTo(EventLoop loop)
-    {
-        Debug.Assert(Quiescent && Buffer is null);
-        Loop = loop;
-    }
-
-    /// <inheritdoc/>
-    public override void Restore(ReadOnlySpan<byte> bytes)
-    {
-        Debug.Assert(Buffer is null && bytes.Length <= Loop.Buffers.BufferSize);
-        if (bytes.IsEmpty)
-        {
-            return;
-        }
-
-        Buffer = Loop.Buffers.Rent();
-        bytes.CopyTo(Buffer);
-        Start = 0;
-        End = bytes.Length;
     }
 
     /// <inheritdoc/>
