@@ -114,6 +114,9 @@ internal static class ConfigLoader
             case "listen_port":
                 o.ListenPort = ParseInt(value, 0, 65535, source, line, key);
                 break;
+            case "peer_id":
+                o.PeerId = ParseInt(value, 0, Sessions.SessionRegistry.MaxPeerId, source, line, key);
+                break;
             case "so_reuseport":
                 o.SoReusePort = ParseBool(value, source, line, key);
                 break;
@@ -451,6 +454,11 @@ internal static class ConfigLoader
 
     private static void Validate(ProxyOptions o, string source)
     {
+        if (o.PeerId != 0 && o.MaxClientConnections > Sessions.SessionRegistry.LocalIdCapacity)
+        {
+            throw new ConfigException($"{source}: max_client_conn {o.MaxClientConnections} is more than the {Sessions.SessionRegistry.LocalIdCapacity} session ids an instance with peer_id has");
+        }
+
         if (o.AuthType == AuthType.Cert && o.ClientTls.Mode < TlsMode.VerifyCa)
         {
             throw new ConfigException($"{source}: auth_type cert needs client_tls_sslmode verify-ca or verify-full");

@@ -67,6 +67,13 @@ internal sealed class ProxyOptions
     /// </summary>
     public bool SoReusePort { get; set; }
 
+    /// <summary>
+    /// This instance's id among several behind a load balancer (PgBouncer's <c>peer_id</c>), 1 to 16383, or 0
+    /// for none. Session ids then carry it in their top bits, so they never collide between instances and
+    /// name the instance that owns them; an instance then holds at most 131,071 sessions. Default 0.
+    /// </summary>
+    public int PeerId { get; set; }
+
     /// <summary>Client authentication method. Default md5, as PgBouncer.</summary>
     public AuthType AuthType { get; set; } = AuthType.Md5;
 

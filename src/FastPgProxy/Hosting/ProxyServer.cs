@@ -54,6 +54,7 @@ internal sealed class ProxyServer : IAsyncDisposable
         }
 
         ReloadTls(options);
+        Sessions = new SessionRegistry(options.PeerId);
 
         // Unknown users still go through a full SCRAM exchange against this throw-away verifier.
         MockVerifier = ScramVerifier.FromPassword(Convert.ToBase64String(System.Security.Cryptography.RandomNumberGenerator.GetBytes(18)));
@@ -179,7 +180,7 @@ internal sealed class ProxyServer : IAsyncDisposable
     public ClientAdmission Admission { get; } = new();
 
     /// <summary>Live sessions by proxy session id.</summary>
-    public SessionRegistry Sessions { get; } = new();
+    public SessionRegistry Sessions { get; }
 
     /// <summary>Outcomes of CancelRequests.</summary>
     public CancelStats CancelStats { get; } = new();

@@ -23,9 +23,10 @@ internal sealed partial class ClientSession
     /// <paramref name="keyLength"/> random bytes (4 for protocol 3.0, 32 for 3.2). Only a session that sent
     /// StartupMessage gets an id and a key; both exist before any reply so that the BackendKeyData sent at
     /// the end of login is already valid for cancels, and the key is published before the registry can
-    /// hand the session to a cancel.
+    /// hand the session to a cancel. False when no id is free (an instance with <c>peer_id</c> has
+    /// <see cref="SessionRegistry.LocalIdCapacity"/>); the caller then refuses the client.
     /// </summary>
-    internal void Identify(string user, string database, int keyLength)
+    internal bool Identify(string user, string database, int keyLength)
     {
         User = user;
         Database = database;
@@ -33,6 +34,7 @@ internal sealed partial class ClientSession
         RandomNumberGenerator.Fill(secret);
         Volatile.Write(ref _secret, secret);
         Id = _proxy.Sessions.Add(this);
+        return Id != 0;
     }
 
     /// <summary>The session logs in to the admin console, not to a pool.</summary>

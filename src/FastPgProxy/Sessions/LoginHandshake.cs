@@ -207,10 +207,11 @@ internal sealed class LoginHandshake
             database = user;
         }
 
-        _owner.Identify(user, database, ProtocolNegotiation.CancelKeyLength(_requestedVersion));
+        bool identified = _owner.Identify(user, database, ProtocolNegotiation.CancelKeyLength(_requestedVersion));
 
         // Every client connection counts, this one included: logged in, logging in, or a cancel not yet read.
-        if (_proxy.Admission.Connections > _proxy.Options.MaxClientConnections)
+        // Under peer_id an instance also has at most SessionRegistry.LocalIdCapacity ids to give.
+        if (!identified || _proxy.Admission.Connections > _proxy.Options.MaxClientConnections)
         {
             _owner.Fatal(SqlState.TooManyConnections, "sorry, too many clients already");
             return;
