@@ -38,6 +38,8 @@ internal enum ShowItem
     Stats,
     /// <summary>CancelRequest outcome counters.</summary>
     Cancels,
+    /// <summary>The other instances of the cluster ([peers]).</summary>
+    Peers,
     /// <summary>Settings.</summary>
     Config,
     /// <summary>The [databases] section.</summary>
@@ -57,7 +59,7 @@ internal sealed record AdminCommand(AdminCommandKind Kind, ShowItem Item = ShowI
 {
     /// <summary>Every command, for the HINT of a syntax error and for SHOW HELP.</summary>
     public const string CommandList =
-        "SHOW CLIENTS|SERVERS|POOLS|STATS|CANCELS|CONFIG|DATABASES|LISTS|MEMORY|VERSION|HELP; "
+        "SHOW CLIENTS|SERVERS|POOLS|STATS|CANCELS|PEERS|CONFIG|DATABASES|LISTS|MEMORY|VERSION|HELP; "
         + "KILL PGSQL CONNECTION <id>; KILL_CLIENT <id>; KILL PGSQL QUERY <id>; PAUSE [db]; RESUME [db]; RELOAD; SHUTDOWN";
 
     /// <summary>Whether users in stats_users may run it (SHOW only); everything else needs admin_users.</summary>
@@ -113,6 +115,7 @@ internal sealed record AdminCommand(AdminCommandKind Kind, ShowItem Item = ShowI
                     "POOLS" => ShowItem.Pools,
                     "STATS" => ShowItem.Stats,
                     "CANCELS" => ShowItem.Cancels,
+                    "PEERS" => ShowItem.Peers,
                     "CONFIG" => ShowItem.Config,
                     "DATABASES" => ShowItem.Databases,
                     "LISTS" => ShowItem.Lists,

@@ -29,6 +29,20 @@ internal sealed partial class AdminConsole
         new("query_ms", AdminType.Int8),
     ];
 
+    private static readonly AdminColumn[] s_peerColumns =
+    [
+        new("peer_id", AdminType.Int4),
+        new("host", AdminType.Text),
+        new("port", AdminType.Int4),
+        new("state", AdminType.Text),
+        new("pool_size", AdminType.Int4),
+        new("in_flight", AdminType.Int4),
+        new("cancels_forwarded", AdminType.Int8),
+        new("cancels_received", AdminType.Int8),
+        new("unreachable", AdminType.Int8),
+        new("busy", AdminType.Int8),
+    ];
+
     private static readonly AdminColumn[] s_serverColumns =
     [
         new("id", AdminType.Int4),
@@ -118,6 +132,7 @@ internal sealed partial class AdminConsole
         ShowItem.Pools => s_poolColumns,
         ShowItem.Stats => s_statsColumns,
         ShowItem.Cancels => s_counterColumns,
+        ShowItem.Peers => s_peerColumns,
         ShowItem.Config => s_configColumns,
         ShowItem.Databases => s_databaseColumns,
         ShowItem.Lists => s_listColumns,
@@ -158,6 +173,13 @@ internal sealed partial class AdminConsole
                 break;
             case ShowItem.Lists:
                 AddListRows(result, await AdminSnapshot.CollectAsync(Proxy).ConfigureAwait(false));
+                break;
+            case ShowItem.Peers:
+                foreach (PeerLink peer in Proxy.Peers.All.OrderBy(p => p.Options.Id))
+                {
+                    result.Rows.Add([peer.Options.Id, peer.Options.Host, peer.Options.Port, peer.State, peer.Options.PoolSize ?? Proxy.Options.MaxCancelConnections, peer.InFlight, peer.Forwarded, peer.Received, peer.Unreachable, peer.Busy]);
+                }
+
                 break;
             case ShowItem.Cancels:
                 foreach (PropertyInfo counter in s_cancelCounters)

@@ -65,7 +65,7 @@ internal static class CancelForwarder
                 ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
                 : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
             await server.ConnectAsync(target.EndPoint, cts.Token).ConfigureAwait(false);
-            await using Stream stream = await OpenAsync(server, target, cts.Token).ConfigureAwait(false);
+            await using Stream stream = await OpenAsync(server, target.Tls, target.Host, cts.Token).ConfigureAwait(false);
             byte[] packet = new byte[StartupCodes.CancelRequestLength - sizeof(int) + target.SecretKey.Length];
             var writer = new PgWriter(packet);
             writer.WriteCancelRequest(target.ProcessId, target.SecretKey);
@@ -95,13 +95,14 @@ internal static class CancelForwarder
     }
 
     /// <summary>
-    /// The stream the CancelRequest goes on: TLS when the backend's own connection is (SSLRequest, S, the
-    /// handshake, then the request inside it, as PostgreSQL 17's libpq sends it), else the plain socket.
+    /// The stream a CancelRequest goes on: TLS with <paramref name="tls"/> when given (SSLRequest, S, the
+    /// handshake, then the request inside it, as PostgreSQL 17's libpq sends it; a backend's cancel is TLS
+    /// when the backend's own connection is), else the plain socket. Also used to forward to a peer.
     /// </summary>
-    private static async Task<Stream> OpenAsync(Socket server, CancelTarget target, CancellationToken cancellation)
+    public static async Task<Stream> OpenAsync(Socket server, ServerTls? tls, string host, CancellationToken cancellation)
     {
         var plain = new NetworkStream(server, ownsSocket: false);
-        if (target.Tls is not { } tls)
+        if (tls is null)
         {
             return plain;
         }
@@ -128,7 +129,7 @@ internal static class CancelForwarder
         }
 
         var ssl = new SslStream(plain, leaveInnerStreamOpen: false);
-        await ssl.AuthenticateAsClientAsync(tls.Options(target.Host), cancellation).ConfigureAwait(false);
+        await ssl.AuthenticateAsClientAsync(tls.Options(host), cancellation).ConfigureAwait(false);
         return ssl;
     }
 }

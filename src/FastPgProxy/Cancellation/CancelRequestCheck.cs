@@ -59,6 +59,17 @@ internal static class CancelRequestCheck
             return null;
         }
 
+        return FindTarget(proxy, pid, key, source?.Address);
+    }
+
+    /// <summary>
+    /// The session <paramref name="pid"/> names when <paramref name="key"/> is its key; null (counted and
+    /// logged against <paramref name="source"/>, the client that sent the cancel, also when a peer forwarded it).
+    /// </summary>
+    public static ClientSession? FindTarget(ProxyServer proxy, int pid, ReadOnlySpan<byte> key, IPAddress? source)
+    {
+        CancelStats stats = proxy.CancelStats;
+
         // The key is checked first, and a matching key is always honoured, whatever else came from its
         // address: ids and keys are random (at least 63 bits together), so the guard only has guessing to
         // slow down. Wrong keys from a blocked address are dropped without being counted against it again.
@@ -74,7 +85,7 @@ internal static class CancelRequestCheck
             return target;
         }
 
-        IPAddress? address = source?.Address;
+        IPAddress? address = source;
         if (proxy.CancelGuard.IsBlocked(address))
         {
             stats.OnRateLimited();

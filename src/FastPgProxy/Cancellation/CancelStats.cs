@@ -15,6 +15,11 @@ internal sealed class CancelStats
     private long _timedOut;
     private long _rateLimited;
     private long _waitTimedOut;
+    private long _peerForwarded;
+    private long _peerReceived;
+    private long _peerTtlExhausted;
+    private long _peerUnreachable;
+    private long _peerBusy;
 
     /// <summary>CancelRequest packets read.</summary>
     public long Received => Volatile.Read(ref _received);
@@ -51,6 +56,36 @@ internal sealed class CancelStats
 
     /// <summary>Cancels dropped after waiting cancel_wait_timeout for a cancel connection.</summary>
     public long WaitTimedOut => Volatile.Read(ref _waitTimedOut);
+
+    /// <summary>Cancels for another instance's session forwarded to it and acknowledged.</summary>
+    public long ForwardedToPeer => Volatile.Read(ref _peerForwarded);
+
+    /// <summary>Cancels another instance forwarded here.</summary>
+    public long ReceivedFromPeer => Volatile.Read(ref _peerReceived);
+
+    /// <summary>Forwarded cancels dropped after passing PeerCancel.MaxHops instances (a forwarding loop).</summary>
+    public long PeerTtlExhausted => Volatile.Read(ref _peerTtlExhausted);
+
+    /// <summary>Cancels for a peer that could not be reached (refused, timed out), or that no [peers] line names.</summary>
+    public long PeerUnreachable => Volatile.Read(ref _peerUnreachable);
+
+    /// <summary>Cancels for a peer dropped because its forwarding slots were all taken.</summary>
+    public long PeerBusy => Volatile.Read(ref _peerBusy);
+
+    /// <summary>Counts a cancel forwarded to a peer.</summary>
+    public void OnPeerForwarded() => Interlocked.Increment(ref _peerForwarded);
+
+    /// <summary>Counts a cancel received from a peer.</summary>
+    public void OnPeerReceived() => Interlocked.Increment(ref _peerReceived);
+
+    /// <summary>Counts a forwarded cancel dropped at the hop limit.</summary>
+    public void OnPeerTtlExhausted() => Interlocked.Increment(ref _peerTtlExhausted);
+
+    /// <summary>Counts a cancel for a peer that could not be reached.</summary>
+    public void OnPeerUnreachable() => Interlocked.Increment(ref _peerUnreachable);
+
+    /// <summary>Counts a cancel dropped for a busy peer.</summary>
+    public void OnPeerBusy() => Interlocked.Increment(ref _peerBusy);
 
     /// <summary>A cancel waited cancel_wait_timeout for a cancel connection and was dropped.</summary>
     public void OnWaitTimedOut() => Interlocked.Increment(ref _waitTimedOut);

@@ -64,7 +64,7 @@ internal static class ConfigLoader
                 }
 
                 section = line[1..^1].Trim().ToLowerInvariant();
-                if (section is not ("databases" or "fastpgproxy" or "pgbouncer" or "users"))
+                if (section is not ("databases" or "fastpgproxy" or "pgbouncer" or "users" or "peers"))
                 {
                     throw Error(source, lineNo, null, $"unknown section [{section}]");
                 }
@@ -89,6 +89,9 @@ internal static class ConfigLoader
                     break;
                 case "users":
                     throw Error(source, lineNo, key, "the [users] section is not supported");
+                case "peers":
+                    options.Peers.Add(ParsePeer(key, value, source, lineNo));
+                    break;
                 default:
                     ApplySetting(options, key.ToLowerInvariant(), Unquote(value), source, lineNo);
                     break;
@@ -214,6 +217,9 @@ internal static class ConfigLoader
             case "cancel_wait_timeout":
                 o.CancelWaitTimeout = ParseDuration(value, source, line, key);
                 break;
+            case "peer_users":
+                AddNames(o.PeerUsers, value);
+                break;
             case "admin_users":
                 AddNames(o.AdminUsers, value);
                 break;
@@ -313,33 +319,8 @@ internal static class ConfigLoader
         string? dbname = null, user = null, password = null;
         PoolMode? poolMode = null;
         int? poolSize = null;
-        int pos = 0;
-        while (true)
+        foreach ((string key, string item) in ReadConnPairs(value, source, line, name))
         {
-            while (pos < value.Length && char.IsWhiteSpace(value[pos]))
-            {
-                pos++;
-            }
-
-            if (pos >= value.Length)
-            {
-                break;
-            }
-
-            int eq = value.IndexOf('=', pos);
-            if (eq < 0)
-            {
-                throw Error(source, line, name, $"expected key=value in database definition near '{value[pos..]}'");
-            }
-
-            string key = value[pos..eq].Trim().ToLowerInvariant();
-            pos = eq + 1;
-            while (pos < value.Length && value[pos] == ' ')
-            {
-                pos++;
-            }
-
-            string item = ReadConnValue(value, ref pos, source, line, name);
             switch (key)
             {
                 case "host":
@@ -369,6 +350,75 @@ internal static class ConfigLoader
         }
 
         return new DatabaseOptions { Name = name, Host = host, Port = port, DatabaseName = dbname, User = user, Password = password, PoolMode = poolMode, PoolSize = poolSize };
+    }
+
+    /// <summary>Parses a <c>[peers]</c> line: <c>ID = host=H port=P [pool_size=N] [user=U] [password=P]</c>.</summary>
+    private static PeerOptions ParsePeer(string idText, string value, string source, int line)
+    {
+        int id = ParseInt(idText, 1, Sessions.SessionRegistry.MaxPeerId, source, line, "peer id");
+        string host = "127.0.0.1";
+        int port = 6432;
+        int? poolSize = null;
+        string? user = null, password = null;
+        foreach ((string key, string item) in ReadConnPairs(value, source, line, idText))
+        {
+            switch (key)
+            {
+                case "host":
+                    host = item;
+                    break;
+                case "port":
+                    port = ParseInt(item, 1, 65535, source, line, idText + ": port");
+                    break;
+                case "pool_size":
+                    poolSize = ParseInt(item, 1, 100_000, source, line, idText + ": pool_size");
+                    break;
+                case "user":
+                    user = item;
+                    break;
+                case "password":
+                    password = item;
+                    break;
+                default:
+                    throw Error(source, line, idText, $"unknown peer parameter '{key}' (host, port, pool_size, user, password)");
+            }
+        }
+
+        return new PeerOptions { Id = id, Host = host, Port = port, PoolSize = poolSize, User = user, Password = password };
+    }
+
+    /// <summary>The <c>key=value</c> pairs of a libpq-style line, keys lower-cased.</summary>
+    private static List<(string Key, string Value)> ReadConnPairs(string value, string source, int line, string name)
+    {
+        var pairs = new List<(string, string)>();
+        int pos = 0;
+        while (true)
+        {
+            while (pos < value.Length && char.IsWhiteSpace(value[pos]))
+            {
+                pos++;
+            }
+
+            if (pos >= value.Length)
+            {
+                return pairs;
+            }
+
+            int eq = value.IndexOf('=', pos);
+            if (eq < 0)
+            {
+                throw Error(source, line, name, $"expected key=value near '{value[pos..]}'");
+            }
+
+            string key = value[pos..eq].Trim().ToLowerInvariant();
+            pos = eq + 1;
+            while (pos < value.Length && value[pos] == ' ')
+            {
+                pos++;
+            }
+
+            pairs.Add((key, ReadConnValue(value, ref pos, source, line, name)));
+        }
     }
 
     private static string ReadConnValue(string s, ref int pos, string source, int line, string key)
@@ -454,6 +504,20 @@ internal static class ConfigLoader
 
     private static void Validate(ProxyOptions o, string source)
     {
+        var peerIds = new HashSet<int>();
+        foreach (PeerOptions peer in o.Peers)
+        {
+            if (!peerIds.Add(peer.Id))
+            {
+                throw new ConfigException($"{source}: [peers] lists peer {peer.Id} twice");
+            }
+        }
+
+        if (o.Peers.Count > 0 && o.PeerId == 0)
+        {
+            throw new ConfigException($"{source}: [peers] needs this instance's own peer_id");
+        }
+
         if (o.PeerId != 0 && o.MaxClientConnections > Sessions.SessionRegistry.LocalIdCapacity)
         {
             throw new ConfigException($"{source}: max_client_conn {o.MaxClientConnections} is more than the {Sessions.SessionRegistry.LocalIdCapacity} session ids an instance with peer_id has");

@@ -55,6 +55,7 @@ internal sealed class ProxyServer : IAsyncDisposable
 
         ReloadTls(options);
         Sessions = new SessionRegistry(options.PeerId);
+        Peers = new PeerDirectory(options);
 
         // Unknown users still go through a full SCRAM exchange against this throw-away verifier.
         MockVerifier = ScramVerifier.FromPassword(Convert.ToBase64String(System.Security.Cryptography.RandomNumberGenerator.GetBytes(18)));
@@ -178,6 +179,9 @@ internal sealed class ProxyServer : IAsyncDisposable
 
     /// <summary>Client connections open and logging in; refuses connections over max_login_clients.</summary>
     public ClientAdmission Admission { get; } = new();
+
+    /// <summary>The other instances of the cluster ([peers]) and cancel forwarding to them.</summary>
+    public PeerDirectory Peers { get; }
 
     /// <summary>Live sessions by proxy session id.</summary>
     public SessionRegistry Sessions { get; }

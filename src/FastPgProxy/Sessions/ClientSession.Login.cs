@@ -2,6 +2,8 @@ using System.Security.Cryptography;
 using FastPgProxy.Cancellation;
 using FastPgProxy.Net;
 using FastPgProxy.Pooling;
+using FastPgProxy.Protocol;
+using FastPgProxy.Hosting;
 
 namespace FastPgProxy.Sessions;
 
@@ -114,12 +116,89 @@ internal sealed partial class ClientSession
 
         // Read: the connection no longer counts as a client.
         OnConnectionClosed();
+        PeerDirectory peers = _proxy.Peers;
+        if (peers.SelfId != 0 && CancelRequest.TryParse(packet, out int pid, out ReadOnlySpan<byte> key) && SessionRegistry.PeerOf(pid) != peers.SelfId)
+        {
+            // Another instance's session: its owner checks the key.
+            _proxy.CancelStats.OnReceived();
+            ForwardToPeer(1, RemoteEndPoint?.Address, pid, key);
+            return;
+        }
+
         if (CancelRequestCheck.FindTarget(_proxy, packet, RemoteEndPoint) is not { } target)
         {
             CloseCancelSocket();
             return;
         }
 
+        HandToTarget(target);
+    }
+
+    /// <summary>
+    /// A cancel another instance forwarded (<see cref="PeerCancel"/>): taken only from a peer's address; for a
+    /// session here it is checked as a client's own, against the client's address; for another instance's
+    /// it goes on, until <see cref="PeerCancel.MaxHops"/>.
+    /// </summary>
+    internal void OnPeerCancelRequest(ReadOnlySpan<byte> packet)
+    {
+        State = SessionState.Closed;
+        OnConnectionClosed();
+        CancelStats stats = _proxy.CancelStats;
+        stats.OnReceived();
+        PeerDirectory peers = _proxy.Peers;
+        PeerLink? from = peers.SelfId == 0 ? null : peers.FindByAddress(RemoteEndPoint?.Address);
+        if (from is null || !PeerCancel.TryParse(packet, out int hops, out System.Net.IPAddress client, out int pid, out ReadOnlySpan<byte> key))
+        {
+            stats.OnMalformed();
+            Log.Info($"forwarded cancel from {RemoteEndPoint} refused: {(from is null ? "not a configured peer" : "malformed")}");
+            CloseCancelSocket();
+            return;
+        }
+
+        from.OnReceived();
+        stats.OnPeerReceived();
+        if (SessionRegistry.PeerOf(pid) != peers.SelfId)
+        {
+            if (hops >= PeerCancel.MaxHops)
+            {
+                stats.OnPeerTtlExhausted();
+                Log.Warning($"forwarded cancel for session {pid} dropped after {hops} hops (check the [peers] sections: peer {SessionRegistry.PeerOf(pid)} does not lead to its owner)");
+                CloseCancelSocket();
+                return;
+            }
+
+            ForwardToPeer(hops + 1, client, pid, key);
+            return;
+        }
+
+        if (CancelRequestCheck.FindTarget(_proxy, pid, key, client) is not { } target)
+        {
+            CloseCancelSocket();
+            return;
+        }
+
+        HandToTarget(target);
+    }
+
+    private void ForwardToPeer(int hops, System.Net.IPAddress? client, int pid, ReadOnlySpan<byte> key)
+    {
+        int owner = SessionRegistry.PeerOf(pid);
+        if (_proxy.Peers.Find(owner) is not { } peer)
+        {
+            _proxy.CancelStats.OnPeerUnreachable();
+            Log.Info($"cancel from {RemoteEndPoint} for session {pid}: its peer {owner} is not in [peers]");
+            CloseCancelSocket();
+            return;
+        }
+
+        byte[] envelope = PeerCancel.Wrap(hops, client, pid, key);
+        IDisposable? connection = _client.DetachForCancel();
+        TryFinish();
+        _ = PeerDirectory.ForwardAsync(_proxy, peer, connection, envelope);
+    }
+
+    private void HandToTarget(ClientSession target)
+    {
         // The decision is the target's own loop's: only there is it known whether a query is running and
         // on which backend, atomically with that backend being handed back to the pool.
         IDisposable? connection = _client.DetachForCancel();

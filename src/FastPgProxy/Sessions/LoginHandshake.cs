@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using FastPgProxy.Auth;
+using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
 using FastPgProxy.Pooling;
@@ -85,6 +86,9 @@ internal sealed class LoginHandshake
         {
             case StartupCodes.CancelRequestCode:
                 _owner.OnCancelRequest(packet);
+                return;
+            case PeerCancel.RequestCode when _proxy.Peers.SelfId != 0:
+                _owner.OnPeerCancelRequest(packet);
                 return;
             case StartupCodes.SslRequestCode:
             case StartupCodes.GssEncRequestCode:

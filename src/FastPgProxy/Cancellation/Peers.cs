@@ -1,0 +1,187 @@
+using System.Net;
+using System.Net.Sockets;
+using FastPgProxy.Config;
+using FastPgProxy.Hosting;
+using FastPgProxy.Protocol;
+using FastPgProxy.Tls;
+
+namespace FastPgProxy.Cancellation;
+
+/// <summary>One other instance of the cluster: where it listens, and what was forwarded to and received from it. Any thread.</summary>
+internal sealed class PeerLink
+{
+    private int _inFlight;
+    private long _forwarded;
+    private long _received;
+    private long _unreachable;
+    private long _busy;
+    private volatile string _state = "unknown";
+
+    /// <summary>A link to the peer of <paramref name="options"/>; <paramref name="addresses"/> are where its connections come from.</summary>
+    public PeerLink(PeerOptions options, IPAddress[] addresses)
+    {
+        Options = options;
+        Addresses = addresses;
+    }
+
+    /// <summary>The <c>[peers]</c> line.</summary>
+    public PeerOptions Options { get; }
+
+    /// <summary>The peer's host resolved at start: a forwarded cancel is taken only from one of these.</summary>
+    public IPAddress[] Addresses { get; }
+
+    /// <summary><c>up</c> after a forward it acknowledged, <c>down</c> after one that failed, <c>unknown</c> before any.</summary>
+    public string State => _state;
+
+    /// <summary>Cancels forwarded to it and acknowledged (it closed the connection).</summary>
+    public long Forwarded => Volatile.Read(ref _forwarded);
+
+    /// <summary>Cancels it forwarded to this instance.</summary>
+    public long Received => Volatile.Read(ref _received);
+
+    /// <summary>Forwards that could not reach it (refused, timed out).</summary>
+    public long Unreachable => Volatile.Read(ref _unreachable);
+
+    /// <summary>Forwards dropped because as many as its pool size were already on their way.</summary>
+    public long Busy => Volatile.Read(ref _busy);
+
+    /// <summary>Forwards on their way now.</summary>
+    public int InFlight => Volatile.Read(ref _inFlight);
+
+    /// <summary>Counts a cancel received from this peer.</summary>
+    public void OnReceived() => Interlocked.Increment(ref _received);
+
+    /// <summary>Takes one of the peer's <paramref name="limit"/> forwarding slots; false (counted) when all are taken.</summary>
+    public bool TryEnter(int limit)
+    {
+        if (Interlocked.Increment(ref _inFlight) <= limit)
+        {
+            return true;
+        }
+
+        Interlocked.Decrement(ref _inFlight);
+        Interlocked.Increment(ref _busy);
+        return false;
+    }
+
+    /// <summary>Gives the slot back with the forward's outcome.</summary>
+    public void Exit(bool reached)
+    {
+        Interlocked.Decrement(ref _inFlight);
+        _state = reached ? "up" : "down";
+        Interlocked.Increment(ref reached ? ref _forwarded : ref _unreachable);
+    }
+}
+
+/// <summary>
+/// The <c>[peers]</c> of this instance, and forwarding of CancelRequests to the instance that owns the
+/// session: a task on the thread pool per forward (no loop waits), at most the peer's pool size (or
+/// <c>max_cancel_connections</c>) at once, over TLS when <c>server_tls_sslmode</c> asks for it (as a
+/// backend's connection does), each bounded by <c>cancel_timeout</c>.
+/// </summary>
+internal sealed class PeerDirectory
+{
+    private readonly Dictionary<int, PeerLink> _peers = new();
+
+    /// <summary>The peers of <paramref name="options"/> other than this instance; host names are resolved now (start-up).</summary>
+    public PeerDirectory(ProxyOptions options)
+    {
+        SelfId = options.PeerId;
+        foreach (PeerOptions peer in options.Peers)
+        {
+            if (peer.Id == SelfId)
+            {
+                continue;
+            }
+
+            IPAddress[] addresses;
+            try
+            {
+                addresses = IPAddress.TryParse(peer.Host, out IPAddress? address) ? [address] : Dns.GetHostAddresses(peer.Host);
+            }
+            catch (SocketException e)
+            {
+                Log.Warning($"peer {peer.Id}: cannot resolve {peer.Host} ({e.Message}); its forwarded cancels will be refused");
+                addresses = [];
+            }
+
+            _peers[peer.Id] = new PeerLink(peer, addresses);
+        }
+    }
+
+    /// <summary>This instance's peer id; 0 without peering.</summary>
+    public int SelfId { get; }
+
+    /// <summary>The peers, by id (this instance excluded).</summary>
+    public IReadOnlyCollection<PeerLink> All => _peers.Values;
+
+    /// <summary>The peer with <paramref name="id"/>, if configured.</summary>
+    public PeerLink? Find(int id) => _peers.GetValueOrDefault(id);
+
+    /// <summary>The peer whose address <paramref name="address"/> is, if any.</summary>
+    public PeerLink? FindByAddress(IPAddress? address)
+    {
+        if (address is null)
+        {
+            return null;
+        }
+
+        IPAddress plain = address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
+        foreach (PeerLink peer in _peers.Values)
+        {
+            if (Array.IndexOf(peer.Addresses, plain) >= 0)
+            {
+                return peer;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// Forwards a cancel to <paramref name="peer"/> and disposes <paramref name="clientConnection"/> once the
+    /// peer closed the forwarding connection (it has then acted) or the forward failed; libpq waits for
+    /// that close, as with PostgreSQL.
+    /// </summary>
+    public static async Task ForwardAsync(ProxyServer proxy, PeerLink peer, IDisposable? clientConnection, byte[] envelope)
+    {
+        CancelStats stats = proxy.CancelStats;
+        int limit = peer.Options.PoolSize ?? proxy.Options.MaxCancelConnections;
+        if (!peer.TryEnter(limit))
+        {
+            stats.OnPeerBusy();
+            Log.Warning($"cancel for peer {peer.Options.Id} dropped: {limit} forwards to it already on their way");
+            clientConnection?.Dispose();
+            return;
+        }
+
+        bool reached = false;
+        using var cts = new CancellationTokenSource(proxy.Options.CancelTimeout);
+        try
+        {
+            using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            await socket.ConnectAsync(peer.Options.Host, peer.Options.Port, cts.Token).ConfigureAwait(false);
+            ServerTls? tls = proxy.ServerTls is { AsksForTls: true } serverTls ? serverTls : null;
+            await using Stream stream = await CancelForwarder.OpenAsync(socket, tls, peer.Options.Host, cts.Token).ConfigureAwait(false);
+            await stream.WriteAsync(envelope, cts.Token).ConfigureAwait(false);
+            byte[] sink = new byte[16];
+            while (await stream.ReadAsync(sink, cts.Token).ConfigureAwait(false) > 0)
+            {
+            }
+
+            reached = true;
+            stats.OnPeerForwarded();
+            Log.Debug($"cancel forwarded to peer {peer.Options.Id}");
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException or ObjectDisposedException or IOException or System.Security.Authentication.AuthenticationException)
+        {
+            stats.OnPeerUnreachable();
+            Log.Warning($"cancel for peer {peer.Options.Id} ({peer.Options.Host}:{peer.Options.Port}) failed: {e.Message}");
+        }
+        finally
+        {
+            peer.Exit(reached);
+            clientConnection?.Dispose();
+        }
+    }
+}
