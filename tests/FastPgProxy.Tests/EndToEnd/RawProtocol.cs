@@ -34,6 +34,35 @@ internal static class RawProtocol
         return Packet(8 + rest.Length, 80877102, rest);
     }
 
+    /// <summary>
+    /// Sends a CancelRequest for <paramref name="pid"/> with <paramref name="key"/> (4 to 256 bytes, as the
+    /// BackendKeyData gave it) to <paramref name="host"/>:<paramref name="port"/> on a new TCP connection, as
+    /// libpq and Npgsql do, and reads until the other side closes it or <paramref name="timeout"/> passes.
+    /// Returns what arrived (a proxy or PostgreSQL writes nothing) and whether it closed in time.
+    /// </summary>
+    public static async Task<(byte[] Data, bool Closed)> SendCancelAsync(string host, int port, int pid, byte[] key, TimeSpan timeout)
+    {
+        using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        using (var connect = new CancellationTokenSource(timeout))
+        {
+            await socket.ConnectAsync(host, port, connect.Token);
+        }
+
+        await socket.SendAsync(CancelRequest(pid, key));
+        return await ReadUntilCloseAsync(socket, timeout);
+    }
+
+    /// <summary>
+    /// <see cref="SendCancelAsync(string, int, int, byte[], TimeSpan)"/> with a protocol 3.0 key: the int32
+    /// secret of BackendKeyData (Npgsql does not expose it; hand-made sessions know it).
+    /// </summary>
+    public static Task<(byte[] Data, bool Closed)> SendCancelAsync(string host, int port, int pid, int key, TimeSpan timeout)
+    {
+        var bytes = new byte[sizeof(int)];
+        BinaryPrimitives.WriteInt32BigEndian(bytes, key);
+        return SendCancelAsync(host, port, pid, bytes, timeout);
+    }
+
     public static byte[] Startup(params (string Name, string Value)[] parameters) => StartupWithVersion(3 << 16, parameters);
 
     /// <summary>An SSLRequest: length 8 and code 1234.5679.</summary>
