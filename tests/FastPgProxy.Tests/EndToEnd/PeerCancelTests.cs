@@ -75,6 +75,81 @@ public sealed class PeerCancelTests(PostgresFixture fixture)
     }
 
     [Fact]
+    public async Task Behind_HAProxy_every_sessions_cancel_reaches_its_owner_and_wrong_keys_cancel_nothing()
+    {
+        const int sessions = 30;
+        List<ProxyHarness> cluster = StartCluster(1, 2, 3);
+        var raws = new List<(Socket Socket, int Pid, byte[] Key)>();
+        try
+        {
+            using HaproxyServer haproxy = await HaproxyServer.StartAsync([.. cluster]);
+            for (int i = 0; i < sessions; i++)
+            {
+                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+                await socket.ConnectAsync(haproxy.Host, haproxy.Port);
+                await socket.SendAsync(RawProtocol.Startup(("user", PostgresServer.Superuser), ("database", PostgresServer.Database)));
+                (int pid, byte[] key) = Protocol32.KeyData(await RawProtocol.ReadUntilReadyAsync(socket, Patience));
+                raws.Add((socket, pid, key));
+            }
+
+            Assert.Equal(3, raws.Select(r => SessionRegistry.PeerOf(r.Pid)).Distinct().Count());
+            Assert.Equal(sessions, raws.Select(r => r.Pid).Distinct().Count());
+
+            // Wrong keys first: every session's query runs on to its end.
+            foreach ((Socket socket, _, _) in raws)
+            {
+                await socket.SendAsync(RawProtocol.Query("SELECT pg_sleep(1), 'finished' /* lb-wrong */"));
+            }
+
+            await WaitRunningAsync("lb-wrong", sessions);
+            await ShiftRoundRobinAsync(haproxy);
+            foreach ((_, int pid, byte[] key) in raws)
+            {
+                byte[] wrong = [.. key];
+                wrong[^1] ^= 0x40;
+                await RawProtocol.SendCancelAsync(haproxy.Host, haproxy.Port, pid, wrong, Patience);
+            }
+
+            foreach ((Socket socket, _, _) in raws)
+            {
+                Assert.Null(Protocol32.ErrorCode(await RawProtocol.ReadUntilReadyAsync(socket, Patience)));
+            }
+
+            // Right keys, each through whichever instance HAProxy picks: every one cancels.
+            foreach ((Socket socket, _, _) in raws)
+            {
+                await socket.SendAsync(RawProtocol.Query("SELECT pg_sleep(60) /* lb-cancel */"));
+            }
+
+            await WaitRunningAsync("lb-cancel", sessions);
+            await ShiftRoundRobinAsync(haproxy);
+            foreach ((_, int pid, byte[] key) in raws)
+            {
+                await RawProtocol.SendCancelAsync(haproxy.Host, haproxy.Port, pid, key, Patience);
+            }
+
+            foreach ((Socket socket, _, _) in raws)
+            {
+                Assert.Equal("57014", Protocol32.ErrorCode(await RawProtocol.ReadUntilReadyAsync(socket, Patience)));
+            }
+
+            // Every cancel landed on the instance after its session's owner, so every one was forwarded.
+            await WaitUntilAsync(() => cluster.Sum(p => p.Server.CancelStats.ForwardedToPeer) == 2 * sessions, "cancels that landed on another instance were not forwarded");
+            Assert.Equal(0, cluster.Sum(p => p.Server.CancelStats.PeerUnreachable));
+            Assert.Equal(sessions, cluster.Sum(p => p.Server.CancelStats.WrongKey));
+        }
+        finally
+        {
+            foreach ((Socket socket, _, _) in raws)
+            {
+                socket.Dispose();
+            }
+
+            await DisposeAllAsync(cluster);
+        }
+    }
+
+    [Fact]
     public async Task A_wrong_key_through_another_instance_cancels_nothing_and_counts_at_the_owner()
     {
         List<ProxyHarness> cluster = StartCluster(1, 2);
@@ -206,6 +281,19 @@ public sealed class PeerCancelTests(PostgresFixture fixture)
         Assert.Contains("unsupported frontend protocol 1234.5690", RawProtocol.Fields(reply.Value.Body).Single(f => f.Code == 'M').Value, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// One connection through HAProxy that closes at once, so that the next <c>n</c> connections reach the
+    /// instances one step further in the rotation than the <c>n</c> before them: cancels then never land on
+    /// the instance that owns their session.
+    /// </summary>
+    private static async Task ShiftRoundRobinAsync(HaproxyServer haproxy)
+    {
+        using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        await socket.ConnectAsync(haproxy.Host, haproxy.Port);
+        socket.Shutdown(SocketShutdown.Both);
+        await RawProtocol.ReadUntilCloseAsync(socket, Patience);
+    }
+
     private static async Task DisposeAllAsync(IEnumerable<ProxyHarness> cluster)
     {
         foreach (ProxyHarness proxy in cluster)
@@ -224,11 +312,11 @@ public sealed class PeerCancelTests(PostgresFixture fixture)
         }
     }
 
-    private async Task WaitRunningAsync(string marker)
+    private async Task WaitRunningAsync(string marker, int count = 1)
     {
         var deadline = Stopwatch.StartNew();
         while (await _pg.ScalarAsync<long>(
-            $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()") < 1)
+            $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()") < count)
         {
             Assert.True(deadline.Elapsed < Patience, $"query '{marker}' did not start");
             await Task.Delay(20);
