@@ -217,9 +217,6 @@ internal static class ConfigLoader
             case "cancel_wait_timeout":
                 o.CancelWaitTimeout = ParseDuration(value, source, line, key);
                 break;
-            case "peer_users":
-                AddNames(o.PeerUsers, value);
-                break;
             case "admin_users":
                 AddNames(o.AdminUsers, value);
                 break;
@@ -352,14 +349,13 @@ internal static class ConfigLoader
         return new DatabaseOptions { Name = name, Host = host, Port = port, DatabaseName = dbname, User = user, Password = password, PoolMode = poolMode, PoolSize = poolSize };
     }
 
-    /// <summary>Parses a <c>[peers]</c> line: <c>ID = host=H port=P [pool_size=N] [user=U] [password=P]</c>.</summary>
+    /// <summary>Parses a <c>[peers]</c> line: <c>ID = host=H port=P [pool_size=N]</c>.</summary>
     private static PeerOptions ParsePeer(string idText, string value, string source, int line)
     {
         int id = ParseInt(idText, 1, Sessions.SessionRegistry.MaxPeerId, source, line, "peer id");
         string host = "127.0.0.1";
         int port = 6432;
         int? poolSize = null;
-        string? user = null, password = null;
         foreach ((string key, string item) in ReadConnPairs(value, source, line, idText))
         {
             switch (key)
@@ -373,18 +369,12 @@ internal static class ConfigLoader
                 case "pool_size":
                     poolSize = ParseInt(item, 1, 100_000, source, line, idText + ": pool_size");
                     break;
-                case "user":
-                    user = item;
-                    break;
-                case "password":
-                    password = item;
-                    break;
                 default:
-                    throw Error(source, line, idText, $"unknown peer parameter '{key}' (host, port, pool_size, user, password)");
+                    throw Error(source, line, idText, $"unknown peer parameter '{key}' (host, port, pool_size)");
             }
         }
 
-        return new PeerOptions { Id = id, Host = host, Port = port, PoolSize = poolSize, User = user, Password = password };
+        return new PeerOptions { Id = id, Host = host, Port = port, PoolSize = poolSize };
     }
 
     /// <summary>The <c>key=value</c> pairs of a libpq-style line, keys lower-cased.</summary>

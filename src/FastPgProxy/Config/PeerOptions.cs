@@ -14,10 +14,4 @@ internal sealed class PeerOptions
 
     /// <summary>Most cancels forwarded to this peer at once; null means <c>max_cancel_connections</c> (PgBouncer's <c>pool_size</c> of a peer).</summary>
     public int? PoolSize { get; init; }
-
-    /// <summary>The user this instance logs in to the peer as, for signals; null when none is configured.</summary>
-    public string? User { get; init; }
-
-    /// <summary>That user's password.</summary>
-    public string? Password { get; init; }
 }

@@ -77,9 +77,6 @@ internal sealed class ProxyOptions
     /// <summary>The <c>[peers]</c> section: the instances of the cluster by peer id (this one may be listed too).</summary>
     public List<PeerOptions> Peers { get; } = new();
 
-    /// <summary>Users other instances log in as to forward signals (<c>peer_users</c>). Replaced whole by RELOAD.</summary>
-    public HashSet<string> PeerUsers { get; set; } = new(StringComparer.Ordinal);
-
     /// <summary>Client authentication method. Default md5, as PgBouncer.</summary>
     public AuthType AuthType { get; set; } = AuthType.Md5;
 
