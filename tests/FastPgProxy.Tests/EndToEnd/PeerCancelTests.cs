@@ -221,25 +221,36 @@ public sealed class PeerCancelTests(PostgresFixture fixture)
     }
 
     [Fact]
-    public async Task A_cancel_for_a_stopped_instance_fails_fast_and_is_counted()
+    public async Task With_one_instance_stopped_cancels_between_the_live_ones_work_and_its_own_fail_fast_counted()
     {
-        List<ProxyHarness> cluster = StartCluster(1, 2);
-        ProxyHarness live = cluster[0];
+        List<ProxyHarness> cluster = StartCluster(1, 2, 3);
+        ProxyHarness owner = cluster[0], other = cluster[1];
         try
         {
-            await cluster[1].DisposeAsync();
-            int pidOnStopped = (2 << SessionRegistry.LocalIdBits) | 7;
+            await cluster[2].DisposeAsync();
+
+            // A session on a live instance, cancelled through the other live one.
+            (Socket raw, List<(byte Type, byte[] Body)> login) = await Protocol32.LoginAsync(owner, Protocol32.V30);
+            using (raw)
+            {
+                (int pid, byte[] key) = Protocol32.KeyData(login);
+                await raw.SendAsync(RawProtocol.Query("SELECT pg_sleep(60) /* peer-live */"));
+                await WaitRunningAsync("peer-live");
+                await Protocol32.SendCancelAsync(other, RawProtocol.CancelRequest(pid, key));
+                Assert.Equal("57014", Protocol32.ErrorCode(await RawProtocol.ReadUntilReadyAsync(raw, Patience)));
+            }
+
+            // A cancel for the stopped instance's session: its connect is refused at once, and counted.
+            int pidOnStopped = (3 << SessionRegistry.LocalIdBits) | 7;
             var elapsed = Stopwatch.StartNew();
-
-            await Protocol32.SendCancelAsync(live, RawProtocol.CancelRequest(pidOnStopped, 99));
-
+            await Protocol32.SendCancelAsync(owner, RawProtocol.CancelRequest(pidOnStopped, 99));
             Assert.True(elapsed.Elapsed < Patience);
-            await WaitUntilAsync(() => live.Server.CancelStats.PeerUnreachable == 1, "the unreachable peer was not counted");
-            Assert.Equal("down", live.Server.Peers.Find(2)!.State);
+            await WaitUntilAsync(() => owner.Server.CancelStats.PeerUnreachable == 1, "the unreachable peer was not counted");
+            Assert.Equal("down", owner.Server.Peers.Find(3)!.State);
         }
         finally
         {
-            await live.DisposeAsync();
+            await DisposeAllAsync([owner, other]);
         }
     }
 
