@@ -78,6 +78,9 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     /// <summary>The ParameterStatus set of the first backend that logged in, sent to clients that log in while no backend is needed (transaction mode).</summary>
     public Dictionary<string, ParameterStatus>? Welcome { get; private set; }
 
+    /// <summary>How this pool's PostgreSQL spells the start-up values clients sent their own way.</summary>
+    public ParameterSpellings Spellings { get; } = new();
+
     /// <summary>Backends open or opening.</summary>
     public int Total => _all.Count;
 

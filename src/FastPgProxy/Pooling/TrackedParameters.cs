@@ -27,8 +27,66 @@ internal static class TrackedParameters
     }
 
     /// <summary>
+    /// Whether PostgreSQL reports <paramref name="value"/> of <paramref name="name"/> exactly as spelt, known
+    /// without asking it: an application_name of printable ASCII (PostgreSQL only replaces other bytes).
+    /// Other parameters' spellings are learnt from the server (<see cref="ParameterSpellings"/>).
+    /// </summary>
+    public static bool KeepsSpelling(string name, string value)
+    {
+        if (name != "application_name" || value.Length >= 64)
+        {
+            return false;
+        }
+
+        foreach (char c in value)
+        {
+            if (c < ' ' || c > '~')
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// The statements that apply a client's start-up values to a backend as PostgreSQL applies them at
+    /// login, over the pool's defaults, as one Simple Query; null when the backend already has them as
+    /// spelt. A value is applied over the default because the outcome may depend on the value before:
+    /// DateStyle 'ISO' keeps the field order of the one it replaces. So a parameter whose value differs
+    /// from <paramref name="defaults"/> is RESET first (the session default is the login value, the same on
+    /// every backend of a pool). Afterwards the backend reports the client's values as PostgreSQL spells them.
+    /// </summary>
+    public static string? BuildStartupSync(IReadOnlyList<KeyValuePair<string, string>> startup, IReadOnlyDictionary<string, ParameterStatus> server, IReadOnlyDictionary<string, ParameterStatus>? defaults)
+    {
+        System.Text.StringBuilder? sql = null;
+        foreach (KeyValuePair<string, string> p in startup)
+        {
+            server.TryGetValue(p.Key, out ParameterStatus? current);
+            if (current?.Value == p.Value)
+            {
+                continue;
+            }
+
+            sql ??= new System.Text.StringBuilder();
+            if (current is not null && defaults is not null && defaults.TryGetValue(p.Key, out ParameterStatus? standard) && current.Value != standard.Value)
+            {
+                sql.Append("RESET ").Append(p.Key).Append(';');
+            }
+
+            AppendSet(sql, p.Key, p.Value);
+        }
+
+        return sql?.ToString();
+    }
+
+    /// <summary>
     /// The SET statements that make a backend's values equal the client's, as one Simple Query, or null
-    /// when they already agree. Values are quoted as string literals.
+    /// when they already agree. Values are quoted as string literals. Both sides are spelt as PostgreSQL
+    /// reports them (the client's start-up values were replaced by PostgreSQL's spelling at login, and
+    /// later ones come from ParameterStatus), so equal strings are equal settings: PostgreSQL sends no
+    /// ParameterStatus for a SET that changes nothing, and a backend would never be seen to agree with a
+    /// client's own spelling.
     /// </summary>
     public static string? BuildSync(IReadOnlyDictionary<string, ParameterStatus> client, IReadOnlyDictionary<string, ParameterStatus> server)
     {
@@ -45,10 +103,12 @@ internal static class TrackedParameters
                 continue;
             }
 
-            sql ??= new System.Text.StringBuilder();
-            sql.Append("SET ").Append(name).Append(" = '").Append(wanted.Value.Replace("'", "''", StringComparison.Ordinal)).Append("';");
+            AppendSet(sql ??= new System.Text.StringBuilder(), name, wanted.Value);
         }
 
         return sql?.ToString();
     }
+
+    private static void AppendSet(System.Text.StringBuilder sql, string name, string value) =>
+        sql.Append("SET ").Append(name).Append(" = '").Append(value.Replace("'", "''", StringComparison.Ordinal)).Append("';");
 }

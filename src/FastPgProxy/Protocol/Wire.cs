@@ -121,6 +121,8 @@ internal static class SqlState
     public const string ProtocolViolation = "08P01";
     /// <summary>connection_failure.</summary>
     public const string ConnectionFailure = "08006";
+    /// <summary>invalid_parameter_value.</summary>
+    public const string InvalidParameterValue = "22023";
     /// <summary>sqlclient_unable_to_establish_sqlconnection.</summary>
     public const string CannotConnectNow = "57P03";
     /// <summary>invalid_password.</summary>

@@ -43,11 +43,55 @@ internal sealed partial class Relay
 
         if (_session.State == SessionState.ConnectingServer)
         {
-            SendLoginTail(server.Parameters);
+            // PostgreSQL applies start-up values at login and reports them its own way ('utf8' as 'UTF8');
+            // the proxy applies them to the backend first, so the login tail tells the client the same.
+            string? startup = TrackedParameters.BuildStartupSync(_session.StartupParameters!, server.Parameters, _pool.Welcome);
+            if (startup is not null)
+            {
+                _syncingParameters = true;
+                server.RunInternalQuery(startup, this);
+                return;
+            }
+
+            FinishLogin(server);
             return;
         }
 
         StartServerWork();
+    }
+
+    /// <summary>
+    /// The backend has the client's start-up values: the client is told them as the backend reports them,
+    /// over the pool's defaults in transaction mode (the backend may carry another client's settings,
+    /// which this client never sees) and over the backend's own values in session mode.
+    /// </summary>
+    private void FinishLogin(ServerConnection server)
+    {
+        List<KeyValuePair<string, ParameterStatus>> startup = _pool.Spellings.Learn(_session.StartupParameters!, server.Parameters);
+        IReadOnlyDictionary<string, ParameterStatus> parameters = _pool.Mode == PoolMode.Transaction && _pool.Welcome is { } welcome ? welcome : server.Parameters;
+        SendLoginTail(parameters, startup);
+    }
+
+    /// <summary>
+    /// PostgreSQL refused a start-up value (or the backend failed) while it was applied before the login
+    /// tail: the client gets the FATAL PostgreSQL would send at login, and the backend goes back.
+    /// </summary>
+    private void FailLogin(ServerConnection server)
+    {
+        _server = null;
+        _session.PublishCancelTarget(null);
+        bool clean = server.State == ServerState.Ready && server.TransactionStatus == TransactionStatus.Idle;
+        _pool.Release(server, clean, reset: clean && _pool.Mode == PoolMode.Session);
+        if (clean)
+        {
+            var names = string.Join(", ", _session.StartupParameters!.Select(p => $"{p.Key}={p.Value}"));
+            Log.Info($"session {_session.Id}: PostgreSQL refused a start-up parameter ({names})");
+            _session.Fatal(SqlState.InvalidParameterValue, $"invalid value for a start-up parameter ({names})");
+        }
+        else
+        {
+            _session.Fatal(SqlState.ConnectionFailure, "server connection failed during login");
+        }
     }
 
     /// <summary>No backend could be had: PostgreSQL refused the login (its error is forwarded) or could not be reached.</summary>
@@ -110,6 +154,20 @@ internal sealed partial class Relay
         }
 
         server.Channel.SetHandler(this);
+        if (_session.State == SessionState.ConnectingServer)
+        {
+            if (ok)
+            {
+                FinishLogin(server);
+            }
+            else
+            {
+                FailLogin(server);
+            }
+
+            return;
+        }
+
         if (!ok)
         {
             // The client's request must never run with another client's settings. The usual cause is a

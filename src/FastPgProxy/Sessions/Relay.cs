@@ -113,11 +113,15 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     public void OnAuthenticated(ServerCredentials credentials)
     {
         _pool.UpdateCredentials(credentials);
-        if (_pool.Mode == PoolMode.Transaction && _pool.Welcome is { } welcome)
+        if (_pool.Mode == PoolMode.Transaction && _pool.Welcome is { } welcome
+            && _pool.Spellings.TryResolve(_session.StartupParameters!, welcome) is { } startup)
         {
-            SendLoginTail(welcome);
+            SendLoginTail(welcome, startup);
             return;
         }
+
+        // A backend is needed: session mode keeps it, and in transaction mode it tells how PostgreSQL
+        // spells a start-up value the pool has not seen yet (OnServerAssigned).
 
         _session.OnConnectingServer();
         if (_pool.Acquire(this) is { } server)
@@ -127,16 +131,16 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     }
 
     /// <summary>
-    /// AuthenticationOk, the server's ParameterStatus set with the client's own start-up values on top,
-    /// the proxy's BackendKeyData and ReadyForQuery: the tail of a normal login (55.2.2), with the key
-    /// replaced by one the proxy can check.
+    /// AuthenticationOk, the server's ParameterStatus set with the client's start-up values on top (as
+    /// PostgreSQL spells them: <paramref name="startup"/>), the proxy's BackendKeyData and ReadyForQuery:
+    /// the tail of a normal login (55.2.2), with the key replaced by one the proxy can check.
     /// </summary>
-    private void SendLoginTail(IReadOnlyDictionary<string, ParameterStatus> serverParameters)
+    private void SendLoginTail(IReadOnlyDictionary<string, ParameterStatus> serverParameters, List<KeyValuePair<string, ParameterStatus>> startup)
     {
         _clientParameters = new Dictionary<string, ParameterStatus>(serverParameters, StringComparer.OrdinalIgnoreCase);
-        foreach (KeyValuePair<string, string> p in _session.StartupParameters!)
+        foreach (KeyValuePair<string, ParameterStatus> p in startup)
         {
-            _clientParameters[p.Key] = ParameterStatus.Create(p.Key, p.Value);
+            _clientParameters[p.Key] = p.Value;
         }
 
         var writer = new PgWriter(_session.RentOut());

@@ -378,6 +378,22 @@ public sealed class CancelRaceTests(PostgresFixture fixture, ITestOutputHelper o
         Assert.Equal("UTF8", await ScalarAsync<string>(b, "SELECT current_setting('client_encoding')"));
         using RawClient a = await RawClient.ConnectAsync(proxy, "raw-a", ("client_encoding", "LATIN1"));
 
+        // A's login applied LATIN1 to the backend (to learn how PostgreSQL reports it); B's turn sets it back.
+        Assert.Equal("UTF8", await ScalarAsync<string>(b, "SELECT current_setting('client_encoding')"));
+
+        // That SET left the LATIN1 conversion in the backend's catalog cache, and a cached lookup takes no
+        // lock: an update of the conversion's row (its owner, and back) evicts it, so A's SET reads
+        // pg_conversion again.
+        await _pg.ExecuteNonQueryAsync(
+            $"""
+            DO $$ DECLARE c text; BEGIN
+              SELECT conname INTO c FROM pg_conversion WHERE condefault
+                AND conforencoding = pg_char_to_encoding('LATIN1') AND contoencoding = pg_char_to_encoding('UTF8');
+              EXECUTE format('ALTER CONVERSION pg_catalog.%I OWNER TO {PostgresServer.OtherUser}', c);
+              EXECUTE format('ALTER CONVERSION pg_catalog.%I OWNER TO {PostgresServer.Superuser}', c);
+            END $$
+            """);
+
         await using var locker = new NpgsqlConnection(_pg.ConnectionString());
         await locker.OpenAsync();
         await using NpgsqlTransaction lockTx = await locker.BeginTransactionAsync();

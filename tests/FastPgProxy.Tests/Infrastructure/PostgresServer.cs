@@ -122,6 +122,9 @@ public sealed class PostgresServer : IDisposable
     private readonly string _logFile;
     private readonly string _pgCtl;
     private string _initialConf = string.Empty;
+
+    // postgresql.conf lines a test asked for (StartWithSettings), written after the fixture's own.
+    private string[] _extraSettings = [];
     private bool _running;
     private bool _disposed;
 
@@ -172,7 +175,18 @@ public sealed class PostgresServer : IDisposable
     /// <exception cref="InvalidOperationException">
     /// Any step failed; the message includes the tail of the server log.
     /// </exception>
-    public static PostgresServer Start() => Launch(certificates: null);
+    public static PostgresServer Start() => Launch(certificates: null, []);
+
+    /// <summary>
+    /// Like <see cref="Start"/>, with <paramref name="settings"/> appended to postgresql.conf (for example
+    /// <c>shared_preload_libraries = 'pg_stat_statements'</c>).
+    /// </summary>
+    /// <param name="settings">postgresql.conf lines, written after the fixture's own.</param>
+    /// <returns>The running server; dispose it to stop it and delete its files.</returns>
+    /// <exception cref="InvalidOperationException">
+    /// Any step failed; the message includes the tail of the server log.
+    /// </exception>
+    public static PostgresServer StartWithSettings(params string[] settings) => Launch(certificates: null, settings);
 
     /// <summary>
     /// Like <see cref="Start"/>, with <c>ssl = on</c>: the server presents
@@ -188,14 +202,14 @@ public sealed class PostgresServer : IDisposable
     public static PostgresServer StartWithTls(TestCertificates certificates)
     {
         ArgumentNullException.ThrowIfNull(certificates);
-        return Launch(certificates);
+        return Launch(certificates, []);
     }
 
-    private static PostgresServer Launch(TestCertificates? certificates)
+    private static PostgresServer Launch(TestCertificates? certificates, string[] settings)
     {
         string binDir = LocatedBinDir.Value;
         string rootDir = Directory.CreateTempSubdirectory("fpp-pg-").FullName;
-        var server = new PostgresServer(binDir, rootDir, certificates);
+        var server = new PostgresServer(binDir, rootDir, certificates) { _extraSettings = settings };
         try
         {
             server.InitializeCluster();
@@ -545,6 +559,7 @@ public sealed class PostgresServer : IDisposable
             "logging_collector = off",
             "log_destination = 'stderr'",
             .. TlsSettings(),
+            .. _extraSettings,
             string.Empty]);
         File.WriteAllText(Path.Combine(DataDir, "postgresql.conf"), _initialConf + settings);
     }
