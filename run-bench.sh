@@ -4,9 +4,10 @@
 # Compares read-only pgbench throughput and latency against a scratch PostgreSQL directly, through
 # FastPgProxy and through PgBouncer (when installed), over TCP on 127.0.0.1, and reports how much
 # CPU each proxy process spent per transaction. Every pgbench run lasts `seconds` (default 15).
-# The cancel scenario measures query cancel latency instead.
+# The cancel and cancel-lb scenarios measure query cancel latency instead.
 #
-# Scenarios, always run in this order; the default is all of them. All but cancel use pgbench -S
+# Scenarios, always run in this order; the default is all of them. All but cancel and cancel-lb use
+# pgbench -S
 # (one SELECT by primary key per transaction) on scale 10:
 #
 #   session    -S -c 16 -j 2, session pooling
@@ -20,6 +21,10 @@
 #   cancel     tools/CancelLatency: NpgsqlCommand.Cancel() of SELECT pg_sleep(30) 50 ms after it
 #              started, timed until the query fails with 57014; transaction pooling. 200 cancels
 #              per target, or 15 per second of `seconds` (at least 50) when that is below 14
+#   cancel-lb  as cancel, through HAProxy (mode tcp, balance roundrobin) in front of 3 FastPgProxy
+#              instances (peer_id 1..3, the same [peers] section), so that about 2 cancels in 3 land
+#              on an instance that forwards them to the owner; against one FastPgProxy directly.
+#              Skipped, with a message, when haproxy is not installed (HAPROXY, PATH, /usr/sbin)
 #   tls        as tx16 over TLS: pgbench with sslmode=require to every target, and both proxies
 #              with TLS to PostgreSQL too (server_tls_sslmode = require)
 #   tls-connect  as connect over TLS, the same way: a TLS handshake per transaction between
@@ -46,12 +51,17 @@
 # PgBouncer: the executable PGBOUNCER names when set (a path or a command name), else pgbouncer on
 # PATH, else /usr/sbin/pgbouncer; the script prints which one and its version.
 #
-# Everything it starts (PostgreSQL, proxies, temp files) is stopped and removed on exit, also
+# Everything it starts (PostgreSQL, proxies, HAProxy, temp files) is stopped and removed on exit, also
 # on error or Ctrl-C. Exits 1 when FastPgProxy could not be benchmarked in every scenario.
 set -euo pipefail
 
-# PGBOUNCER is resolved before the cd below, so that a relative path is the caller's.
+# PGBOUNCER and HAPROXY are resolved before the cd below, so that a relative path is the caller's.
 pgbouncer=""
+haproxy=""
+if [ -n "${HAPROXY:-}" ]; then
+    haproxy="$(command -v -- "$HAPROXY")" && haproxy="$(realpath -- "$haproxy")" \
+        || { printf '[bench] error: HAPROXY=%s is not an executable\n' "$HAPROXY" >&2; exit 1; }
+fi
 if [ -n "${PGBOUNCER:-}" ]; then
     pgbouncer="$(command -v -- "$PGBOUNCER")" && pgbouncer="$(realpath -- "$pgbouncer")" \
         || { printf '[bench] error: PGBOUNCER=%s is not an executable\n' "$PGBOUNCER" >&2; exit 1; }
@@ -65,7 +75,7 @@ readonly start_timeout=30
 
 # Scenarios: pool mode, clients, pgbench threads, pgbench flags, and a note printed under the table.
 # TLS scenarios come last: PostgreSQL turns ssl on before the first of them and keeps it on.
-readonly all_scenarios=(session tx16 tx64 tx256 extended prepared connect cancel tls tls-connect)
+readonly all_scenarios=(session tx16 tx64 tx256 extended prepared connect cancel cancel-lb tls tls-connect)
 declare -A scen_mode=() scen_clients=() scen_threads=() scen_flags=() scen_note=() scen_tls=()
 
 # define_scenario NAME MODE CLIENTS THREADS FLAGS [NOTE]
@@ -88,12 +98,24 @@ define_scenario connect  transaction 16  2 "-S -C" \
 # Not pgbench: runs after the other plain scenarios, on the transaction-mode proxies they left running.
 define_scenario cancel   transaction 1   1 ""
 readonly cancel_delay_ms=50
+# Against the cancel scenario's transaction-mode FastPgProxy, and HAProxy in front of lb_instances more.
+define_scenario cancel-lb transaction 1  1 "" \
+    "HAProxy (mode tcp, balance roundrobin) in front of 3 FastPgProxy instances with peer_id 1..3 and the same [peers]; each cancel is a new connection, so about 2 in 3 reach an instance that forwards it to the owner"
+readonly lb_instances=3
 define_scenario tls      transaction 16  2 "-S" \
     "TLS on every leg: pgbench sslmode=require to each target; both proxies also TLS to PostgreSQL (server_tls_sslmode = require)"
 define_scenario tls-connect transaction 16 2 "-S -C" \
     "TLS on every leg, a handshake per connection: pgbench sslmode=require to each target; both proxies also TLS to PostgreSQL (server_tls_sslmode = require, backends are pooled); avg latency includes connecting"
 scen_tls[tls]=1
 scen_tls[tls-connect]=1
+
+# is_cancel SCENARIO: whether SCENARIO runs CancelLatency instead of pgbench.
+is_cancel() { [ "$1" = cancel ] || [ "$1" = cancel-lb ]; }
+
+# scen_targets SCENARIO: the targets of SCENARIO, in table order.
+scen_targets() {
+    if [ "$1" = cancel-lb ]; then echo "fastpgproxy lb"; else echo "direct fastpgproxy pgbouncer"; fi
+}
 
 # proxy_set SCENARIO: the proxy pair a scenario runs on, its pool mode with "-tls" for the TLS ones.
 proxy_set() { printf '%s%s\n' "${scen_mode[$1]}" "${scen_tls[$1]:+-tls}"; }
@@ -269,6 +291,11 @@ pg_started=false
 # (pending, ok, failed, skipped, stopped), the reason when not ok, process id while running (the
 # one to measure and to stop), and port.
 declare -A proxy_state=() proxy_note=() proxy_pid=() proxy_port=()
+# The cancel-lb scenario's FastPgProxy instances and HAProxy while they run, their ports and HAProxy's
+# listen port.
+lb_pids=()
+lb_ports=()
+lb_port=""
 
 cleanup() {
     local rc=$?
@@ -277,6 +304,9 @@ cleanup() {
     local id pidfile
     for id in "${!proxy_pid[@]}"; do
         stop_pid "${proxy_pid[$id]}"
+    done
+    for id in "${lb_pids[@]}"; do
+        stop_pid "$id"
     done
     # A PgBouncer that daemonized but never answered is known only by its pid file.
     if [ -n "$work" ]; then
@@ -559,11 +589,103 @@ stop_proxies() {
         "$work/fastpgproxy-$set/fastpgproxy.log" 2>/dev/null | tail -n 1)" || allocated[$set]=""
 }
 
+# start_lb: starts lb_instances transaction-mode FastPgProxy instances (peer_id 1..N, each with its
+# own port and the same [peers] section) and HAProxy in front of them (mode tcp, balance roundrobin)
+# on lb_port. Sets lb_note and returns 1 when something does not start.
+start_lb() {
+    local dir="$work/lb" i port pid peers="" rc=
+    lb_note=""
+    if [ -n "$build_note" ]; then lb_note="$build_note"; return 1; fi
+    mkdir -p "$dir"
+    lb_ports=()
+    for i in $(seq 1 "$lb_instances"); do
+        free_port port
+        lb_ports+=("$port")
+        peers+="$i = host=$host port=$port"$'\n'
+    done
+    for i in $(seq 1 "$lb_instances"); do
+        port="${lb_ports[$((i - 1))]}"
+        {
+            proxy_ini fastpgproxy transaction "$port"
+            echo "stats_users = postgres"
+            echo "peer_id = $i"
+            echo
+            echo "[peers]"
+            printf '%s' "$peers"
+        } >"$dir/fastpgproxy-$i.ini"
+        log "starting FastPgProxy instance $i of $lb_instances (transaction pooling, peer_id $i) on port $port"
+        .bench/bin/fastpgproxy --config "$dir/fastpgproxy-$i.ini" </dev/null >"$dir/fastpgproxy-$i.log" 2>&1 &
+        pid=$!
+        lb_pids+=("$pid")
+        if ! wait_until_answers "$port" "$pid"; then
+            lb_note="FastPgProxy instance $i did not answer on port $port within ${start_timeout}s"
+            log "$lb_note; its output:"
+            show_tail "$dir/fastpgproxy-$i.log"
+            return 1
+        fi
+    done
+    free_port lb_port
+    {
+        echo "global"
+        echo "    maxconn 4000"
+        echo "defaults"
+        echo "    mode tcp"
+        echo "    timeout connect 5s"
+        echo "    timeout client 1h"
+        echo "    timeout server 1h"
+        echo "frontend postgres"
+        echo "    bind $host:$lb_port"
+        echo "    default_backend fastpgproxy"
+        echo "backend fastpgproxy"
+        echo "    balance roundrobin"
+        for i in $(seq 1 "$lb_instances"); do
+            echo "    server fpp$i $host:${lb_ports[$((i - 1))]}"
+        done
+    } >"$dir/haproxy.cfg"
+    if ! bounded 30 "$haproxy" -c -q -f "$dir/haproxy.cfg" >"$dir/haproxy-check.log" 2>&1; then
+        show_tail "$dir/haproxy-check.log"
+        lb_note="haproxy -c rejected the generated $dir/haproxy.cfg"
+        return 1
+    fi
+    log "starting HAProxy $haproxy_version (mode tcp, balance roundrobin over $lb_instances instances) on port $lb_port"
+    # -db: stays in the foreground, so its pid is the one to stop.
+    "$haproxy" -db -f "$dir/haproxy.cfg" </dev/null >"$dir/haproxy.log" 2>&1 &
+    pid=$!
+    lb_pids+=("$pid")
+    if ! wait_until_answers "$lb_port" "$pid"; then
+        kill -0 "$pid" 2>/dev/null || wait "$pid" || rc=$?
+        lb_note="HAProxy did not answer on port $lb_port within ${start_timeout}s${rc:+ (exit status $rc)}"
+        log "$lb_note; its output:"
+        show_tail "$dir/haproxy.log"
+        return 1
+    fi
+}
+
+# lb_forwarded: the cancels the cancel-lb instances forwarded to a peer (SHOW CANCELS
+# forwarded_to_peer, summed), or nothing when one cannot be read.
+lb_forwarded() {
+    local port n total=0
+    for port in "${lb_ports[@]}"; do
+        n="$(PGCONNECT_TIMEOUT=3 bounded 10 "$psql" -X -q -h "$host" -p "$port" -U postgres -d fastpgproxy \
+            -F ' ' -Atc 'SHOW CANCELS' 2>/dev/null | awk '$1 == "forwarded_to_peer" { print $2 }')" || return 0
+        [ -n "$n" ] || return 0
+        total=$((total + n))
+    done
+    echo "$total"
+}
+
+# stop_lb: stops HAProxy and the cancel-lb instances.
+stop_lb() {
+    local pid
+    for pid in "${lb_pids[@]}"; do stop_pid "$pid"; done
+    lb_pids=()
+}
+
 # ---------------------------------------------------------------------------------------------
 # Runs. Results are keyed "scenario/target".
 
 declare -A state=() tps=() latency=() p99=() txns=() cpu_us=() run_alloc=() note=() allocated=()
-# The cancel scenario's results, keyed by target.
+# The cancel scenarios' results, keyed "scenario/target".
 declare -A cancel_median=() cancel_p99=() cancel_max=()
 
 # p99_ms PREFIX: the 99th percentile (nearest rank) in ms of the transaction latencies in
@@ -647,7 +769,7 @@ bench_cancel() {
         note[$id]="$cancel_build_note"
         return 1
     fi
-    log "cancel: $cancels cancels after ${cancel_delay_ms} ms against ${label[$key]} (port $port)"
+    log "$1: $cancels cancels after ${cancel_delay_ms} ms against ${label[$key]} (port $port)"
     bounded $((60 + cancels)) .bench/cancel-latency/CancelLatency --count "$cancels" --delay-ms "$cancel_delay_ms" \
         --connection "Host=$host;Port=$port;Username=postgres;Database=postgres;Timeout=15" </dev/null >"$out" 2>&1 || rc=$?
     if [ "$rc" -eq 124 ]; then
@@ -659,10 +781,10 @@ bench_cancel() {
         return 1
     fi
     # cancels=N median_ms=X p99_ms=Y max_ms=Z
-    cancel_median[$key]="$(sed -n 's/.* median_ms=\([0-9.]*\).*/\1/p' "$out")"
-    cancel_p99[$key]="$(sed -n 's/.* p99_ms=\([0-9.]*\).*/\1/p' "$out")"
-    cancel_max[$key]="$(sed -n 's/.* max_ms=\([0-9.]*\).*/\1/p' "$out")"
-    if [ -z "${cancel_median[$key]}" ] || [ -z "${cancel_p99[$key]}" ] || [ -z "${cancel_max[$key]}" ]; then
+    cancel_median[$id]="$(sed -n 's/.* median_ms=\([0-9.]*\).*/\1/p' "$out")"
+    cancel_p99[$id]="$(sed -n 's/.* p99_ms=\([0-9.]*\).*/\1/p' "$out")"
+    cancel_max[$id]="$(sed -n 's/.* max_ms=\([0-9.]*\).*/\1/p' "$out")"
+    if [ -z "${cancel_median[$id]}" ] || [ -z "${cancel_p99[$id]}" ] || [ -z "${cancel_max[$id]}" ]; then
         show_tail "$out"
         note[$id]="no result line from CancelLatency"
         return 1
@@ -675,10 +797,18 @@ bench_cancel() {
 run_target() {
     local scen="$1" key="$2" id="$1/$2" set runner=bench
     set="$(proxy_set "$scen")"
-    [ "$scen" = cancel ] && runner=bench_cancel
+    if is_cancel "$scen"; then runner=bench_cancel; fi
     state[$id]=failed
     if [ -n "${scen_tls[$scen]}" ] && [ "$tls_state" != on ]; then
         note[$id]="$tls_state"
+    elif [ "$key" = lb ]; then
+        if start_lb; then
+            bench_cancel "$scen" "$key" "$lb_port" "" || true
+            lb_forwarded_count="$(lb_forwarded)"
+        else
+            note[$id]="$lb_note"
+        fi
+        stop_lb
     elif [ "$key" = direct ]; then
         "$runner" "$scen" "$key" "$pg_port" "" || true
     elif ensure_proxy "$key" "$set"; then
@@ -701,7 +831,7 @@ ratio() {
 # print_notes SCENARIO: the reasons under a table.
 print_notes() {
     local scen="$1" key id
-    for key in direct fastpgproxy pgbouncer; do
+    for key in $(scen_targets "$scen"); do
         id="$scen/$key"
         if [ -n "${note[$id]:-}" ]; then
             echo "  ${label[$key]}: ${state[$id]}: ${note[$id]}"
@@ -714,33 +844,38 @@ print_notes() {
 
 # print_cancel_table SCENARIO
 print_cancel_table() {
-    local scen="$1" key id direct_median=""
+    local scen="$1" key id base=direct base_median="" heading="median vs direct"
     local fmt="%-20s | %7s | %9s | %9s | %9s | %16s\n"
-    [ "${state[$scen/direct]}" = ok ] && direct_median="${cancel_median[direct]}"
+    # cancel-lb compares with one FastPgProxy instance reached directly.
+    if [ "$scen" = cancel-lb ]; then base=fastpgproxy heading="median vs one"; fi
+    [ "${state[$scen/$base]}" = ok ] && base_median="${cancel_median[$scen/$base]}"
     echo
-    printf 'cancel: NpgsqlCommand.Cancel() of SELECT pg_sleep(30) %s ms after it started, timed until the query failed with 57014; %s cancels per target (%s), %s pooling, %s CPUs\n' \
-        "$cancel_delay_ms" "$cancels" "$cancels_why" "${scen_mode[$scen]}" "$(nproc)"
+    printf '%s: NpgsqlCommand.Cancel() of SELECT pg_sleep(30) %s ms after it started, timed until the query failed with 57014; %s cancels per target (%s), %s pooling, %s CPUs\n' \
+        "$scen" "$cancel_delay_ms" "$cancels" "$cancels_why" "${scen_mode[$scen]}" "$(nproc)"
     # shellcheck disable=SC2059
-    printf "$fmt" target cancels "median ms" "p99 ms" "max ms" "median vs direct"
+    printf "$fmt" target cancels "median ms" "p99 ms" "max ms" "$heading"
     printf '%s\n' "---------------------+---------+-----------+-----------+-----------+-----------------"
-    for key in direct fastpgproxy pgbouncer; do
+    for key in $(scen_targets "$scen"); do
         id="$scen/$key"
         if [ "${state[$id]}" = ok ]; then
             # shellcheck disable=SC2059
-            printf "$fmt" "${label[$key]}" "$cancels" "${cancel_median[$key]}" "${cancel_p99[$key]}" \
-                "${cancel_max[$key]}" "$(ratio "${cancel_median[$key]}" "$direct_median")"
+            printf "$fmt" "${label[$key]}" "$cancels" "${cancel_median[$id]}" "${cancel_p99[$id]}" \
+                "${cancel_max[$id]}" "$(ratio "${cancel_median[$id]}" "$base_median")"
         else
             # shellcheck disable=SC2059
             printf "$fmt" "${label[$key]}" "${state[$id]}" - - - -
         fi
     done
     print_notes "$scen"
+    if [ "$scen" = cancel-lb ] && [ "${state[$scen/lb]}" = ok ] && [ -n "$lb_forwarded_count" ]; then
+        echo "  forwarded to the owning instance (SHOW CANCELS forwarded_to_peer, all 3 instances): $lb_forwarded_count of $cancels"
+    fi
 }
 
 # print_table SCENARIO
 print_table() {
     local scen="$1" key id mode="${scen_mode[$1]}" direct_tps="" bouncer_tps=""
-    if [ "$scen" = cancel ]; then
+    if is_cancel "$scen"; then
         print_cancel_table "$scen"
         return
     fi
@@ -781,8 +916,8 @@ alloc_line() {
     [ -n "${allocated[$set]:-}" ] || return 0
     for s in "${scenarios[@]}"; do
         if [ "$(proxy_set "$s")" = "$set" ] && [ "${state[$s/fastpgproxy]}" = ok ]; then
-            # The cancel scenario's cancels are not transactions, but their allocations are in the total.
-            if [ "$s" = cancel ]; then extra="start-up, logins and the cancel runs"; continue; fi
+            # The cancel scenarios' cancels are not transactions, but their allocations are in the total.
+            if is_cancel "$s"; then extra="start-up, logins and the cancel runs"; continue; fi
             n=$((n + ${txns[$s/fastpgproxy]}))
         fi
     done
@@ -815,7 +950,34 @@ if [ -n "$pgbouncer" ]; then
     log "PgBouncer: $pgbouncer, version $pgbouncer_version${PGBOUNCER:+ (from PGBOUNCER)}"
 fi
 
-declare -A label=([direct]="PostgreSQL (direct)" [fastpgproxy]="FastPgProxy" [pgbouncer]="PgBouncer")
+# HAPROXY (resolved at the top) first, then PATH, then Debian's place. Only cancel-lb needs it; without
+# it that scenario is skipped, and the run goes on with the others.
+if [ -z "$haproxy" ]; then
+    haproxy="$(command -v haproxy 2>/dev/null || true)"
+    if [ -z "$haproxy" ] && [ -x /usr/sbin/haproxy ]; then haproxy=/usr/sbin/haproxy; fi
+fi
+haproxy_version=""
+lb_skipped=""
+for s in "${scenarios[@]}"; do
+    [ "$s" = cancel-lb ] || continue
+    if [ -z "$haproxy" ]; then
+        lb_skipped="cancel-lb: skipped, haproxy not installed (apt-get install haproxy, or set HAPROXY)"
+        log "note: $lb_skipped"
+        kept=()
+        for s2 in "${scenarios[@]}"; do [ "$s2" = cancel-lb ] || kept+=("$s2"); done
+        scenarios=("${kept[@]}")
+    else
+        haproxy_version="$("$haproxy" -v 2>/dev/null | awk 'NR == 1 { print $3 }')"
+        log "HAProxy: $haproxy, version ${haproxy_version:-unknown}${HAPROXY:+ (from HAPROXY)}"
+    fi
+done
+if [ "${#scenarios[@]}" -eq 0 ]; then
+    printf '\n%s\n' "$lb_skipped"
+    exit 0
+fi
+
+declare -A label=([direct]="PostgreSQL (direct)" [fastpgproxy]="FastPgProxy" [pgbouncer]="PgBouncer"
+    [lb]="HAProxy, 3 instances")
 for set in session transaction transaction-tls; do
     proxy_state[fastpgproxy/$set]=pending
     proxy_state[pgbouncer/$set]=pending
@@ -838,9 +1000,12 @@ mkdir "$work/runs"
 build_note=""
 build_fastpgproxy || true
 cancel_build_note=""
+cancel_built=""
+lb_forwarded_count=""
 cancels=200 cancels_why="the default"
 for scen in "${scenarios[@]}"; do
-    if [ "$scen" = cancel ]; then
+    if is_cancel "$scen" && [ -z "$cancel_built" ]; then
+        cancel_built=1
         build_cancel_latency || true
         # Short runs stay short: 15 cancels per second of a run, at least 50, at most 200.
         if [ "$seconds" -lt 14 ]; then
@@ -863,13 +1028,14 @@ for scen in "${scenarios[@]}"; do
         current_set="$set"
     fi
     if [ -n "${scen_tls[$scen]}" ] && [ -z "$tls_state" ]; then enable_tls || true; fi
-    for target in direct fastpgproxy pgbouncer; do
+    for target in $(scen_targets "$scen"); do
         run_target "$scen" "$target"
     done
 done
 stop_proxies "$current_set"
 
 [ -z "$pgbouncer" ] || printf '\nPgBouncer: %s, version %s\n' "$pgbouncer" "$pgbouncer_version"
+[ -z "$haproxy_version" ] || printf 'HAProxy: %s, version %s\n' "$haproxy" "$haproxy_version"
 
 all_ok=true
 for i in "${!scenarios[@]}"; do
@@ -882,5 +1048,6 @@ for i in "${!scenarios[@]}"; do
         alloc_line "$(proxy_set "$scen")"
     fi
 done
+[ -z "$lb_skipped" ] || printf '\n%s\n' "$lb_skipped"
 
 [ "$all_ok" = true ]
