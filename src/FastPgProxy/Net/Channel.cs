@@ -195,8 +195,36 @@ internal abstract class ClientChannel : Channel
         End = bytes.Length;
     }
 
+    /// <summary>The connection's socket; null once given to the cancel path (or, for a backend's plain channel, until connected).</summary>
+    public Socket? Socket { get; protected set; }
+
+    /// <summary>Closes the socket once; outstanding operations then complete with an error on the loop.</summary>
+    public override void Close()
+    {
+        if (Closed)
+        {
+            return;
+        }
+
+        Closed = true;
+        if (Socket is { } socket)
+        {
+            CloseSocket(socket);
+        }
+    }
+
+    /// <summary>Takes the socket from the channel for the cancel path and marks the channel closed; null when it has none.</summary>
+    protected Socket? TakeSocket()
+    {
+        Debug.Assert(Quiescent);
+        Socket? socket = Socket;
+        Socket = null;
+        Closed = true;
+        return socket;
+    }
+
     /// <summary>Shuts <paramref name="socket"/> down both ways and closes it; a peer that reset it first is no error.</summary>
-    protected static void CloseSocket(Socket socket)
+    private static void CloseSocket(Socket socket)
     {
         try
         {

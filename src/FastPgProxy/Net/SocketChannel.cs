@@ -73,9 +73,6 @@ internal sealed class SocketChannel : ClientChannel
         _sendArgs = new LoopSocketArgs(this) { Operation = ChannelOperation.Send };
     }
 
-    /// <summary>The socket; null until connected.</summary>
-    public Socket? Socket { get; private set; }
-
     /// <summary>
     /// Starts a receive into the free tail of the window, compacting it first when the tail is full. When
     /// <see cref="Channel.IdleWithoutBuffer"/> is set, an empty window waits for readability with a
@@ -314,30 +311,8 @@ internal sealed class SocketChannel : ClientChannel
         return true;
     }
 
-    /// <summary>Closes the socket once; outstanding operations then complete with an error on the loop.</summary>
-    public override void Close()
-    {
-        if (Closed)
-        {
-            return;
-        }
-
-        Closed = true;
-        if (Socket is { } socket)
-        {
-            CloseSocket(socket);
-        }
-    }
-
     /// <inheritdoc/>
-    public override IDisposable? DetachForCancel()
-    {
-        Debug.Assert(Quiescent);
-        Socket? socket = Socket;
-        Socket = null;
-        Closed = true;
-        return socket;
-    }
+    public override IDisposable? DetachForCancel() => TakeSocket();
 
     /// <summary>Frees everything once closed and quiescent.</summary>
     public override void Dispose()

@@ -26,7 +26,6 @@ internal sealed class TlsChannel : ClientChannel
     private readonly LoopCompletion _readDone;
     private readonly LoopCompletion _writeDone;
     private readonly LoopCompletion _handshakeDone;
-    private Socket? _socket;
     private ValueTask<int> _read;
     private ValueTask _write;
     private Task? _handshake;
@@ -38,7 +37,7 @@ internal sealed class TlsChannel : ClientChannel
     public TlsChannel(EventLoop loop, Socket socket, byte[]? prefix, IChannelHandler handler)
         : base(loop, handler)
     {
-        _socket = socket;
+        Socket = socket;
         _stream = new SocketStream(socket, prefix) { YieldAfterRead = true };
         _ssl = new SslStream(_stream, leaveInnerStreamOpen: false);
         _readDone = new LoopCompletion(this, CompleteRead);
@@ -246,27 +245,9 @@ internal sealed class TlsChannel : ClientChannel
     }
 
     /// <inheritdoc/>
-    public override void Close()
-    {
-        if (Closed)
-        {
-            return;
-        }
-
-        Closed = true;
-        if (_socket is { } socket)
-        {
-            CloseSocket(socket);
-        }
-    }
-
-    /// <inheritdoc/>
     public override IDisposable? DetachForCancel()
     {
-        Debug.Assert(Quiescent);
-        Socket? socket = _socket;
-        _socket = null;
-        Closed = true;
+        Socket? socket = TakeSocket();
         _detached = true;
         return socket is null ? null : new TlsCancelConnection(_ssl, socket);
     }
