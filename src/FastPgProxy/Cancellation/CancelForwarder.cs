@@ -58,7 +58,7 @@ internal static class CancelForwarder
     {
         bool sent = false;
         bool confirmed = false;
-        using var cts = new CancellationTokenSource(timeout < s_longestTimeout ? timeout : s_longestTimeout);
+        using CancellationTokenSource cts = Deadline(timeout);
         try
         {
             using Socket server = target.EndPoint is UnixDomainSocketEndPoint
@@ -70,14 +70,7 @@ internal static class CancelForwarder
             var writer = new PgWriter(packet);
             writer.WriteCancelRequest(target.ProcessId, target.SecretKey);
             sent = true;
-            await stream.WriteAsync(packet.AsMemory(0, writer.Position), cts.Token).ConfigureAwait(false);
-
-            // PostgreSQL answers nothing and closes once it has signalled the backend.
-            byte[] sink = new byte[16];
-            while (await stream.ReadAsync(sink, cts.Token).ConfigureAwait(false) > 0)
-            {
-            }
-
+            await SendAndAwaitCloseAsync(stream, packet.AsMemory(0, writer.Position), cts.Token).ConfigureAwait(false);
             confirmed = true;
             stats.OnForwarded();
             Log.Debug($"cancel forwarded to backend pid {target.ProcessId}");
@@ -91,6 +84,22 @@ internal static class CancelForwarder
         {
             clientConnection?.Dispose();
             done?.Invoke(confirmed || !sent);
+        }
+    }
+
+    /// <summary>A token that fires after <paramref name="timeout"/> (a longer one than a token can hold means as long as that).</summary>
+    public static CancellationTokenSource Deadline(TimeSpan timeout) => new(timeout < s_longestTimeout ? timeout : s_longestTimeout);
+
+    /// <summary>
+    /// Sends <paramref name="packet"/> and waits until the other side closes: PostgreSQL (or a peer instance)
+    /// answers a cancel with nothing and closes once it has acted on it.
+    /// </summary>
+    public static async Task SendAndAwaitCloseAsync(Stream stream, ReadOnlyMemory<byte> packet, CancellationToken cancellation)
+    {
+        await stream.WriteAsync(packet, cancellation).ConfigureAwait(false);
+        byte[] sink = new byte[16];
+        while (await stream.ReadAsync(sink, cancellation).ConfigureAwait(false) > 0)
+        {
         }
     }
 

@@ -156,18 +156,14 @@ internal sealed class PeerDirectory
         }
 
         bool reached = false;
-        using var cts = new CancellationTokenSource(proxy.Options.CancelTimeout);
+        using CancellationTokenSource cts = CancelForwarder.Deadline(proxy.Options.CancelTimeout);
         try
         {
             using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
             await socket.ConnectAsync(peer.Options.Host, peer.Options.Port, cts.Token).ConfigureAwait(false);
             ServerTls? tls = proxy.ServerTls is { AsksForTls: true } serverTls ? serverTls : null;
             await using Stream stream = await CancelForwarder.OpenAsync(socket, tls, peer.Options.Host, cts.Token).ConfigureAwait(false);
-            await stream.WriteAsync(envelope, cts.Token).ConfigureAwait(false);
-            byte[] sink = new byte[16];
-            while (await stream.ReadAsync(sink, cts.Token).ConfigureAwait(false) > 0)
-            {
-            }
+            await CancelForwarder.SendAndAwaitCloseAsync(stream, envelope, cts.Token).ConfigureAwait(false);
 
             reached = true;
             stats.OnPeerForwarded();

@@ -255,6 +255,24 @@ public sealed class PeerCancelTests(PostgresFixture fixture)
     }
 
     [Fact]
+    public async Task A_cancel_timeout_longer_than_a_timer_can_hold_still_forwards_and_closes()
+    {
+        // cancel_timeout may be up to a year; a token holds about 49 days.
+        int refusedPort = NetUtil.GetFreeTcpPort();
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+        {
+            o.PeerId = 1;
+            o.CancelTimeout = TimeSpan.FromDays(100);
+            o.Peers.Add(new PeerOptions { Id = 2, Host = "127.0.0.1", Port = refusedPort });
+        });
+
+        await Protocol32.SendCancelAsync(proxy, RawProtocol.CancelRequest((2 << SessionRegistry.LocalIdBits) | 7, 99));
+
+        await WaitUntilAsync(() => proxy.Server.CancelStats.PeerUnreachable == 1, "the unreachable peer was not counted");
+        Assert.Equal(0, proxy.Server.Peers.Find(2)!.InFlight);
+    }
+
+    [Fact]
     public async Task A_forwarded_cancel_from_an_address_that_is_no_peer_is_refused()
     {
         // The only peer is at 127.0.0.2; the test client connects from 127.0.0.1.
