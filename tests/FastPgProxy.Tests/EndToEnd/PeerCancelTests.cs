@@ -341,14 +341,5 @@ public sealed class PeerCancelTests(PostgresFixture fixture)
         }
     }
 
-    private async Task WaitRunningAsync(string marker, int count = 1)
-    {
-        var deadline = Stopwatch.StartNew();
-        while (await _pg.ScalarAsync<long>(
-            $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()") < count)
-        {
-            Assert.True(deadline.Elapsed < Patience, $"query '{marker}' did not start");
-            await Task.Delay(20);
-        }
-    }
+    private Task WaitRunningAsync(string marker, int count = 1) => _pg.WaitUntilRunningAsync(marker, Patience, count);
 }

@@ -346,16 +346,7 @@ public sealed class Protocol32Tests(PostgresFixture fixture) : IAsyncLifetime
     }
 
     /// <summary>Waits until PostgreSQL runs a query containing <paramref name="marker"/>.</summary>
-    private async Task WaitRunningAsync(string marker)
-    {
-        var deadline = Stopwatch.StartNew();
-        while (await _pg.ScalarAsync<long>(
-            $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()") < 1)
-        {
-            Assert.True(deadline.Elapsed < Protocol32.Patience, $"query '{marker}' did not start");
-            await Task.Delay(20);
-        }
-    }
+    private Task WaitRunningAsync(string marker) => _pg.WaitUntilRunningAsync(marker, Protocol32.Patience);
 }
 
 /// <summary>

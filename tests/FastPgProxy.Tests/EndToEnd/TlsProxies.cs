@@ -164,9 +164,7 @@ internal static class TlsProxies
     }
 
     /// <summary>Waits until PostgreSQL runs a query containing <paramref name="marker"/>.</summary>
-    public static Task WaitRunningAsync(PostgresServer pg, string marker) => WaitUntilAsync(
-        async () => await pg.ScalarAsync<long>($"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()") > 0,
-        () => $"'{marker}' never ran on PostgreSQL");
+    public static Task WaitRunningAsync(PostgresServer pg, string marker) => pg.WaitUntilRunningAsync(marker, Patience);
 
     /// <summary>Polls <paramref name="condition"/> until it holds, failing with <paramref name="failure"/> after <see cref="Patience"/>.</summary>
     public static async Task WaitUntilAsync(Func<bool> condition, Func<string> failure)

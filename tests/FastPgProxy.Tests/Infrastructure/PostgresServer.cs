@@ -303,6 +303,26 @@ public sealed class PostgresServer : IDisposable
     }
 
     /// <summary>
+    /// Waits until at least <paramref name="count"/> queries containing <paramref name="marker"/> are
+    /// running on this server (the asking connection aside); throws <see cref="TimeoutException"/> after
+    /// <paramref name="timeout"/>.
+    /// </summary>
+    public async Task WaitUntilRunningAsync(string marker, TimeSpan timeout, int count = 1)
+    {
+        var deadline = System.Diagnostics.Stopwatch.StartNew();
+        while (await ScalarAsync<long>(
+            $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()") < count)
+        {
+            if (deadline.Elapsed > timeout)
+            {
+                throw new TimeoutException($"query '{marker}' did not start ({count} expected) within {timeout}");
+            }
+
+            await Task.Delay(20);
+        }
+    }
+
+    /// <summary>
     /// Runs <paramref name="sql"/> as the superuser on database <c>fpp</c> and returns the first
     /// column of the first row, read as <typeparamref name="T"/>.
     /// </summary>
