@@ -179,23 +179,9 @@ internal sealed class HaproxyServer : IDisposable
         return text.ToString();
     }
 
-    /// <summary>An Npgsql connection string through HAProxy, without client-side pooling (as <see cref="ProxyHarness.ConnectionString"/>).</summary>
-    public string ConnectionString(string user = PostgresServer.Superuser, string? password = null, string database = PostgresServer.Database)
-    {
-        var b = new NpgsqlConnectionStringBuilder
-        {
-            Host = Host,
-            Port = Port,
-            Username = user,
-            Password = password,
-            Database = database,
-            Pooling = false,
-            Timeout = 15,
-            CommandTimeout = 60,
-            CancellationTimeout = 10_000,
-        };
-        return b.ConnectionString;
-    }
+    /// <summary>An Npgsql connection string through HAProxy, without client-side pooling (the settings of <see cref="ProxyHarness.ConnectionString(string, int, string, string?, string, bool)"/>).</summary>
+    public string ConnectionString(string user = PostgresServer.Superuser, string? password = null, string database = PostgresServer.Database) =>
+        ProxyHarness.ConnectionString(Host, Port, user, password, database, pooling: false);
 
     /// <summary>Opens an Npgsql connection through HAProxy; each one goes to the next backend in turn.</summary>
     public async Task<NpgsqlConnection> OpenAsync(string user = PostgresServer.Superuser, string? password = null, string database = PostgresServer.Database)

@@ -101,12 +101,16 @@ internal sealed class ProxyHarness : IAsyncDisposable
         });
 
     /// <summary>An Npgsql connection string to the proxy, without client-side pooling unless asked for.</summary>
-    public string ConnectionString(string user = PostgresServer.Superuser, string? password = null, string database = PostgresServer.Database, bool pooling = false)
+    public string ConnectionString(string user = PostgresServer.Superuser, string? password = null, string database = PostgresServer.Database, bool pooling = false) =>
+        ConnectionString("127.0.0.1", Port, user, password, database, pooling);
+
+    /// <summary>The connection string the tests use for anything that fronts PostgreSQL at <paramref name="host"/>:<paramref name="port"/> (a proxy, or a balancer in front of proxies).</summary>
+    public static string ConnectionString(string host, int port, string user, string? password, string database, bool pooling)
     {
         var b = new NpgsqlConnectionStringBuilder
         {
-            Host = "127.0.0.1",
-            Port = Port,
+            Host = host,
+            Port = port,
             Username = user,
             Password = password,
             Database = database,
