@@ -66,7 +66,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     private bool _negotiatingTls;
     private IServerLoginListener? _listener;
     private MessageFramer _framer;
-    private ScramClient? _scram;
+    private PasswordLogin? _login;
     private byte[]? _out;
     private IInternalQueryListener? _queryListener;
     private bool _queryFailed;
@@ -550,96 +550,19 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
 
     private bool HandleAuthentication(ReadOnlySpan<byte> body)
     {
-        if (body.Length < sizeof(int))
-        {
-            Fail(null, "server sent an invalid authentication request");
-            return false;
-        }
-
-        var request = (AuthRequest)BinaryPrimitives.ReadInt32BigEndian(body);
-        ReadOnlySpan<byte> payload = body.Slice(sizeof(int));
+        _login ??= new PasswordLogin(_credentials, TlsServerEndPoint);
         byte[] output = _out = Channel.Loop.Buffers.Rent();
         var writer = new PgWriter(output);
-        switch (request)
+        LoginStep step = _login.Respond(body, ref writer, out string? error);
+        if (step != LoginStep.Answer)
         {
-            case AuthRequest.Ok:
-                ReturnOut();
-                return false;
-            case AuthRequest.CleartextPassword:
-                if (_credentials.Password is null)
-                {
-                    ReturnOut();
-                    Fail(null, $"server asked for a cleartext password for user \"{_credentials.User}\" and the proxy has none (auth_file holds a hash)");
-                    return false;
-                }
+            ReturnOut();
+            if (step == LoginStep.Failed)
+            {
+                Fail(null, error!);
+            }
 
-                writer.WritePassword(Encoding.UTF8.GetBytes(_credentials.Password));
-                break;
-            case AuthRequest.Md5Password:
-                string? hash = _credentials.Md5Hash ?? (_credentials.Password is null ? null : Md5Auth.HashPassword(_credentials.User, _credentials.Password));
-                if (hash is null || payload.Length < Md5Auth.SaltLength)
-                {
-                    ReturnOut();
-                    Fail(null, $"server asked for an md5 password for user \"{_credentials.User}\" and the proxy has none usable");
-                    return false;
-                }
-
-                Span<byte> response = stackalloc byte[Md5Auth.ResponseLength];
-                Md5Auth.ComputeResponse(Encoding.ASCII.GetBytes(hash), payload.Slice(0, Md5Auth.SaltLength), response);
-                writer.WritePassword(response);
-                break;
-            case AuthRequest.Sasl:
-                byte[]? channelBinding = TlsServerEndPoint;
-                if (!ScramClient.TrySelectMechanism(payload, channelBinding is not null, out Gs2CbindFlag cbindFlag))
-                {
-                    ReturnOut();
-                    Fail(null, "server offered no supported SASL mechanism (SCRAM-SHA-256)");
-                    return false;
-                }
-
-                if (_credentials.Password is not null)
-                {
-                    _scram = new ScramClient(_credentials.Password, cbindFlag, channelBinding);
-                }
-                else if (_credentials.ScramClientKey is not null && _credentials.ScramServerKey is not null)
-                {
-                    _scram = new ScramClient(_credentials.ScramClientKey, _credentials.ScramServerKey, cbindFlag, channelBinding);
-                }
-                else
-                {
-                    ReturnOut();
-                    Fail(null, $"server asked for SCRAM for user \"{_credentials.User}\" and the proxy has no password or SCRAM keys for it");
-                    return false;
-                }
-
-                writer.WriteSaslInitialResponse(_scram.Mechanism, _scram.CreateClientFirst());
-                break;
-            case AuthRequest.SaslContinue:
-                if (_scram is null || !_scram.TryHandleServerFirst(payload, out byte[]? clientFinal, out string? error))
-                {
-                    ReturnOut();
-                    Fail(null, $"SCRAM login to server failed: {(_scram is null ? "unexpected SASLContinue" : "bad server-first-message")}");
-                    return false;
-                }
-
-                _ = error;
-                writer.WriteSaslResponse(clientFinal);
-                break;
-            case AuthRequest.SaslFinal:
-                ReturnOut();
-                if (_scram is null || !_scram.TryVerifyServerFinal(payload, out string? finalError))
-                {
-                    Fail(null, "SCRAM login to server failed: the server's signature did not verify");
-                    return false;
-                }
-
-                _ = finalError;
-                _scram = null;
-                return false;
-            default:
-                ReturnOut();
-                Fail(null, $"server asked for an unsupported authentication method ({(int)request})");
-                return false;
+            return false;
         }
 
         Channel.Send(output, 0, writer.Position);
