@@ -223,6 +223,9 @@ internal static class ConfigLoader
             case "stats_users":
                 AddNames(o.StatsUsers, value);
                 break;
+            case "peer_users":
+                AddNames(o.PeerUsers, value);
+                break;
             case "client_tls_sslmode":
                 o.ClientTls.Mode = ParseTlsMode(value, source, line, key);
                 break;
@@ -356,6 +359,8 @@ internal static class ConfigLoader
         string host = "127.0.0.1";
         int port = 6432;
         int? poolSize = null;
+        string? user = null;
+        string? password = null;
         foreach ((string key, string item) in ReadConnPairs(value, source, line, idText))
         {
             switch (key)
@@ -369,12 +374,23 @@ internal static class ConfigLoader
                 case "pool_size":
                     poolSize = ParseInt(item, 1, 100_000, source, line, idText + ": pool_size");
                     break;
+                case "user":
+                    user = item;
+                    break;
+                case "password":
+                    password = item;
+                    break;
                 default:
-                    throw Error(source, line, idText, $"unknown peer parameter '{key}' (host, port, pool_size)");
+                    throw Error(source, line, idText, $"unknown peer parameter '{key}' (host, port, pool_size, user, password)");
             }
         }
 
-        return new PeerOptions { Id = id, Host = host, Port = port, PoolSize = poolSize };
+        if (password is not null && user is null)
+        {
+            throw Error(source, line, idText, "password without user");
+        }
+
+        return new PeerOptions { Id = id, Host = host, Port = port, PoolSize = poolSize, User = user, Password = password };
     }
 
     /// <summary>The <c>key=value</c> pairs of a libpq-style line, keys lower-cased.</summary>

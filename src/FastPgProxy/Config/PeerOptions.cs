@@ -14,4 +14,14 @@ internal sealed class PeerOptions
 
     /// <summary>Most cancels forwarded to this peer at once; null means <c>max_cancel_connections</c> (PgBouncer's <c>pool_size</c> of a peer).</summary>
     public int? PoolSize { get; init; }
+
+    /// <summary>
+    /// Who this instance logs in to the peer as, to signal a session that lives there (pg_cancel_backend,
+    /// pg_terminate_backend, KILL): a user in the peer's <c>peer_users</c>. Null: such signals answer as
+    /// for an unknown pid.
+    /// </summary>
+    public string? User { get; init; }
+
+    /// <summary>The password for <see cref="User"/> (for SCRAM, md5 or a cleartext request); null with <c>auth_type = cert</c> or trust.</summary>
+    public string? Password { get; init; }
 }

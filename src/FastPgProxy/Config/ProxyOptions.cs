@@ -195,6 +195,13 @@ internal sealed class ProxyOptions
     /// <summary>Users that may run the admin console's SHOW commands. Replaced whole by RELOAD, never changed in place.</summary>
     public HashSet<string> StatsUsers { get; set; } = new(StringComparer.Ordinal);
 
+    /// <summary>
+    /// Users other instances log in as to signal this instance's sessions (<c>PEER</c> on the console):
+    /// <c>pg_cancel_backend</c>, <c>pg_terminate_backend</c> and KILL for a session that lives here. Only
+    /// they may run PEER. Replaced whole by RELOAD, never changed in place.
+    /// </summary>
+    public HashSet<string> PeerUsers { get; set; } = new(StringComparer.Ordinal);
+
     /// <summary>Log verbosity: 0 warnings and start-up, 1 connections, 2 debug. Default 0.</summary>
     public int Verbose { get; set; }
 
