@@ -21,6 +21,8 @@ internal enum AdminCommandKind
     Reload,
     /// <summary><c>SHUTDOWN</c>.</summary>
     Shutdown,
+    /// <summary><c>PEER ...</c>: another instance signals a session of this one (<see cref="Cancellation.PeerSignal"/>); peer_users only.</summary>
+    Peer,
 }
 
 /// <summary>What <c>SHOW</c> lists.</summary>
@@ -55,7 +57,7 @@ internal enum ShowItem
 }
 
 /// <summary>One parsed console command.</summary>
-internal sealed record AdminCommand(AdminCommandKind Kind, ShowItem Item = ShowItem.None, int SessionId = 0, string? Database = null)
+internal sealed record AdminCommand(AdminCommandKind Kind, ShowItem Item = ShowItem.None, int SessionId = 0, string? Database = null, Cancellation.PeerSignal? Signal = null)
 {
     /// <summary>Every command, for the HINT of a syntax error and for SHOW HELP.</summary>
     public const string CommandList =
@@ -74,6 +76,7 @@ internal sealed record AdminCommand(AdminCommandKind Kind, ShowItem Item = ShowI
         AdminCommandKind.Resume => "RESUME",
         AdminCommandKind.Reload => "RELOAD",
         AdminCommandKind.Shutdown => "SHUTDOWN",
+        AdminCommandKind.Peer => "PEER",
         _ => "",
     };
 
@@ -153,6 +156,13 @@ internal sealed record AdminCommand(AdminCommandKind Kind, ShowItem Item = ShowI
                 return new AdminCommand(AdminCommandKind.Reload);
             case "SHUTDOWN" when tokens.Count == 1:
                 return new AdminCommand(AdminCommandKind.Shutdown);
+            case "PEER":
+                if (Cancellation.PeerSignal.TryParse(tokens.GetRange(1, tokens.Count - 1)) is { } signal)
+                {
+                    return new AdminCommand(AdminCommandKind.Peer, SessionId: signal.SessionId, Signal: signal);
+                }
+
+                break;
         }
 
         error = SyntaxError($"unrecognized admin console command \"{body}\"");

@@ -41,6 +41,9 @@ internal sealed partial class AdminConsole
         new("cancels_received", AdminType.Int8),
         new("unreachable", AdminType.Int8),
         new("busy", AdminType.Int8),
+        new("signals_forwarded", AdminType.Int8),
+        new("signals_received", AdminType.Int8),
+        new("signals_failed", AdminType.Int8),
     ];
 
     private static readonly AdminColumn[] s_serverColumns =
@@ -177,7 +180,7 @@ internal sealed partial class AdminConsole
             case ShowItem.Peers:
                 foreach (PeerLink peer in Proxy.Peers.All.OrderBy(p => p.Options.Id))
                 {
-                    result.Rows.Add([peer.Options.Id, peer.Options.Host, peer.Options.Port, peer.State, peer.Options.PoolSize ?? Proxy.Options.MaxCancelConnections, peer.InFlight, peer.Forwarded, peer.Received, peer.Unreachable, peer.Busy]);
+                    result.Rows.Add([peer.Options.Id, peer.Options.Host, peer.Options.Port, peer.State, peer.Options.PoolSize ?? Proxy.Options.MaxCancelConnections, peer.InFlight, peer.Forwarded, peer.Received, peer.Unreachable, peer.Busy, peer.SignalsForwarded, peer.SignalsReceived, peer.SignalsFailed]);
                 }
 
                 break;

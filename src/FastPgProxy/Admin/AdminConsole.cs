@@ -1,3 +1,4 @@
+using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
 using FastPgProxy.Pooling;
@@ -46,6 +47,13 @@ internal sealed partial class AdminConsole
     /// <summary>42501 when <paramref name="user"/> may not run <paramref name="command"/>; null when it may.</summary>
     public AdminMessage? CheckPermission(AdminCommand command, string user)
     {
+        if (command.Kind == AdminCommandKind.Peer)
+        {
+            return Proxy.Options.PeerUsers.Contains(user)
+                ? null
+                : new AdminMessage(AdminSqlState.InsufficientPrivilege, "permission denied for PEER", $"User \"{user}\" is not in peer_users: only other instances of the cluster may signal through PEER.");
+        }
+
         AdminRole role = RoleOf(user);
         if (command.Kind == AdminCommandKind.Empty || role == AdminRole.Admin || (role == AdminRole.Stats && command.IsReadOnly))
         {
@@ -78,12 +86,13 @@ internal sealed partial class AdminConsole
             return command.Kind switch
             {
                 AdminCommandKind.Show => await ShowAsync(command.Item).ConfigureAwait(false),
-                AdminCommandKind.KillConnection => KillConnection(command.SessionId),
-                AdminCommandKind.KillQuery => await KillQueryAsync(command.SessionId).ConfigureAwait(false),
+                AdminCommandKind.KillConnection => await KillConnectionAsync(command.SessionId, caller).ConfigureAwait(false),
+                AdminCommandKind.KillQuery => await KillQueryAsync(command.SessionId, caller).ConfigureAwait(false),
                 AdminCommandKind.Pause => await PauseAsync(command.Database, pause: true).ConfigureAwait(false),
                 AdminCommandKind.Resume => await PauseAsync(command.Database, pause: false).ConfigureAwait(false),
                 AdminCommandKind.Reload => await ReloadAsync().ConfigureAwait(false),
                 AdminCommandKind.Shutdown => new AdminResult { Tag = "SHUTDOWN", ShutdownAfterReply = true },
+                AdminCommandKind.Peer => await SignalFromPeerAsync(command.Signal!, caller).ConfigureAwait(false),
                 _ => AdminResult.Done(""),
             };
         }
@@ -102,35 +111,75 @@ internal sealed partial class AdminConsole
     {
         AdminCommandKind.KillConnection => $"KILL PGSQL CONNECTION {command.SessionId}",
         AdminCommandKind.KillQuery => $"KILL PGSQL QUERY {command.SessionId}",
+        AdminCommandKind.Peer => command.Signal!.ToCommand(),
         AdminCommandKind.Pause or AdminCommandKind.Resume when command.Database is not null => $"{command.Name} {command.Database}",
         _ => command.Name,
     };
 
-    private AdminResult KillConnection(int id)
+    private async Task<AdminResult> KillConnectionAsync(int id, ClientSession caller)
     {
         if (!Proxy.Sessions.TryGet(id, out ClientSession? target))
         {
-            return UnknownSession(id);
+            return await KillOnPeerAsync(PeerSignalKind.KillConnection, id, caller).ConfigureAwait(false);
         }
 
         target.TerminateFromAnywhere();
         return AdminResult.Done("KILL");
     }
 
-    private async Task<AdminResult> KillQueryAsync(int id)
+    private async Task<AdminResult> KillQueryAsync(int id, ClientSession caller)
     {
         if (!Proxy.Sessions.TryGet(id, out ClientSession? target))
+        {
+            return await KillOnPeerAsync(PeerSignalKind.KillQuery, id, caller).ConfigureAwait(false);
+        }
+
+        bool running = await target.CancelQueryFromAdminAsync().WaitAsync(AdminSnapshot.CollectTimeout).ConfigureAwait(false);
+        return running ? AdminResult.Done("KILL") : NoQueryRunning(id);
+    }
+
+    private static AdminResult NoQueryRunning(int id)
+    {
+        AdminResult result = AdminResult.Done("KILL");
+        result.Notices.Add(new AdminMessage(AdminSqlState.Success, $"no query running on session {id}"));
+        return result;
+    }
+
+    /// <summary>
+    /// KILL for a session id that names another instance of the cluster: sent to it as a PEER signal, and
+    /// its outcome answered as a local session's would be. An id of no configured peer is unknown.
+    /// </summary>
+    private async Task<AdminResult> KillOnPeerAsync(PeerSignalKind kind, int id, ClientSession caller)
+    {
+        if (Proxy.Peers.OwnerOf(id) is not { } peer)
         {
             return UnknownSession(id);
         }
 
-        bool running = await target.CancelQueryFromAdminAsync().WaitAsync(AdminSnapshot.CollectTimeout).ConfigureAwait(false);
-        AdminResult result = AdminResult.Done("KILL");
-        if (!running)
+        var signal = new PeerSignal(kind, id, caller.User!, Admin: true, TimeoutMs: 0);
+        return await PeerSignalSender.SendAsync(Proxy, peer, signal).ConfigureAwait(false) switch
         {
-            result.Notices.Add(new AdminMessage(AdminSqlState.Success, $"no query running on session {id}"));
+            PeerSignalOutcome.Signalled => AdminResult.Done("KILL"),
+            PeerSignalOutcome.NotRunning => NoQueryRunning(id),
+            PeerSignalOutcome.NotFound => UnknownSession(id),
+            PeerSignalOutcome.Denied => AdminResult.Failed(AdminSqlState.InsufficientPrivilege, "permission denied for KILL", $"Peer {peer.Options.Id}, which owns session {id}, refused it."),
+            _ => AdminResult.Failed(Protocol.SqlState.ConnectionFailure, $"peer {peer.Options.Id}, which owns session {id}, could not be reached", hint: "SHOW PEERS shows its state; the log says why."),
+        };
+    }
+
+    /// <summary>PEER: another instance signals a session of this one, for a caller it vouches for (<see cref="PeerSignal.ApplyAsync"/>).</summary>
+    private async Task<AdminResult> SignalFromPeerAsync(PeerSignal signal, ClientSession caller)
+    {
+        const string prefix = "fastpgproxy peer ";
+        string name = caller.ApplicationName;
+        if (name.StartsWith(prefix, StringComparison.Ordinal) && int.TryParse(name.AsSpan(prefix.Length), out int from))
+        {
+            Proxy.Peers.Find(from)?.OnSignalReceived();
         }
 
+        PeerSignalOutcome outcome = await signal.ApplyAsync(Proxy.Sessions, AdminSnapshot.CollectTimeout).ConfigureAwait(false);
+        var result = new AdminResult { Columns = [new AdminColumn(PeerSignal.OutcomeColumn, AdminType.Text)], Tag = "PEER" };
+        result.Rows.Add([PeerSignal.Spell(outcome)]);
         return result;
     }
 

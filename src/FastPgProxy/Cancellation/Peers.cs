@@ -15,6 +15,9 @@ internal sealed class PeerLink
     private long _received;
     private long _unreachable;
     private long _busy;
+    private long _signalsForwarded;
+    private long _signalsReceived;
+    private long _signalsFailed;
     private volatile string _state = "unknown";
 
     /// <summary>A link to the peer of <paramref name="options"/>; <paramref name="addresses"/> are where its connections come from.</summary>
@@ -44,6 +47,29 @@ internal sealed class PeerLink
 
     /// <summary>Forwards dropped because as many as its pool size were already on their way.</summary>
     public long Busy => Volatile.Read(ref _busy);
+
+    /// <summary>Signals (pg_cancel_backend, pg_terminate_backend, KILL) sent to it and answered.</summary>
+    public long SignalsForwarded => Volatile.Read(ref _signalsForwarded);
+
+    /// <summary>Signals it sent to this instance (PEER commands from a login it made).</summary>
+    public long SignalsReceived => Volatile.Read(ref _signalsReceived);
+
+    /// <summary>Signals for it that got no answer: unreachable, login refused, no <c>user=</c>, or all its slots taken.</summary>
+    public long SignalsFailed => Volatile.Read(ref _signalsFailed);
+
+    /// <summary>Counts a signal received from this peer.</summary>
+    public void OnSignalReceived() => Interlocked.Increment(ref _signalsReceived);
+
+    /// <summary>Counts a signal that could not be sent (no slot, or no <c>user=</c>), without a slot taken.</summary>
+    public void OnSignalNotSent() => Interlocked.Increment(ref _signalsFailed);
+
+    /// <summary>Gives a slot taken for a signal back, with whether the peer answered.</summary>
+    public void ExitSignal(bool answered)
+    {
+        Interlocked.Decrement(ref _inFlight);
+        _state = answered ? "up" : "down";
+        Interlocked.Increment(ref answered ? ref _signalsForwarded : ref _signalsFailed);
+    }
 
     /// <summary>Forwards on their way now.</summary>
     public int InFlight => Volatile.Read(ref _inFlight);
@@ -117,6 +143,13 @@ internal sealed class PeerDirectory
 
     /// <summary>The peer with <paramref name="id"/>, if configured.</summary>
     public PeerLink? Find(int id) => _peers.GetValueOrDefault(id);
+
+    /// <summary>The peer that owns session <paramref name="id"/> (the peer id in its top bits), when that is another configured instance.</summary>
+    public PeerLink? OwnerOf(int id)
+    {
+        int owner = Sessions.SessionRegistry.PeerOf(id);
+        return SelfId == 0 || owner == SelfId ? null : Find(owner);
+    }
 
     /// <summary>The peer whose address <paramref name="address"/> is, if any.</summary>
     public PeerLink? FindByAddress(IPAddress? address)

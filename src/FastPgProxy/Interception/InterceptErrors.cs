@@ -74,6 +74,25 @@ internal static class InterceptErrors
     }
 
     /// <summary>
+    /// NoticeResponse WARNING 01000 <c>could not send signal to process N</c>, as PostgreSQL's signal
+    /// functions say when kill() fails: here, the instance that owns the session could not be asked (the
+    /// DETAIL says which and where to look). The call then returns false.
+    /// </summary>
+    public static void WriteSignalNotSentWarning(ref PgWriter w, int pid, int peerId)
+    {
+        BeginFields(ref w, BackendMessage.NoticeResponse, Warning, "01000"u8);
+        w.WriteByte((byte)'M');
+        w.WriteBytes("could not send signal to process "u8);
+        WriteDecimal(ref w, pid);
+        w.WriteByte(0);
+        w.WriteByte((byte)'D');
+        w.WriteBytes("The session belongs to peer "u8);
+        WriteDecimal(ref w, peerId);
+        w.WriteCString(", which could not be asked; SHOW PEERS has its state, and the proxy's log says why."u8);
+        EndFields(ref w);
+    }
+
+    /// <summary>
     /// ErrorResponse 42501 <c>permission denied to cancel query</c> with PostgreSQL's detail: the caller
     /// lacks the privileges of the target's role and of pg_signal_backend.
     /// </summary>

@@ -1,5 +1,5 @@
 using System.Buffers.Binary;
-using System.Diagnostics;
+using FastPgProxy.Cancellation;
 using FastPgProxy.Hosting;
 using FastPgProxy.Protocol;
 using FastPgProxy.Sessions;
@@ -315,22 +315,21 @@ internal sealed class Interceptor
 
         long pid = argument.Value;
         ClientSession? target = null;
-        if (pid is > 0 and <= int.MaxValue)
+        if (pid is > 0 and <= int.MaxValue && !_session.Proxy.Sessions.TryGet((int)pid, out target)
+            && _session.Proxy.Peers.OwnerOf((int)pid) is { } owner)
         {
-            _session.Proxy.Sessions.TryGet((int)pid, out target);
+            // Another instance's session: asked there, for this user, off the loop; the reply is finished
+            // when it answers, as a local target's would be.
+            bool admin = _session.Proxy.Options.AdminUsers.Contains(_session.User!);
+            var signal = new PeerSignal(terminate ? PeerSignalKind.Terminate : PeerSignalKind.Cancel, (int)pid, _session.User!, admin, terminate ? timeoutMs : 0);
+            _localReplyPending = true;
+            _ = SignalPeerAsync(owner, signal, writer.Position, format, describe, call, sql.ToArray());
+            return true;
         }
 
-        if (target is not null && target.User != _session.User && !_session.Proxy.Options.AdminUsers.Contains(_session.User!))
+        if (target is not null && !PeerSignal.MaySignal(target.User, _session.User, _session.Proxy.Options.AdminUsers.Contains(_session.User!)))
         {
-            if (terminate)
-            {
-                InterceptErrors.WriteTerminatePermissionDenied(ref writer);
-            }
-            else
-            {
-                InterceptErrors.WriteCancelPermissionDenied(ref writer);
-            }
-
+            WritePermissionDenied(terminate, ref writer);
             failed = true;
             return false;
         }
@@ -385,24 +384,92 @@ internal sealed class Interceptor
         // Nothing more of the client's is read until then.
         int written = writer.Position;
         _localReplyPending = true;
-        _ = WaitForTerminationAsync(target, timeoutMs, written, format, (int)pid, call, sql.ToArray());
+        _ = WaitForTerminationAsync(target, timeoutMs, written, format, (int)pid);
         return true;
+    }
+
+    /// <summary>42501 as PostgreSQL words it for a cancel or a termination.</summary>
+    private static void WritePermissionDenied(bool terminate, ref PgWriter writer)
+    {
+        if (terminate)
+        {
+            InterceptErrors.WriteTerminatePermissionDenied(ref writer);
+        }
+        else
+        {
+            InterceptErrors.WriteCancelPermissionDenied(ref writer);
+        }
     }
 
     /// <summary>
     /// Waits on the thread pool until <paramref name="target"/> is closed or <paramref name="timeoutMs"/> is
-    /// up, then, on the session's loop, finishes the reply begun in the output buffer (the first
-    /// <paramref name="written"/> bytes) and sends it.
+    /// up, then finishes the reply begun in the output buffer (the first <paramref name="written"/> bytes).
     /// </summary>
-    private async Task WaitForTerminationAsync(ClientSession target, int timeoutMs, int written, short format, int pid, InterceptedCall call, byte[] sql)
+    private async Task WaitForTerminationAsync(ClientSession target, int timeoutMs, int written, short format, int pid)
     {
-        var deadline = Stopwatch.StartNew();
-        while (target.State != SessionState.Closed && deadline.ElapsedMilliseconds < timeoutMs)
+        bool gone = await target.WaitUntilClosedAsync(timeoutMs).ConfigureAwait(false);
+        FinishDeferred(written, (ref PgWriter writer) =>
         {
-            await Task.Delay(5).ConfigureAwait(false);
-        }
+            if (!gone)
+            {
+                InterceptErrors.WriteTerminateTimeoutWarning(ref writer, pid, timeoutMs);
+            }
 
-        bool gone = target.State == SessionState.Closed;
+            InterceptReplies.WriteDataRowBool(ref writer, gone, format);
+            InterceptReplies.WriteCommandComplete(ref writer, InterceptReplies.SelectOneTag);
+        });
+    }
+
+    /// <summary>
+    /// Sends <paramref name="signal"/> to the instance that owns its session, then finishes the reply begun
+    /// in the output buffer with what a local target would have given: 42501, <c>f</c> with PostgreSQL's
+    /// warning (unknown pid, a termination that timed out, an owner that could not be asked), or <c>t</c>.
+    /// </summary>
+    private async Task SignalPeerAsync(PeerLink owner, PeerSignal signal, int written, short format, bool describe, InterceptedCall call, byte[] sql)
+    {
+        PeerSignalOutcome outcome = await PeerSignalSender.SendAsync(_session.Proxy, owner, signal).ConfigureAwait(false);
+        bool terminate = signal.Kind == PeerSignalKind.Terminate;
+        FinishDeferred(written, (ref PgWriter writer) =>
+        {
+            if (outcome == PeerSignalOutcome.Denied)
+            {
+                WritePermissionDenied(terminate, ref writer);
+                return;
+            }
+
+            if (describe)
+            {
+                WriteResultDescription(call, sql, format, ref writer);
+            }
+
+            switch (outcome)
+            {
+                case PeerSignalOutcome.NotFound:
+                    InterceptErrors.WriteNotBackendProcessWarning(ref writer, signal.SessionId);
+                    break;
+                case PeerSignalOutcome.TimedOut:
+                    InterceptErrors.WriteTerminateTimeoutWarning(ref writer, signal.SessionId, signal.TimeoutMs);
+                    break;
+                case PeerSignalOutcome.Unreachable:
+                    InterceptErrors.WriteSignalNotSentWarning(ref writer, signal.SessionId, owner.Options.Id);
+                    break;
+            }
+
+            InterceptReplies.WriteDataRowBool(ref writer, outcome == PeerSignalOutcome.Signalled, format);
+            InterceptReplies.WriteCommandComplete(ref writer, InterceptReplies.SelectOneTag);
+        });
+    }
+
+    /// <summary>Writes the rest of a deferred reply after the bytes already in the output buffer.</summary>
+    private delegate void DeferredReply(ref PgWriter writer);
+
+    /// <summary>
+    /// On the session's loop: finishes the reply begun in the output buffer (its first
+    /// <paramref name="written"/> bytes) with <paramref name="rest"/> and ReadyForQuery, sends it, and lets
+    /// the client's next messages through.
+    /// </summary>
+    private void FinishDeferred(int written, DeferredReply rest)
+    {
         _session.Loop.Post(() =>
         {
             _localReplyPending = false;
@@ -414,16 +481,8 @@ internal sealed class Interceptor
             }
 
             var writer = new PgWriter(output.AsSpan(written));
-            if (!gone)
-            {
-                InterceptErrors.WriteTerminateTimeoutWarning(ref writer, pid, timeoutMs);
-            }
-
-            InterceptReplies.WriteDataRowBool(ref writer, gone, format);
-            InterceptReplies.WriteCommandComplete(ref writer, InterceptReplies.SelectOneTag);
+            rest(ref writer);
             writer.WriteReadyForQuery(_session.ClientTransactionStatus);
-            _ = call;
-            _ = sql;
             _session.SendOut(written + writer.Position, AfterSend.ContinueRelay);
         });
     }

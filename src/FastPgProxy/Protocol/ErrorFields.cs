@@ -8,27 +8,30 @@ internal static class ErrorFields
     /// <summary>The field code of the SQLSTATE.</summary>
     public const byte SqlStateCode = (byte)'C';
 
-    /// <summary>The SQLSTATE of a whole ErrorResponse message (header included); null when it has none or is malformed.</summary>
-    public static string? SqlStateOf(ReadOnlySpan<byte> message)
-    {
-        if (message.Length < MessageFramer.HeaderLength)
-        {
-            return null;
-        }
+    /// <summary>The field code of the primary message.</summary>
+    public const byte MessageCode = (byte)'M';
 
-        ReadOnlySpan<byte> fields = message.Slice(MessageFramer.HeaderLength);
+    /// <summary>The SQLSTATE of a whole ErrorResponse message (header included); null when it has none or is malformed.</summary>
+    public static string? SqlStateOf(ReadOnlySpan<byte> message) =>
+        message.Length < MessageFramer.HeaderLength ? null : Field(message.Slice(MessageFramer.HeaderLength), SqlStateCode);
+
+    /// <summary>The primary message of an ErrorResponse's body (the fields, no header); a placeholder when it has none.</summary>
+    public static string MessageOf(ReadOnlySpan<byte> fields) => Field(fields, MessageCode) ?? "(no message)";
+
+    /// <summary>The field with <paramref name="code"/> among <paramref name="fields"/>; null when absent or malformed.</summary>
+    private static string? Field(ReadOnlySpan<byte> fields, byte code)
+    {
         while (!fields.IsEmpty && fields[0] != 0)
         {
-            byte code = fields[0];
             int end = fields.Slice(1).IndexOf((byte)0);
             if (end < 0)
             {
                 return null;
             }
 
-            if (code == SqlStateCode)
+            if (fields[0] == code)
             {
-                return Encoding.ASCII.GetString(fields.Slice(1, end));
+                return Encoding.UTF8.GetString(fields.Slice(1, end));
             }
 
             fields = fields.Slice(end + 2);

@@ -13,6 +13,8 @@ internal enum BackendMessage : byte
     NoticeResponse = (byte)'N',
     /// <summary>ParameterStatus.</summary>
     ParameterStatus = (byte)'S',
+    /// <summary>DataRow.</summary>
+    DataRow = (byte)'D',
     /// <summary>ReadyForQuery, carrying the transaction status.</summary>
     ReadyForQuery = (byte)'Z',
     /// <summary>NegotiateProtocolVersion.</summary>

@@ -798,6 +798,22 @@ public sealed class AdminConsoleUnitTests
     }
 
     [Theory]
+    [InlineData("CANCEL", 7, "alice", false, 0)]
+    [InlineData("TERMINATE", 131077, "o\"brien", true, 2500)]
+    [InlineData("KILL_QUERY", 9, "admin", true, 0)]
+    [InlineData("KILL_CONNECTION", 9, "admin user", true, 0)]
+    public void A_peer_signal_reads_back_what_the_calling_instance_wrote(string kind, int id, string user, bool admin, int timeout)
+    {
+        var sent = new Cancellation.PeerSignal(Enum.Parse<Cancellation.PeerSignalKind>(kind.Replace("_", "", StringComparison.Ordinal), ignoreCase: true), id, user, admin, timeout);
+        Admin.AdminCommand? command = Admin.AdminCommand.TryParse(sent.ToCommand(), out Admin.AdminMessage? error);
+
+        Assert.Null(error);
+        Assert.Equal(Admin.AdminCommandKind.Peer, command!.Kind);
+        Assert.Equal(sent, command.Signal);
+        Assert.Equal(id, command.SessionId);
+    }
+
+    [Theory]
     [InlineData("SHOW")]
     [InlineData("SHOW CLIENTS EXTRA")]
     [InlineData("SHOW NOTHING")]
@@ -811,6 +827,12 @@ public sealed class AdminConsoleUnitTests
     [InlineData("SHOW POOLS; SHOW CLIENTS")]
     [InlineData("PAUSE \"unterminated")]
     [InlineData("SELECT 1")]
+    [InlineData("PEER CANCEL 5 \"u\" ADMIN")]
+    [InlineData("PEER STOP 5 \"u\" ADMIN 0")]
+    [InlineData("PEER CANCEL 0 \"u\" USER 0")]
+    [InlineData("PEER CANCEL 5 \"u\" ROOT 0")]
+    [InlineData("PEER TERMINATE 5 \"\" USER 0")]
+    [InlineData("PEER TERMINATE 5 \"u\" USER -1")]
     public void Refuses_anything_else_with_42601_and_the_command_list(string text)
     {
         Assert.Null(Admin.AdminCommand.TryParse(text, out Admin.AdminMessage? error));
