@@ -547,7 +547,9 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     /// notified itself, else the session that owns (session mode) or last ran a transaction on
     /// (transaction mode) the notifying backend, if this instance opened it. A pid of a backend this
     /// instance does not know (a client connected to PostgreSQL directly, another proxy instance) stays
-    /// PostgreSQL's: the approximate case. Always inspected whole: a NOTIFY payload is under 8000 bytes,
+    /// PostgreSQL's: the approximate case. So is a transaction-mode backend that went on to another
+    /// client's transaction before the notification got here: that client is named, as the last session
+    /// is read now, not when NOTIFY ran. Always inspected whole: a NOTIFY payload is under 8000 bytes,
     /// far below a buffer. Allocates nothing; the proxy-wide lookup runs only for this message type.
     /// </summary>
     private void RewriteNotificationPid(Span<byte> message)
