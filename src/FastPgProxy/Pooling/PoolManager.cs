@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Net;
 using System.Runtime.CompilerServices;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
@@ -11,6 +12,11 @@ internal sealed class PoolManager
     private readonly ProxyServer _proxy;
     private readonly ConcurrentDictionary<(string Database, string User), ServerPool> _pools = new();
     private readonly ConcurrentDictionary<DatabaseOptions, StrongBox<int>> _perDatabase = new();
+
+    // Every logged-in backend of this instance by its PostgreSQL pid (BackendKeyData), so a relay can name
+    // the session behind the pid of a NotificationResponse. Written when a login completes and when the
+    // backend is forgotten, read only for NotificationResponse: never on the per-message path.
+    private readonly ConcurrentDictionary<int, ServerConnection> _byBackendPid = new();
 
     /// <summary>Creates the manager.</summary>
     public PoolManager(ProxyServer proxy) => _proxy = proxy;
@@ -50,6 +56,36 @@ internal sealed class PoolManager
             Interlocked.Decrement(ref count.Value);
         }
     }
+
+    /// <summary>
+    /// Records a backend whose login completed under its PostgreSQL pid; any thread. A pid PostgreSQL
+    /// reuses after a backend of ours exited replaces the old entry.
+    /// </summary>
+    public void RegisterBackend(ServerConnection server)
+    {
+        if (server.HasCancelKey)
+        {
+            _byBackendPid[server.BackendPid] = server;
+        }
+    }
+
+    /// <summary>Forgets a backend that closed; an entry a newer backend with the same pid made stays. Any thread.</summary>
+    public void UnregisterBackend(ServerConnection server)
+    {
+        if (server.HasCancelKey)
+        {
+            _byBackendPid.TryRemove(new KeyValuePair<int, ServerConnection>(server.BackendPid, server));
+        }
+    }
+
+    /// <summary>
+    /// The logged-in backend of this instance with PostgreSQL pid <paramref name="backendPid"/> on the
+    /// PostgreSQL at <paramref name="endPoint"/>; null for a backend not opened by this instance (another
+    /// client of PostgreSQL, another proxy instance) or one on another server whose pid happens to match.
+    /// Any thread; allocates nothing.
+    /// </summary>
+    public ServerConnection? FindBackend(int backendPid, EndPoint endPoint) =>
+        _byBackendPid.TryGetValue(backendPid, out ServerConnection? server) && server.EndPoint.Equals(endPoint) ? server : null;
 
     // PAUSE state, kept here as well as on each pool so that a pool created during a PAUSE starts paused.
     private readonly object _pauseGate = new();

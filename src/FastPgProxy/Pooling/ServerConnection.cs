@@ -126,6 +126,20 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// </summary>
     public bool CancelUnconfirmed { get; set; }
 
+    /// <summary>
+    /// The id of the last client session the backend was assigned to: the session that owns it (session
+    /// mode) or last ran a transaction on it (transaction mode); 0 before the first. A NotificationResponse
+    /// this backend's NOTIFY causes on another backend shows this id as its pid. Written on the backend's
+    /// loop, read from any loop (<see cref="Volatile"/>).
+    /// </summary>
+    public int LastSessionId
+    {
+        get => Volatile.Read(ref _lastSessionId);
+        set => Volatile.Write(ref _lastSessionId, value);
+    }
+
+    private int _lastSessionId;
+
     /// <summary>The proxy-named prepared statements this backend holds (transaction mode); null until the first.</summary>
     public PreparedStatementCache? PreparedStatements { get; set; }
 

@@ -309,6 +309,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
 
         Welcome ??= new Dictionary<string, ParameterStatus>(server.Parameters, StringComparer.OrdinalIgnoreCase);
+        _proxy.Pools.RegisterBackend(server);
         Log.Write(LogLevel.Info, $"pool {Database}/{User}: server {server.Id} logged in (pid {server.BackendPid})");
         MakeAvailable(server);
     }
@@ -467,6 +468,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         if (_all.Remove(server))
         {
             _proxy.Pools.ReleaseDatabaseConnection(Options);
+            _proxy.Pools.UnregisterBackend(server);
         }
     }
 

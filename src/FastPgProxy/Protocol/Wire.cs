@@ -19,6 +19,8 @@ internal enum BackendMessage : byte
     ReadyForQuery = (byte)'Z',
     /// <summary>NegotiateProtocolVersion.</summary>
     NegotiateProtocolVersion = (byte)'v',
+    /// <summary>NotificationResponse: the pid of the notifying backend, the channel and the payload.</summary>
+    NotificationResponse = (byte)'A',
 }
 
 /// <summary>Type bytes of the messages a client sends.</summary>

@@ -25,6 +25,7 @@ internal sealed partial class Relay
         }
 
         _server = server;
+        server.LastSessionId = _session.Id;
         if (Log.IsEnabled(LogLevel.Debug))
         {
             Log.Debug($"session {_session.Id}: assigned server {server.Id}");

@@ -15,7 +15,7 @@ internal sealed partial class Relay
     // Spelt out rather than built on s_serverInspect: static initialisers of partial files run in an unspecified order.
     private static readonly MessageTypeSet s_trackingServerInspect = MessageTypeSet.None
         .With((byte)BackendMessage.ReadyForQuery).With((byte)BackendMessage.ParameterStatus).With((byte)BackendMessage.ErrorResponse)
-        .With((byte)'1').With((byte)'3');
+        .With((byte)BackendMessage.NotificationResponse).With((byte)'1').With((byte)'3');
 
     // Inspected types that may legitimately exceed a buffer: they are reported at their start
     // (FrameStatus.Oversized) so their bookkeeping is done and, for Bind, the statement renamed.

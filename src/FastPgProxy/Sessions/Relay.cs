@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Net.Sockets;
 using FastPgProxy.Config;
@@ -27,12 +28,14 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
         .With((byte)FrontendMessage.Terminate).With((byte)FrontendMessage.Query).With((byte)FrontendMessage.Parse);
 
     // Backend messages the relay looks into: ReadyForQuery (transaction status), ParameterStatus (kept for
-    // replay to clients) and ErrorResponse (so a close after FATAL is not reported twice). All are still
-    // forwarded untouched within the same run.
+    // replay to clients), ErrorResponse (so a close after FATAL is not reported twice) and
+    // NotificationResponse (its pid rewritten in place to a session id). All are still forwarded within
+    // the same run.
     private static readonly MessageTypeSet s_serverInspect = MessageTypeSet.None
         .With((byte)BackendMessage.ReadyForQuery)
         .With((byte)BackendMessage.ParameterStatus)
-        .With((byte)BackendMessage.ErrorResponse);
+        .With((byte)BackendMessage.ErrorResponse)
+        .With((byte)BackendMessage.NotificationResponse);
 
     // What PostgreSQL accepts from a client after login (55.7): the simple and extended query messages,
     // FunctionCall, COPY's three, Flush, Sync and Terminate. Anything else would reach a pooled backend,
@@ -422,7 +425,8 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
 
     /// <summary>
     /// Frames what the backend sent and forwards it to the client in one send, noting ReadyForQuery status
-    /// and ParameterStatus on the way. Nothing is rewritten: BackendKeyData only occurs during login.
+    /// and ParameterStatus on the way. Only the pid of a NotificationResponse is rewritten, in place in the
+    /// receive buffer (<see cref="RewriteNotificationPid"/>); BackendKeyData only occurs during login.
     /// </summary>
     private void PumpServer()
     {
@@ -492,10 +496,14 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
         channel.Receive();
     }
 
-    private void OnServerMessage(ReadOnlySpan<byte> message)
+    /// <summary>Acts on one inspected backend message; <paramref name="message"/> is its bytes in the receive buffer, which a NotificationResponse's pid is rewritten in.</summary>
+    private void OnServerMessage(Span<byte> message)
     {
         switch ((BackendMessage)message[0])
         {
+            case BackendMessage.NotificationResponse:
+                RewriteNotificationPid(message);
+                break;
             case BackendMessage.ReadyForQuery:
                 if (message.Length == MessageFramer.HeaderLength + sizeof(byte))
                 {
@@ -529,6 +537,48 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
 
                 break;
         }
+    }
+
+    /// <summary>
+    /// A NotificationResponse (55.7: Int32 length, Int32 pid, String channel, String payload) names the
+    /// PostgreSQL pid of the backend that ran NOTIFY, which a client of the proxy never sees anywhere else:
+    /// its own pid is its session id (BackendKeyData, <c>pg_backend_pid()</c>). The pid is replaced in
+    /// place, same four bytes, by the session behind that backend: this client's own when its backend
+    /// notified itself, else the session that owns (session mode) or last ran a transaction on
+    /// (transaction mode) the notifying backend, if this instance opened it. A pid of a backend this
+    /// instance does not know (a client connected to PostgreSQL directly, another proxy instance) stays
+    /// PostgreSQL's: the approximate case. So is a transaction-mode backend that went on to another
+    /// client's transaction before the notification got here: that client is named, as the last session
+    /// is read now, not when NOTIFY ran. Always inspected whole: a NOTIFY payload is under 8000 bytes,
+    /// far below a buffer. Allocates nothing; the proxy-wide lookup runs only for this message type.
+    /// </summary>
+    private void RewriteNotificationPid(Span<byte> message)
+    {
+        const int pidOffset = MessageFramer.HeaderLength; // type byte + Int32 length
+        if (message.Length < pidOffset + sizeof(int))
+        {
+            // Malformed; the client's driver judges it, as it would straight from PostgreSQL.
+            return;
+        }
+
+        Span<byte> pidBytes = message.Slice(pidOffset, sizeof(int));
+        int backendPid = BinaryPrimitives.ReadInt32BigEndian(pidBytes);
+        ServerConnection server = _server!;
+        int sessionId;
+        if (backendPid == server.BackendPid)
+        {
+            sessionId = _session.Id;
+        }
+        else if (_proxy.Pools.FindBackend(backendPid, server.EndPoint) is { LastSessionId: var last and not 0 })
+        {
+            sessionId = last;
+        }
+        else
+        {
+            return;
+        }
+
+        BinaryPrimitives.WriteInt32BigEndian(pidBytes, sessionId);
     }
 
     /// <summary>The client took the backend's run.</summary>
