@@ -118,14 +118,16 @@ public sealed class PeerSignalTests(PostgresFixture fixture)
     }
 
     [Fact]
-    public async Task Another_users_session_on_another_instance_gives_42501_and_an_unknown_pid_there_gives_false_with_the_warning()
+    public async Task Behind_HAProxy_another_users_session_on_another_instance_gives_42501_and_an_unknown_pid_there_gives_false_with_the_warning()
     {
-        List<ProxyHarness> cluster = StartCluster([1, 2]);
+        List<ProxyHarness> cluster = StartCluster([1, 2, 3]);
         var connections = new List<NpgsqlConnection>();
         try
         {
-            NpgsqlConnection target = await Track(connections, OpenAsync(cluster[0], User, UserPassword));
-            NpgsqlConnection caller = await Track(connections, OpenAsync(cluster[1], Other, OtherPassword));
+            using HaproxyServer haproxy = await HaproxyServer.StartAsync([.. cluster]);
+            NpgsqlConnection target = await Track(connections, OpenAsync(haproxy, User, UserPassword));
+            NpgsqlConnection caller = await Track(connections, OpenAsync(haproxy, Other, OtherPassword));
+            Assert.NotEqual(SessionRegistry.PeerOf(target.ProcessID), SessionRegistry.PeerOf(caller.ProcessID));
             string marker = "peer-signal-denied";
             Task<Exception?> running = FailureOfAsync(target, $"SELECT pg_sleep(3), 'done' /* {marker} */");
             await _pg.WaitUntilRunningAsync(marker, Patience);
@@ -138,8 +140,8 @@ public sealed class PeerSignalTests(PostgresFixture fixture)
             Assert.Equal("permission denied to terminate process", terminate.MessageText);
             Assert.Null(await running.WaitAsync(Patience));
 
-            // A pid of instance 1 that no session has: f, with PostgreSQL's warning, as for a local pid.
-            int unknown = (1 << SessionRegistry.LocalIdBits) | 77;
+            // A pid of the target's instance that no session has: f, with PostgreSQL's warning, as for a local pid.
+            int unknown = UnknownIdBeside(cluster, target.ProcessID);
             var notices = new List<PostgresNotice>();
             caller.Notice += (_, e) => notices.Add(e.Notice);
             Assert.False(await ScalarAsync<bool>(caller, $"SELECT pg_cancel_backend({unknown})"));
@@ -160,15 +162,20 @@ public sealed class PeerSignalTests(PostgresFixture fixture)
     }
 
     [Fact]
-    public async Task Admin_KILL_on_one_instance_acts_on_sessions_of_the_others()
+    public async Task Behind_HAProxy_admin_KILL_on_one_instance_acts_on_sessions_of_the_others()
     {
         List<ProxyHarness> cluster = StartCluster([1, 2, 3]);
         var connections = new List<NpgsqlConnection>();
         try
         {
-            NpgsqlConnection onTwo = await Track(connections, OpenAsync(cluster[1], User, UserPassword));
-            NpgsqlConnection onThree = await Track(connections, OpenAsync(cluster[2], User, UserPassword));
-            NpgsqlConnection console = await Track(connections, OpenConsoleAsync(cluster[0], Admin, AdminPassword));
+            // Round robin puts the three connections on the three instances.
+            using HaproxyServer haproxy = await HaproxyServer.StartAsync([.. cluster]);
+            NpgsqlConnection onTwo = await Track(connections, OpenAsync(haproxy, User, UserPassword));
+            NpgsqlConnection onThree = await Track(connections, OpenAsync(haproxy, User, UserPassword));
+            NpgsqlConnection console = await Track(connections, OpenAsync(
+                ProxyHarness.ConnectionString(haproxy.Host, haproxy.Port, Admin, AdminPassword, "fastpgproxy", pooling: false) + ";Server Compatibility Mode=NoTypeLoading"));
+            int consoleInstance = SessionRegistry.PeerOf(console.ProcessID);
+            Assert.Equal(3, new[] { SessionRegistry.PeerOf(onTwo.ProcessID), SessionRegistry.PeerOf(onThree.ProcessID), consoleInstance }.Distinct().Count());
             var notices = new List<string>();
             console.Notice += (_, e) => notices.Add(e.Notice.MessageText);
 
@@ -184,7 +191,7 @@ public sealed class PeerSignalTests(PostgresFixture fixture)
             await ExecuteAsync(console, $"KILL PGSQL CONNECTION {onThree.ProcessID}");
             Assert.Equal("57P01", Assert.IsType<PostgresException>(await running.WaitAsync(Patience)).SqlState);
 
-            int unknown = (2 << SessionRegistry.LocalIdBits) | 77;
+            int unknown = UnknownIdBeside(cluster, onTwo.ProcessID);
             var error = await Assert.ThrowsAsync<PostgresException>(() => ExecuteAsync(console, $"KILL PGSQL QUERY {unknown}"));
             Assert.Equal("42704", error.SqlState);
             Assert.Equal($"unknown session id: {unknown}", error.MessageText);
@@ -276,6 +283,19 @@ public sealed class PeerSignalTests(PostgresFixture fixture)
         {
             await DisposeAllAsync(connections, cluster.Skip(1));
         }
+    }
+
+    /// <summary>A session id of the instance that owns <paramref name="id"/> that no session of it has.</summary>
+    private static int UnknownIdBeside(List<ProxyHarness> cluster, int id)
+    {
+        ProxyHarness owner = cluster.Single(p => p.Server.Peers.SelfId == SessionRegistry.PeerOf(id));
+        int unknown = id ^ 1;
+        while (owner.Server.Sessions.TryGet(unknown, out _))
+        {
+            unknown ^= 2;
+        }
+
+        return unknown;
     }
 
     /// <summary>Keeps <paramref name="opening"/>'s connection in <paramref name="connections"/>, for the test's end to close.</summary>
