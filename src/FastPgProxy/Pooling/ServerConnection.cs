@@ -183,13 +183,23 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     /// <summary>ParameterStatus values as PostgreSQL reported them, by parameter name, with the messages for replay to clients.</summary>
     public Dictionary<string, ParameterStatus> Parameters { get; } = new(StringComparer.OrdinalIgnoreCase);
 
+    /// <summary>The tracked ones among <see cref="Parameters"/>, by index (<see cref="TrackedParameters.NewSlots"/>).</summary>
+    public ParameterStatus?[] Tracked { get; } = TrackedParameters.NewSlots();
+
     /// <summary>Records a ParameterStatus message the backend sent.</summary>
     public void OnParameterStatus(ReadOnlySpan<byte> message)
     {
         if (ParameterStatus.TryParse(message) is { } p)
         {
-            Parameters[p.Name] = p.Status;
+            SetParameter(p.Name, p.Status);
         }
+    }
+
+    /// <summary>Records the value the backend reported for <paramref name="name"/>.</summary>
+    public void SetParameter(string name, ParameterStatus status)
+    {
+        Parameters[name] = status;
+        TrackedParameters.Record(Tracked, name, status);
     }
 
     /// <summary>The user the backend is logged in as.</summary>

@@ -88,25 +88,47 @@ internal static class TrackedParameters
     /// ParameterStatus for a SET that changes nothing, and a backend would never be seen to agree with a
     /// client's own spelling.
     /// </summary>
-    public static string? BuildSync(IReadOnlyDictionary<string, ParameterStatus> client, IReadOnlyDictionary<string, ParameterStatus> server)
+    public static string? BuildSync(ParameterStatus?[] client, ParameterStatus?[] server)
     {
         System.Text.StringBuilder? sql = null;
-        foreach (string name in Names)
+        for (int i = 0; i < Names.Length; i++)
         {
-            if (!client.TryGetValue(name, out ParameterStatus? wanted))
+            ParameterStatus? wanted = client[i];
+            if (wanted is null)
             {
                 continue;
             }
 
-            if (server.TryGetValue(name, out ParameterStatus? current) && current.Value == wanted.Value)
+            ParameterStatus? current = server[i];
+            if (current is not null && (ReferenceEquals(current, wanted) || current.Value == wanted.Value))
             {
                 continue;
             }
 
-            AppendSet(sql ??= new System.Text.StringBuilder(), name, wanted.Value);
+            AppendSet(sql ??= new System.Text.StringBuilder(), Names[i], wanted.Value);
         }
 
         return sql?.ToString();
+    }
+
+    /// <summary>
+    /// The tracked values of a backend or a client, by their index in <see cref="Names"/>, beside the
+    /// dictionary of every parameter: what <see cref="BuildSync"/> compares before each transaction,
+    /// without hashing a name.
+    /// </summary>
+    public static ParameterStatus?[] NewSlots() => new ParameterStatus?[Names.Length];
+
+    /// <summary>Records <paramref name="status"/> of <paramref name="name"/> in <paramref name="slots"/> when the parameter is tracked.</summary>
+    public static void Record(ParameterStatus?[] slots, string name, ParameterStatus status)
+    {
+        for (int i = 0; i < Names.Length; i++)
+        {
+            if (string.Equals(Names[i], name, StringComparison.OrdinalIgnoreCase))
+            {
+                slots[i] = status;
+                return;
+            }
+        }
     }
 
     private static void AppendSet(System.Text.StringBuilder sql, string name, string value) =>

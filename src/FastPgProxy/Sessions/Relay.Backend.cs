@@ -133,7 +133,7 @@ internal sealed partial class Relay
     private void StartServerWork()
     {
         ServerConnection server = _server!;
-        string? sync = _clientParameters is null ? null : TrackedParameters.BuildSync(_clientParameters, server.Parameters);
+        string? sync = _clientTracked is null ? null : TrackedParameters.BuildSync(_clientTracked, server.Tracked);
         if (sync is not null)
         {
             _syncingParameters = true;

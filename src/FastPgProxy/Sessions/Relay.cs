@@ -70,6 +70,9 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     // relayed): a backend the client gets next is brought in line with it.
     private Dictionary<string, ParameterStatus>? _clientParameters;
 
+    // The tracked ones among _clientParameters, by index, for the comparison before each transaction.
+    private ParameterStatus?[]? _clientTracked;
+
     /// <summary>The relay of <paramref name="session"/> to <paramref name="pool"/>; nothing is asked of the pool yet.</summary>
     public Relay(ClientSession session, ServerPool pool)
     {
@@ -144,6 +147,12 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
         foreach (KeyValuePair<string, ParameterStatus> p in startup)
         {
             _clientParameters[p.Key] = p.Value;
+        }
+
+        _clientTracked = TrackedParameters.NewSlots();
+        foreach (KeyValuePair<string, ParameterStatus> p in _clientParameters)
+        {
+            TrackedParameters.Record(_clientTracked, p.Key, p.Value);
         }
 
         var writer = new PgWriter(_session.RentOut());
@@ -528,10 +537,11 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
                 // next backend this client gets can be brought in line.
                 if (ParameterStatus.TryParse(message) is { } p)
                 {
-                    _server!.Parameters[p.Name] = p.Status;
+                    _server!.SetParameter(p.Name, p.Status);
                     if (_clientParameters is not null)
                     {
                         _clientParameters[p.Name] = p.Status;
+                        TrackedParameters.Record(_clientTracked!, p.Name, p.Status);
                     }
                 }
 
