@@ -20,28 +20,9 @@ public sealed class PeerCancelTests(PostgresFixture fixture)
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
     private readonly PostgresServer _pg = fixture.Server;
 
-    /// <summary>Starts one instance per peer id on ports picked now, each with a [peers] section naming every instance.</summary>
-    private List<ProxyHarness> StartCluster(params int[] peerIds)
-    {
-        int[] ports = peerIds.Select(_ => NetUtil.GetFreeTcpPort()).ToArray();
-        var cluster = new List<ProxyHarness>();
-        for (int i = 0; i < peerIds.Length; i++)
-        {
-            int index = i;
-            cluster.Add(ProxyHarness.Start(_pg, o =>
-            {
-                o.ListenPort = ports[index];
-                o.PeerId = peerIds[index];
-                o.CancelTimeout = TimeSpan.FromSeconds(3);
-                for (int j = 0; j < peerIds.Length; j++)
-                {
-                    o.Peers.Add(new PeerOptions { Id = peerIds[j], Host = "127.0.0.1", Port = ports[j] });
-                }
-            }));
-        }
-
-        return cluster;
-    }
+    /// <summary>Starts one instance per peer id, each with a [peers] section naming every instance.</summary>
+    private List<ProxyHarness> StartCluster(params int[] peerIds) =>
+        ProxyHarness.StartCluster(_pg, peerIds, configure: (_, o) => o.CancelTimeout = TimeSpan.FromSeconds(3));
 
     [Fact]
     public async Task A_cancel_sent_to_another_instance_is_forwarded_to_the_owner_and_cancels()

@@ -32,36 +32,23 @@ public sealed class PeerSignalTests(PostgresFixture fixture)
 
     /// <summary>
     /// One instance per peer id, SCRAM for every login, <see cref="Admin"/> in admin_users and
-    /// <see cref="PeerUser"/> in peer_users; each [peers] line logs in as <see cref="PeerUser"/> unless
-    /// <paramref name="peerLine"/> says otherwise.
+    /// <see cref="PeerUser"/> in peer_users; each [peers] line logs in as <see cref="PeerUser"/>, and
+    /// <paramref name="configure"/> changes instance i's options last.
     /// </summary>
-    private List<ProxyHarness> StartCluster(int[] peerIds, Func<PeerOptions, PeerOptions>? peerLine = null, Action<int, ProxyOptions>? configure = null)
-    {
-        int[] ports = peerIds.Select(_ => NetUtil.GetFreeTcpPort()).ToArray();
-        var cluster = new List<ProxyHarness>();
-        for (int i = 0; i < peerIds.Length; i++)
-        {
-            int index = i;
-            cluster.Add(ProxyHarness.Start(_pg, o =>
+    private List<ProxyHarness> StartCluster(int[] peerIds, Action<int, ProxyOptions>? configure = null) =>
+        ProxyHarness.StartCluster(
+            _pg,
+            peerIds,
+            line => new PeerOptions { Id = line.Id, Host = line.Host, Port = line.Port, User = PeerUser, Password = PeerPassword },
+            (index, o) =>
             {
-                o.ListenPort = ports[index];
-                o.PeerId = peerIds[index];
                 o.AuthType = AuthType.ScramSha256;
                 o.CancelTimeout = TimeSpan.FromSeconds(3);
                 o.AdminUsers.Add(Admin);
                 o.PeerUsers.Add(PeerUser);
-                for (int j = 0; j < peerIds.Length; j++)
-                {
-                    var line = new PeerOptions { Id = peerIds[j], Host = "127.0.0.1", Port = ports[j], User = PeerUser, Password = PeerPassword };
-                    o.Peers.Add(peerLine?.Invoke(line) ?? line);
-                }
-
                 configure?.Invoke(index, o);
-            }, Users));
-        }
-
-        return cluster;
-    }
+            },
+            Users);
 
     [Fact]
     public async Task Behind_HAProxy_pg_cancel_backend_and_pg_terminate_backend_reach_sessions_on_every_instance()

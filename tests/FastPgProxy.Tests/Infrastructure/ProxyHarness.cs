@@ -89,6 +89,40 @@ internal sealed class ProxyHarness : IAsyncDisposable
     }
 
     /// <summary>
+    /// Starts one instance per peer id in front of <paramref name="pg"/>, on ports picked now, each with a
+    /// [peers] section naming every instance (each line as <paramref name="peerLine"/> shapes it), then as
+    /// <paramref name="configure"/> changes instance i's options; <paramref name="users"/> become each one's auth_file.
+    /// </summary>
+    public static List<ProxyHarness> StartCluster(
+        PostgresServer pg,
+        int[] peerIds,
+        Func<PeerOptions, PeerOptions>? peerLine = null,
+        Action<int, ProxyOptions>? configure = null,
+        IReadOnlyList<(string User, string Secret)>? users = null)
+    {
+        int[] ports = peerIds.Select(_ => NetUtil.GetFreeTcpPort()).ToArray();
+        var cluster = new List<ProxyHarness>();
+        for (int i = 0; i < peerIds.Length; i++)
+        {
+            int index = i;
+            cluster.Add(Start(pg, o =>
+            {
+                o.ListenPort = ports[index];
+                o.PeerId = peerIds[index];
+                for (int j = 0; j < peerIds.Length; j++)
+                {
+                    var line = new PeerOptions { Id = peerIds[j], Host = "127.0.0.1", Port = ports[j] };
+                    o.Peers.Add(peerLine?.Invoke(line) ?? line);
+                }
+
+                configure?.Invoke(index, o);
+            }, users));
+        }
+
+        return cluster;
+    }
+
+    /// <summary>
     /// Starts a proxy in front of <paramref name="pg"/> with <paramref name="poolMode"/> and
     /// <paramref name="poolSize"/> (default_pool_size), then as <paramref name="configure"/> changes the options.
     /// </summary>
