@@ -12,6 +12,9 @@ internal static class TrackedParameters
         "client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name", "IntervalStyle",
     ];
 
+    /// <summary>The index of application_name in <see cref="Names"/> (and in the slots of <see cref="NewSlots"/>).</summary>
+    public const int ApplicationNameSlot = 4;
+
     /// <summary>The canonical spelling of <paramref name="name"/> when it is tracked (GUC names ignore case); null otherwise.</summary>
     public static string? Find(string name)
     {

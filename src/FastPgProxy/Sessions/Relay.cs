@@ -68,9 +68,9 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
 
     // What the client has been told of the server's parameters (the login tail, then each ParameterStatus
     // relayed): a backend the client gets next is brought in line with it.
-    private Dictionary<string, ParameterStatus>? _clientParameters;
-
-    // The tracked ones among _clientParameters, by index, for the comparison before each transaction.
+    // The tracked parameters as the client last saw them (login tail, then ParameterStatus relayed), by
+    // their index in TrackedParameters.Names: what the next backend is brought in line with. The other
+    // parameters are not kept per client; they only matter for the login tail.
     private ParameterStatus?[]? _clientTracked;
 
     /// <summary>The relay of <paramref name="session"/> to <paramref name="pool"/>; nothing is asked of the pool yet.</summary>
@@ -109,8 +109,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     public TransactionStatus ClientTransactionStatus => _server?.TransactionStatus ?? TransactionStatus.Idle;
 
     /// <summary>The client's application_name as it set it last (ParameterStatus relayed); null when it was never reported.</summary>
-    public string? ReportedApplicationName =>
-        _clientParameters is not null && _clientParameters.TryGetValue("application_name", out ParameterStatus? p) ? p.Value : null;
+    public string? ReportedApplicationName => _clientTracked?[TrackedParameters.ApplicationNameSlot]?.Value;
 
     /// <summary>
     /// The client is who it says. In transaction mode, once the pool knows the server's parameters, the
@@ -143,36 +142,58 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     /// </summary>
     private void SendLoginTail(IReadOnlyDictionary<string, ParameterStatus> serverParameters, List<KeyValuePair<string, ParameterStatus>> startup)
     {
-        _clientParameters = new Dictionary<string, ParameterStatus>(serverParameters, StringComparer.OrdinalIgnoreCase);
-        foreach (KeyValuePair<string, ParameterStatus> p in startup)
-        {
-            _clientParameters[p.Key] = p.Value;
-        }
-
         _clientTracked = TrackedParameters.NewSlots();
-        foreach (KeyValuePair<string, ParameterStatus> p in _clientParameters)
-        {
-            TrackedParameters.Record(_clientTracked, p.Key, p.Value);
-        }
-
         var writer = new PgWriter(_session.RentOut());
         writer.WriteAuthentication(AuthRequest.Ok);
-        foreach (ParameterStatus parameter in _clientParameters.Values)
+        foreach (KeyValuePair<string, ParameterStatus> p in serverParameters)
         {
-            if (parameter.Message.Length > writer.Remaining - 64)
+            if (!Overridden(p.Key, startup) && !TryWriteParameter(p.Key, p.Value, ref writer))
             {
-                _session.ReturnOut();
-                _session.Fatal(SqlState.InternalError, "server parameters do not fit in a buffer");
                 return;
             }
+        }
 
-            writer.WriteBytes(parameter.Message);
+        foreach (KeyValuePair<string, ParameterStatus> p in startup)
+        {
+            if (!TryWriteParameter(p.Key, p.Value, ref writer))
+            {
+                return;
+            }
         }
 
         writer.WriteBackendKeyData(_session.Id, _session.Secret);
         writer.WriteReadyForQuery(TransactionStatus.Idle);
         Log.Write(LogLevel.Info, $"session {_session.Id}: login ok ({_pool.Mode.ToString().ToLowerInvariant()} mode{(_server is null ? "" : $", backend pid {_server.BackendPid}")})");
         _session.SendOut(writer.Position, AfterSend.StartRelay);
+    }
+
+    /// <summary>Whether one of the client's start-up values (<paramref name="startup"/>) replaces the server's value of <paramref name="name"/> in the login tail.</summary>
+    private static bool Overridden(string name, List<KeyValuePair<string, ParameterStatus>> startup)
+    {
+        foreach (KeyValuePair<string, ParameterStatus> p in startup)
+        {
+            if (string.Equals(p.Key, name, StringComparison.OrdinalIgnoreCase))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>Writes one ParameterStatus of the login tail and records it when tracked; false (the session failed) when the tail outgrows a buffer.</summary>
+    private bool TryWriteParameter(string name, ParameterStatus parameter, ref PgWriter writer)
+    {
+        if (parameter.Message.Length > writer.Remaining - 64)
+        {
+            _session.ReturnOut();
+            _session.Fatal(SqlState.InternalError, "server parameters do not fit in a buffer");
+            return false;
+        }
+
+        writer.WriteBytes(parameter.Message);
+        TrackedParameters.Record(_clientTracked!, name, parameter);
+        return true;
     }
 
     /// <inheritdoc/>
@@ -538,10 +559,9 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
                 if (ParameterStatus.TryParse(message) is { } p)
                 {
                     _server!.SetParameter(p.Name, p.Status);
-                    if (_clientParameters is not null)
+                    if (_clientTracked is not null)
                     {
-                        _clientParameters[p.Name] = p.Status;
-                        TrackedParameters.Record(_clientTracked!, p.Name, p.Status);
+                        TrackedParameters.Record(_clientTracked, p.Name, p.Status);
                     }
                 }
 

@@ -42,5 +42,6 @@ public class TrackedParametersTests
 
         Assert.Equal("UTC", slots[Array.IndexOf(TrackedParameters.Names, "TimeZone")]!.Value);
         Assert.Single(slots, s => s is not null);
+        Assert.Equal("application_name", TrackedParameters.Names[TrackedParameters.ApplicationNameSlot]);
     }
 }
