@@ -92,9 +92,22 @@ internal static class Program
             stop.TrySetResult();
         }
 
+        // PgBouncer's signals: SIGHUP reloads the config file (what `systemctl reload` sends), SIGUSR1
+        // pauses every database and SIGUSR2 resumes them, each as its console command does.
+        var console = new Admin.AdminConsole(server);
+        PosixSignalRegistration OnCommand(PosixSignal signal, string name, Admin.AdminCommandKind kind) =>
+            PosixSignalRegistration.Create(signal, context =>
+            {
+                context.Cancel = true;
+                _ = console.RunForSignalAsync(new Admin.AdminCommand(kind), name);
+            });
+
         SignalDisposition.ResetInterrupt();
         using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
         using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using PosixSignalRegistration hangUp = OnCommand(PosixSignal.SIGHUP, "SIGHUP", Admin.AdminCommandKind.Reload);
+        using PosixSignalRegistration user1 = OnCommand((PosixSignal)SignalNumbers.User1, "SIGUSR1", Admin.AdminCommandKind.Pause);
+        using PosixSignalRegistration user2 = OnCommand((PosixSignal)SignalNumbers.User2, "SIGUSR2", Admin.AdminCommandKind.Resume);
         server.Start();
         Log.Write(LogLevel.Warning, $"fastpgproxy started: listening on {server.LocalEndPoint}");
         DescriptorLimit.LogAtStart(server.Options);
@@ -104,4 +117,14 @@ internal static class Program
         Log.Write(LogLevel.Warning, $"stopped: {server.Stats.SessionsOpened} sessions served, {GC.GetTotalAllocatedBytes(precise: true)} bytes allocated since start, {GC.CollectionCount(0)} gen0 collections");
         return 0;
     }
+}
+
+/// <summary>Linux's numbers for the signals <see cref="PosixSignal"/> has no name for (signal(7)); a raw number is passed cast to <see cref="PosixSignal"/>.</summary>
+internal static class SignalNumbers
+{
+    /// <summary>SIGUSR1 on Linux.</summary>
+    public const int User1 = 10;
+
+    /// <summary>SIGUSR2 on Linux.</summary>
+    public const int User2 = 12;
 }

@@ -107,6 +107,44 @@ internal sealed partial class AdminConsole
         }
     }
 
+    /// <summary>
+    /// Runs RELOAD, PAUSE or RESUME for a process signal (PgBouncer's SIGHUP, SIGUSR1, SIGUSR2), on the
+    /// thread pool. The outcome is logged: a RELOAD that fails keeps every setting as it was. Never throws.
+    /// </summary>
+    public async Task RunForSignalAsync(AdminCommand command, string signal)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        Log.Write(LogLevel.Warning, $"{signal}: {Describe(command)}");
+        AdminResult result;
+        try
+        {
+            result = command.Kind switch
+            {
+                AdminCommandKind.Reload => await ReloadAsync().ConfigureAwait(false),
+                AdminCommandKind.Pause => await PauseAsync(command.Database, pause: true).ConfigureAwait(false),
+                AdminCommandKind.Resume => await PauseAsync(command.Database, pause: false).ConfigureAwait(false),
+                _ => throw new ArgumentException($"{command.Name} is not run for a signal", nameof(command)),
+            };
+        }
+        catch (Exception e) when (e is TimeoutException or ConfigException or IOException)
+        {
+            result = AdminResult.Failed(Protocol.SqlState.InternalError, e.Message);
+        }
+
+        if (result.Error is { } error)
+        {
+            Log.Warning($"{signal}: {command.Name} failed: {error.Text}{(error.Detail is null ? "" : " " + error.Detail)}");
+            return;
+        }
+
+        foreach (AdminMessage notice in result.Notices)
+        {
+            Log.Write(LogLevel.Warning, $"{signal}: {notice.Text}");
+        }
+
+        Log.Write(LogLevel.Warning, $"{signal}: {command.Name} done");
+    }
+
     private static string Describe(AdminCommand command) => command.Kind switch
     {
         AdminCommandKind.KillConnection => $"KILL PGSQL CONNECTION {command.SessionId}",

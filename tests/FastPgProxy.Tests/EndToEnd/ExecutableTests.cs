@@ -147,6 +147,67 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     }
 
     /// <summary>
+    /// PgBouncer's signals, as `systemctl reload` and operators send them: SIGHUP reloads the file (a
+    /// broken file is logged and changes nothing), SIGUSR1 pauses every database and SIGUSR2 resumes them.
+    /// None of them stops the proxy; SIGTERM then exits 0.
+    /// </summary>
+    [Fact]
+    public async Task SIGHUP_reloads_SIGUSR1_pauses_SIGUSR2_resumes_and_none_stops_the_proxy()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        string[] Config(int poolSize, string extra = "") =>
+        [
+            "[fastpgproxy]", "listen_addr = 127.0.0.1", $"listen_port = {port}", "auth_type = trust",
+            $"admin_users = {PostgresServer.Superuser}", $"default_pool_size = {poolSize}", extra,
+            "[databases]", $"* = host=127.0.0.1 port={_pg.Port}",
+        ];
+        string path = WriteConfig(Config(7));
+        using ProxyProcess proxy = ProxyProcess.Start(path);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+        var builder = new NpgsqlConnectionStringBuilder(_pg.ConnectionString(port: port)) { Database = "fastpgproxy" };
+        await using var console = new NpgsqlConnection(builder.ConnectionString + ";Server Compatibility Mode=NoTypeLoading");
+        await console.OpenAsync();
+
+        await File.WriteAllLinesAsync(path, Config(9));
+        await proxy.SignalAsync("HUP");
+        await proxy.WaitForLogAsync("SIGHUP: RELOAD done", ExitTimeout);
+        Assert.Equal("9", await ConsoleValueAsync(console, "SHOW CONFIG", "key", "default_pool_size", "value"));
+
+        await File.WriteAllLinesAsync(path, Config(11, "no_such_key = 1"));
+        await proxy.SignalAsync("HUP");
+        await proxy.WaitForLogAsync("SIGHUP: RELOAD failed", ExitTimeout);
+        Assert.Contains("no_such_key", proxy.StdErr, StringComparison.Ordinal);
+        Assert.Equal("9", await ConsoleValueAsync(console, "SHOW CONFIG", "key", "default_pool_size", "value"));
+
+        await proxy.SignalAsync("USR1");
+        await proxy.WaitForLogAsync("SIGUSR1: PAUSE done", ExitTimeout);
+        Assert.Equal("True", await ConsoleValueAsync(console, "SHOW DATABASES", "name", "*", "paused"));
+        await proxy.SignalAsync("USR2");
+        await proxy.WaitForLogAsync("SIGUSR2: RESUME done", ExitTimeout);
+        Assert.Equal("False", await ConsoleValueAsync(console, "SHOW DATABASES", "name", "*", "paused"));
+
+        await proxy.SignalAsync("TERM");
+        int exitCode = await proxy.WaitForExitAsync(ExitTimeout);
+        Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
+    }
+
+    /// <summary>The <paramref name="column"/> of the console row whose <paramref name="keyColumn"/> is <paramref name="key"/>, as text.</summary>
+    private static async Task<string?> ConsoleValueAsync(NpgsqlConnection console, string command, string keyColumn, string key, string column)
+    {
+        await using var cmd = new NpgsqlCommand(command, console);
+        await using NpgsqlDataReader reader = await cmd.ExecuteReaderAsync();
+        while (await reader.ReadAsync())
+        {
+            if (Convert.ToString(reader[keyColumn], System.Globalization.CultureInfo.InvariantCulture) == key)
+            {
+                return Convert.ToString(reader[column], System.Globalization.CultureInfo.InvariantCulture);
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>
     /// Under a low open-file limit, 300 connections that each send one byte use up every descriptor and
     /// accept fails with EMFILE. Once they close, the proxy accepts again: a new client logs in and runs a
     /// query, and SIGTERM then stops the proxy with exit code 0.
