@@ -23,83 +23,166 @@ internal sealed class ConfigException : Exception
 /// </summary>
 internal static class ConfigLoader
 {
-    /// <summary>Loads and validates the file at <paramref name="path"/>.</summary>
+    // %include may nest this deep; deeper is taken for a file that includes itself.
+    private const int MaxIncludeDepth = 10;
+
+    /// <summary>Loads and validates the file at <paramref name="path"/> (and the files it includes).</summary>
     public static ProxyOptions Load(string path)
     {
-        string text;
-        try
-        {
-            text = File.ReadAllText(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new ConfigException($"{path}: cannot read config file: {e.Message}");
-        }
-
-        ProxyOptions options = Parse(text, path);
+        ProxyOptions options = Parse(ReadFile(path, path, 0), path);
         options.SourcePath = Path.GetFullPath(path);
         return options;
     }
 
-    /// <summary>Parses ini text; <paramref name="source"/> names it in errors.</summary>
+    /// <summary>
+    /// Parses ini text; <paramref name="source"/> names it in errors and relative <c>%include</c> paths are
+    /// taken from its folder. Every error of the text is reported in one <see cref="ConfigException"/>,
+    /// one line each.
+    /// </summary>
     public static ProxyOptions Parse(string text, string source)
     {
         var options = new ProxyOptions();
+        var errors = new List<string>();
         string? section = null;
+        ParseLines(text, source, options, errors, ref section, depth: 0);
+        if (errors.Count == 0)
+        {
+            Validate(options, source, errors);
+        }
+
+        if (errors.Count > 0)
+        {
+            throw new ConfigException(string.Join('\n', errors));
+        }
+
+        return options;
+    }
+
+    private static string ReadFile(string path, string source, int line)
+    {
+        try
+        {
+            return File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ConfigException(line == 0 ? $"{path}: cannot read config file: {e.Message}" : $"{source}:{line}: %include: cannot read {path}: {e.Message}");
+        }
+    }
+
+    /// <summary>The lines of one file, in the section it starts in; an error is noted and the next line read.</summary>
+    private static void ParseLines(string text, string source, ProxyOptions options, List<string> errors, ref string? section, int depth)
+    {
         string[] lines = text.Split('\n');
         for (int i = 0; i < lines.Length; i++)
         {
-            string line = lines[i].Trim();
             int lineNo = i + 1;
-            if (line.Length == 0 || line[0] == ';' || line[0] == '#')
+            try
             {
-                continue;
+                ParseLine(StripComment(lines[i]).Trim(), source, lineNo, options, errors, ref section, depth);
+            }
+            catch (ConfigException e)
+            {
+                errors.Add(e.Message);
+            }
+        }
+    }
+
+    private static void ParseLine(string line, string source, int lineNo, ProxyOptions options, List<string> errors, ref string? section, int depth)
+    {
+        if (line.Length == 0)
+        {
+            return;
+        }
+
+        if (line.StartsWith("%include", StringComparison.OrdinalIgnoreCase) && (line.Length == 8 || char.IsWhiteSpace(line[8])))
+        {
+            string target = Unquote(line[8..].Trim());
+            if (target.Length == 0)
+            {
+                throw Error(source, lineNo, "%include", "needs a file name");
             }
 
-            if (line[0] == '[')
+            if (depth >= MaxIncludeDepth)
             {
-                if (line[^1] != ']')
+                throw Error(source, lineNo, "%include", $"more than {MaxIncludeDepth} levels deep (does a file include itself?)");
+            }
+
+            string path = Path.IsPathRooted(target) ? target : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(source)) ?? ".", target);
+            ParseLines(ReadFile(path, source, lineNo), path, options, errors, ref section, depth + 1);
+            return;
+        }
+
+        if (line[0] == '[')
+        {
+            if (line[^1] != ']')
+            {
+                throw Error(source, lineNo, null, $"malformed section header '{line}'");
+            }
+
+            section = line[1..^1].Trim().ToLowerInvariant();
+            if (section is not ("databases" or "fastpgproxy" or "pgbouncer" or "users" or "peers"))
+            {
+                throw Error(source, lineNo, null, $"unknown section [{section}]");
+            }
+
+            return;
+        }
+
+        int eq = line.IndexOf('=', StringComparison.Ordinal);
+        if (eq <= 0)
+        {
+            throw Error(source, lineNo, null, "expected 'key = value'");
+        }
+
+        string key = line[..eq].Trim();
+        string value = line[(eq + 1)..].Trim();
+        switch (section)
+        {
+            case null:
+                throw Error(source, lineNo, key, "key outside of a section");
+            case "databases":
+                options.Databases.Add(ParseDatabase(key, value, source, lineNo));
+                break;
+            case "users":
+                throw Error(source, lineNo, key, "the [users] section is not supported");
+            case "peers":
+                options.Peers.Add(ParsePeer(key, value, source, lineNo));
+                break;
+            default:
+                ApplySetting(options, key.ToLowerInvariant(), Unquote(value), source, lineNo);
+                break;
+        }
+    }
+
+    /// <summary>
+    /// The line without its comment: a <c>;</c> or <c>#</c> at its start, or after a blank outside quotes
+    /// (so <c>pool_size = 20 ; was 10</c> is 20, and <c>password='a;b'</c> keeps its <c>;</c>).
+    /// </summary>
+    private static string StripComment(string line)
+    {
+        char quote = '\0';
+        for (int i = 0; i < line.Length; i++)
+        {
+            char c = line[i];
+            if (quote != '\0')
+            {
+                if (c == quote)
                 {
-                    throw Error(source, lineNo, null, $"malformed section header '{line}'");
+                    quote = '\0';
                 }
-
-                section = line[1..^1].Trim().ToLowerInvariant();
-                if (section is not ("databases" or "fastpgproxy" or "pgbouncer" or "users" or "peers"))
-                {
-                    throw Error(source, lineNo, null, $"unknown section [{section}]");
-                }
-
-                continue;
             }
-
-            int eq = line.IndexOf('=', StringComparison.Ordinal);
-            if (eq <= 0)
+            else if (c is '\'' or '"')
             {
-                throw Error(source, lineNo, null, "expected 'key = value'");
+                quote = c;
             }
-
-            string key = line[..eq].Trim();
-            string value = line[(eq + 1)..].Trim();
-            switch (section)
+            else if (c is ';' or '#' && (i == 0 || char.IsWhiteSpace(line[i - 1]) || line.AsSpan(0, i).IsWhiteSpace()))
             {
-                case null:
-                    throw Error(source, lineNo, key, "key outside of a section");
-                case "databases":
-                    options.Databases.Add(ParseDatabase(key, value, source, lineNo));
-                    break;
-                case "users":
-                    throw Error(source, lineNo, key, "the [users] section is not supported");
-                case "peers":
-                    options.Peers.Add(ParsePeer(key, value, source, lineNo));
-                    break;
-                default:
-                    ApplySetting(options, key.ToLowerInvariant(), Unquote(value), source, lineNo);
-                    break;
+                return line[..i];
             }
         }
 
-        Validate(options, source);
-        return options;
+        return line;
     }
 
     private static void ApplySetting(ProxyOptions o, string key, string value, string source, int line)
@@ -508,40 +591,35 @@ internal static class ConfigLoader
         return TimeSpan.FromSeconds(seconds * scale);
     }
 
-    private static void Validate(ProxyOptions o, string source)
+    private static void Validate(ProxyOptions o, string source, List<string> errors)
     {
         var peerIds = new HashSet<int>();
         foreach (PeerOptions peer in o.Peers)
         {
             if (!peerIds.Add(peer.Id))
             {
-                throw new ConfigException($"{source}: [peers] lists peer {peer.Id} twice");
+                errors.Add($"{source}: [peers] lists peer {peer.Id} twice");
             }
         }
 
         if (o.Peers.Count > 0 && o.PeerId == 0)
         {
-            throw new ConfigException($"{source}: [peers] needs this instance's own peer_id");
+            errors.Add($"{source}: [peers] needs this instance's own peer_id");
         }
 
         if (o.PeerId != 0 && o.MaxClientConnections > Sessions.SessionRegistry.LocalIdCapacity)
         {
-            throw new ConfigException($"{source}: max_client_conn {o.MaxClientConnections} is more than the {Sessions.SessionRegistry.LocalIdCapacity} session ids an instance with peer_id has");
+            errors.Add($"{source}: max_client_conn {o.MaxClientConnections} is more than the {Sessions.SessionRegistry.LocalIdCapacity} session ids an instance with peer_id has");
         }
 
         if (o.AuthType == AuthType.Cert && o.ClientTls.Mode < TlsMode.VerifyCa)
         {
-            throw new ConfigException($"{source}: auth_type cert needs client_tls_sslmode verify-ca or verify-full");
+            errors.Add($"{source}: auth_type cert needs client_tls_sslmode verify-ca or verify-full");
         }
 
         if (o.AuthType is not (AuthType.Trust or AuthType.Cert) && o.AuthFile is null)
         {
-            throw new ConfigException($"{source}: auth_type {o.AuthType.ToString().ToLowerInvariant()} needs auth_file");
-        }
-
-        if (o.Databases.Count == 0)
-        {
-            throw new ConfigException($"{source}: the [databases] section defines no database");
+            errors.Add($"{source}: auth_type {o.AuthType.ToString().ToLowerInvariant()} needs auth_file");
         }
     }
 

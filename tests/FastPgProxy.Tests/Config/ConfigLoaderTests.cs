@@ -66,11 +66,68 @@ public class ConfigLoaderTests
     [InlineData("listen_port = 1\n", "x.ini:1: listen_port: key outside of a section")]
     [InlineData("[fastpgproxy]\nclient_login_timeout = soon\n", "x.ini:2: client_login_timeout: invalid duration 'soon'")]
     [InlineData("[fastpgproxy]\nauth_type = md5\n[databases]\n* = host=h\n", "x.ini: auth_type md5 needs auth_file")]
-    [InlineData("[fastpgproxy]\nauth_type = trust\n", "x.ini: the [databases] section defines no database")]
     public void Errors_name_file_line_and_key(string text, string expected)
     {
         var e = Assert.Throws<ConfigException>(() => ConfigLoader.Parse(text, "x.ini"));
         Assert.StartsWith(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Every_error_of_the_file_is_reported_in_one_run_a_line_each()
+    {
+        var e = Assert.Throws<ConfigException>(() => ConfigLoader.Parse(
+            "[fastpgproxy]\nlisten_port = seventy\nbogus_key = 1\nauth_type = ldap\n[databases]\napp = host=h colour=blue\n", "x.ini"));
+
+        Assert.Equal(
+            ["x.ini:2: listen_port", "x.ini:3: bogus_key", "x.ini:4: auth_type", "x.ini:6: app"],
+            e.Message.Split('\n').Select(m => string.Join(':', m.Split(':').Take(3))));
+    }
+
+    [Fact]
+    public void Comments_may_follow_a_value_but_quoted_semicolons_and_hashes_are_kept()
+    {
+        ProxyOptions o = ConfigLoader.Parse(
+            "[fastpgproxy] ; the proxy\nauth_type = trust # no passwords here\ndefault_pool_size = 20 ; was 10\n"
+            + "  ; an indented comment\n[databases]\napp = host=h password='a;b #c' ; the app\n",
+            "x.ini");
+
+        Assert.Equal(20, o.DefaultPoolSize);
+        Assert.Equal("a;b #c", o.Databases.Single().Password);
+    }
+
+    [Fact]
+    public void Include_reads_another_file_in_place_relative_to_the_including_one()
+    {
+        string dir = Directory.CreateTempSubdirectory("fpp-include-").FullName;
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(dir, "conf.d"));
+            File.WriteAllText(Path.Combine(dir, "main.ini"), "[fastpgproxy]\nauth_type = trust\n%include conf.d/pools.ini\n[databases]\n%include \"conf.d/dbs.ini\"\n");
+            File.WriteAllText(Path.Combine(dir, "conf.d", "pools.ini"), "default_pool_size = 33\n");
+            File.WriteAllText(Path.Combine(dir, "conf.d", "dbs.ini"), "app = host=h\n");
+
+            ProxyOptions o = ConfigLoader.Load(Path.Combine(dir, "main.ini"));
+
+            Assert.Equal(33, o.DefaultPoolSize);
+            Assert.Equal("app", o.Databases.Single().Name);
+
+            File.WriteAllText(Path.Combine(dir, "loop.ini"), "%include loop.ini\n%include missing.ini\n");
+            var e = Assert.Throws<ConfigException>(() => ConfigLoader.Load(Path.Combine(dir, "loop.ini")));
+            Assert.Contains("%include: more than 10 levels deep", e.Message, StringComparison.Ordinal);
+            Assert.Contains($"loop.ini:2: %include: cannot read {Path.Combine(dir, "missing.ini")}", e.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void An_empty_databases_section_starts_as_PgBouncer_does()
+    {
+        ProxyOptions o = ConfigLoader.Parse("[fastpgproxy]\nauth_type = trust\n[databases]\n", "x.ini");
+
+        Assert.Empty(o.Databases);
     }
 
     [Fact]

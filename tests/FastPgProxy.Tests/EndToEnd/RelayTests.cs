@@ -296,5 +296,15 @@ public sealed class RelayTests(PostgresFixture fixture) : IAsyncLifetime
         Assert.Equal(ConnectionStateOpen, c.FullState);
     }
 
+    [Fact]
+    public async Task With_no_databases_configured_the_proxy_runs_and_every_database_gets_postgres_error()
+    {
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o => o.Databases.Clear());
+
+        var e = await Assert.ThrowsAsync<PostgresException>(() => proxy.OpenAsync());
+        Assert.Equal("3D000", e.SqlState);
+        Assert.Equal($"database \"{PostgresServer.Database}\" does not exist", e.MessageText);
+    }
+
     private const System.Data.ConnectionState ConnectionStateOpen = System.Data.ConnectionState.Open;
 }
