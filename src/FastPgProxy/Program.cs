@@ -58,6 +58,7 @@ internal static class Program
         {
             ProxyOptions options = ConfigLoader.Load(configPath);
             Log.SetVerbosity(options.Verbose);
+            Log.SetFile(options.LogFile);
 
             // The runtime reads this when the first socket is made, which is the listener, next.
             if (Environment.GetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_THREAD_COUNT") is null)
@@ -72,6 +73,11 @@ internal static class Program
         catch (ConfigException e)
         {
             Console.Error.WriteLine($"fastpgproxy: {e.Message}");
+            return 1;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"fastpgproxy: logfile: {e.Message}");
             return 1;
         }
         catch (ListenException e)
@@ -109,11 +115,23 @@ internal static class Program
         using PosixSignalRegistration user1 = OnCommand((PosixSignal)SignalNumbers.User1, "SIGUSR1", Admin.AdminCommandKind.Pause);
         using PosixSignalRegistration user2 = OnCommand((PosixSignal)SignalNumbers.User2, "SIGUSR2", Admin.AdminCommandKind.Resume);
         server.Start();
+        foreach (string warning in server.Options.Warnings)
+        {
+            Log.Warning(warning);
+        }
+
+        if (!PidFile.TryWrite(server.Options.PidFile))
+        {
+            await server.StopAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+            return 1;
+        }
+
         Log.Write(LogLevel.Warning, $"fastpgproxy started: listening on {server.LocalEndPoint}");
         DescriptorLimit.LogAtStart(server.Options);
         await Task.WhenAny(stop.Task, server.Stopped).ConfigureAwait(false);
         Log.Write(LogLevel.Warning, "shutting down");
         await server.StopAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+        PidFile.Remove(server.Options.PidFile);
         Log.Write(LogLevel.Warning, $"stopped: {server.Stats.SessionsOpened} sessions served, {GC.GetTotalAllocatedBytes(precise: true)} bytes allocated since start, {GC.CollectionCount(0)} gen0 collections");
         return 0;
     }
@@ -127,4 +145,44 @@ internal static class SignalNumbers
 
     /// <summary>SIGUSR2 on Linux.</summary>
     public const int User2 = 12;
+}
+
+/// <summary>PgBouncer's <c>pidfile</c>: the process id, written once listening and removed at a clean exit.</summary>
+internal static class PidFile
+{
+    /// <summary>Writes the pid to <paramref name="path"/> (nothing when null); false, logged, when it cannot.</summary>
+    public static bool TryWrite(string? path)
+    {
+        if (path is null)
+        {
+            return true;
+        }
+
+        try
+        {
+            File.WriteAllText(path, Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
+            return true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Log.Error($"pidfile {path}: cannot write it: {e.Message}");
+            return false;
+        }
+    }
+
+    /// <summary>Removes the pid file written at start (nothing when null or already gone).</summary>
+    public static void Remove(string? path)
+    {
+        try
+        {
+            if (path is not null)
+            {
+                File.Delete(path);
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Log.Warning($"pidfile {path}: cannot remove it: {e.Message}");
+        }
+    }
 }

@@ -287,6 +287,11 @@ internal sealed partial class AdminConsole
             return AdminResult.Failed(AdminSqlState.InvalidParameterValue, e.Message, detail: "Nothing was changed.");
         }
 
+        foreach (string warning in fresh.Warnings)
+        {
+            Log.Warning(warning);
+        }
+
         try
         {
             // Certificates first: a file that does not load leaves every setting as it was.
@@ -320,6 +325,16 @@ internal sealed partial class AdminConsole
         }
 
         Log.SetVerbosity(running.Verbose);
+        try
+        {
+            // Reopened even when the name is the same: after a log rotation the old file is let go.
+            Log.SetFile(running.LogFile);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Log.Warning($"logfile {running.LogFile}: cannot open it ({e.Message}); logging goes on where it went before");
+        }
+
         var resized = new List<Task<bool>>();
         foreach (ServerPool pool in Proxy.Pools.Pools)
         {

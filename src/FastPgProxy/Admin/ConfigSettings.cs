@@ -59,6 +59,8 @@ internal sealed record ConfigSetting(string Key, Func<ProxyOptions, string> Get,
         new("server_connect_timeout", o => Seconds(o.ServerConnectTimeout), (t, s) => t.ServerConnectTimeout = s.ServerConnectTimeout),
         new("cancel_timeout", o => Seconds(o.CancelTimeout), (t, s) => t.CancelTimeout = s.CancelTimeout),
         new("verbose", o => Int(o.Verbose), (t, s) => t.Verbose = s.Verbose),
+        new("logfile", o => o.LogFile ?? "", (t, s) => t.LogFile = s.LogFile),
+        new("pidfile", o => o.PidFile ?? "", null),
 
         // RELOAD reads the certificate files again whether or not these changed (certificates rotate in place).
         new("client_tls_sslmode", o => TlsSettings.Name(o.ClientTls.Mode), (t, s) => t.ClientTls = s.ClientTls),

@@ -345,13 +345,52 @@ internal static class ConfigLoader
             case "server_tls_ciphers":
                 o.ServerTls.Ciphers = CheckTls(value, source, line, key, static (v, k) => TlsFiles.ParseCiphers(v, k));
                 break;
+            case "logfile":
+                o.LogFile = EmptyAsNull(value);
+                break;
+            case "pidfile":
+                o.PidFile = EmptyAsNull(value);
+                break;
             case "verbose":
                 o.Verbose = ParseInt(value, 0, 3, source, line, key);
                 break;
             default:
+                if (s_pgBouncerOnly.TryGetValue(key, out string? consequence))
+                {
+                    if (consequence.Length > 0 && value.Length > 0)
+                    {
+                        throw Error(source, line, key, consequence);
+                    }
+
+                    o.Warnings.Add($"{source}:{line}: {key}: PgBouncer's setting is not implemented by FastPgProxy; ignored");
+                    break;
+                }
+
                 throw Error(source, line, key, "unknown setting");
         }
     }
+
+    // PgBouncer 1.25's settings that FastPgProxy does not implement: ignored with a warning, or, where the
+    // text says what clients would lose, an error when set.
+    private static readonly Dictionary<string, string> s_pgBouncerOnly = new(StringComparer.Ordinal)
+    {
+        ["auth_user"] = "not supported: logins through auth_user and auth_query would all fail; list the users in auth_file",
+        ["application_name_add_host"] = "", ["auth_dbname"] = "", ["auth_hba_file"] = "", ["auth_ident_file"] = "",
+        ["auth_ldap_options"] = "", ["auth_query"] = "", ["autodb_idle_timeout"] = "", ["client_idle_timeout"] = "",
+        ["client_tls13_ciphers"] = "", ["client_tls_dheparams"] = "", ["client_tls_ecdhcurve"] = "", ["conffile"] = "",
+        ["disable_pqexec"] = "", ["dns_max_ttl"] = "", ["dns_nxdomain_ttl"] = "", ["dns_zone_check_period"] = "",
+        ["job_name"] = "", ["listen_backlog"] = "", ["log_connections"] = "", ["log_disconnections"] = "",
+        ["log_pooler_errors"] = "", ["log_stats"] = "", ["max_db_client_connections"] = "", ["max_packet_size"] = "",
+        ["max_user_client_connections"] = "", ["max_user_connections"] = "", ["pkt_buf"] = "", ["query_wait_notify"] = "",
+        ["reserve_pool_size"] = "", ["reserve_pool_timeout"] = "", ["resolv_conf"] = "", ["sbuf_loopcnt"] = "",
+        ["scram_iterations"] = "", ["server_check_delay"] = "", ["server_check_query"] = "", ["server_fast_close"] = "",
+        ["server_login_retry"] = "", ["server_reset_query_always"] = "", ["server_round_robin"] = "",
+        ["server_tls13_ciphers"] = "", ["service_name"] = "", ["stats_period"] = "", ["suspend_timeout"] = "",
+        ["syslog"] = "", ["syslog_facility"] = "", ["syslog_ident"] = "", ["tcp_defer_accept"] = "", ["tcp_keepalive"] = "",
+        ["tcp_keepcnt"] = "", ["tcp_keepidle"] = "", ["tcp_keepintvl"] = "", ["tcp_socket_buffer"] = "",
+        ["tcp_user_timeout"] = "", ["track_extra_parameters"] = "", ["transaction_timeout"] = "", ["unix_socket_dir"] = "",
+        ["unix_socket_group"] = "", ["unix_socket_mode"] = "", ["user"] = "",
+    };
 
     private static TlsMode ParseTlsMode(string value, string source, int line, string key) =>
         TlsSettings.ParseMode(value) ?? throw Error(source, line, key, $"invalid value '{value}' (disable, allow, prefer, require, verify-ca or verify-full)");

@@ -202,6 +202,15 @@ internal sealed class ProxyOptions
     /// </summary>
     public HashSet<string> PeerUsers { get; set; } = new(StringComparer.Ordinal);
 
+    /// <summary>A file every log line is appended to as well as standard error (PgBouncer's <c>logfile</c>); reopened by RELOAD and SIGHUP, so a rotated file is let go. Null: standard error only.</summary>
+    public string? LogFile { get; set; }
+
+    /// <summary>A file the process id is written to at start and removed from at exit (PgBouncer's <c>pidfile</c>). Null: none.</summary>
+    public string? PidFile { get; set; }
+
+    /// <summary>What the loader let pass with a warning (PgBouncer settings FastPgProxy does not implement), logged at start.</summary>
+    public List<string> Warnings { get; } = new();
+
     /// <summary>Log verbosity: 0 warnings and start-up, 1 connections, 2 debug. Default 0.</summary>
     public int Verbose { get; set; }
 

@@ -16,12 +16,13 @@ internal enum LogLevel
 }
 
 /// <summary>
-/// Minimal line logger to standard error. Check <see cref="IsEnabled"/> before formatting on hot paths so a
+/// Minimal line logger to standard error, and to <c>logfile</c> when set. Check <see cref="IsEnabled"/> before formatting on hot paths so a
 /// disabled level costs one comparison and no allocation.
 /// </summary>
 internal static class Log
 {
     private static readonly object s_gate = new();
+    private static StreamWriter? s_file;
 
     /// <summary>The lowest level written. Default <see cref="LogLevel.Warning"/>.</summary>
     public static LogLevel MinLevel { get; set; } = LogLevel.Warning;
@@ -57,6 +58,22 @@ internal static class Log
         lock (s_gate)
         {
             Console.Error.WriteLine(line);
+            s_file?.WriteLine(line);
+        }
+    }
+
+    /// <summary>
+    /// Appends every line to <paramref name="path"/> as well (null: standard error only), closing the file
+    /// written before: a rotated file is let go. Throws <see cref="IOException"/> or
+    /// <see cref="UnauthorizedAccessException"/> when it cannot be opened; the file before is then kept.
+    /// </summary>
+    public static void SetFile(string? path)
+    {
+        StreamWriter? file = path is null ? null : new StreamWriter(new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.ReadWrite | FileShare.Delete)) { AutoFlush = true };
+        lock (s_gate)
+        {
+            s_file?.Dispose();
+            s_file = file;
         }
     }
 

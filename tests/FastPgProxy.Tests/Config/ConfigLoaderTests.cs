@@ -131,6 +131,29 @@ public class ConfigLoaderTests
     }
 
     [Fact]
+    public void PgBouncer_settings_that_are_not_implemented_pass_with_one_warning_each()
+    {
+        ProxyOptions o = ConfigLoader.Parse(
+            "[pgbouncer]\nauth_type = trust\ntcp_keepalive = 1\nreserve_pool_size = 5\nunix_socket_dir = /var/run/postgresql\nauth_user =\n"
+            + "logfile = /var/log/pgbouncer/pgbouncer.log\npidfile = /var/run/pgbouncer/pgbouncer.pid\n[databases]\n",
+            "x.ini");
+
+        Assert.Equal(
+            ["x.ini:3: tcp_keepalive", "x.ini:4: reserve_pool_size", "x.ini:5: unix_socket_dir", "x.ini:6: auth_user"],
+            o.Warnings.Select(w => string.Join(':', w.Split(':').Take(3))));
+        Assert.All(o.Warnings, w => Assert.EndsWith("PgBouncer's setting is not implemented by FastPgProxy; ignored", w, StringComparison.Ordinal));
+        Assert.Equal(("/var/log/pgbouncer/pgbouncer.log", "/var/run/pgbouncer/pgbouncer.pid"), (o.LogFile, o.PidFile));
+    }
+
+    [Fact]
+    public void A_PgBouncer_setting_whose_absence_clients_would_notice_is_an_error_that_says_so()
+    {
+        var e = Assert.Throws<ConfigException>(() => ConfigLoader.Parse("[pgbouncer]\nauth_type = trust\nauth_user = pgbouncer\n[databases]\n", "x.ini"));
+
+        Assert.Equal("x.ini:3: auth_user: not supported: logins through auth_user and auth_query would all fail; list the users in auth_file", e.Message);
+    }
+
+    [Fact]
     public void Missing_file_is_an_error_naming_it()
     {
         var e = Assert.Throws<ConfigException>(() => ConfigLoader.Load("/nonexistent/fpp.ini"));

@@ -191,6 +191,45 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
     }
 
+    /// <summary>
+    /// PgBouncer's logfile and pidfile: the log goes to the file as well as standard error, the pid file
+    /// holds the process id while it runs and is removed at a clean exit, and a PgBouncer setting that is
+    /// not implemented is named in one warning at start.
+    /// </summary>
+    [Fact]
+    public async Task Logfile_and_pidfile_work_as_PgBouncers_and_unimplemented_settings_are_warned_about()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        string dir = Directory.CreateTempSubdirectory("fpp-files-").FullName;
+        try
+        {
+            string logFile = Path.Combine(dir, "fastpgproxy.log");
+            string pidFile = Path.Combine(dir, "fastpgproxy.pid");
+            string path = WriteConfig(
+                "[pgbouncer]", "listen_addr = 127.0.0.1", $"listen_port = {port}", "auth_type = trust",
+                $"logfile = {logFile}", $"pidfile = {pidFile}", "tcp_keepalive = 1",
+                "[databases]", $"* = host=127.0.0.1 port={_pg.Port}");
+            using ProxyProcess proxy = ProxyProcess.Start(path);
+            await proxy.WaitListeningAsync(port, ReadyTimeout);
+            await proxy.WaitForLogAsync("fastpgproxy started", ReadyTimeout);
+
+            Assert.Equal(proxy.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), (await File.ReadAllTextAsync(pidFile)).Trim());
+            Assert.Contains("tcp_keepalive: PgBouncer's setting is not implemented by FastPgProxy; ignored", proxy.StdErr, StringComparison.Ordinal);
+            string logged = await File.ReadAllTextAsync(logFile);
+            Assert.Contains("fastpgproxy started", logged, StringComparison.Ordinal);
+            Assert.Contains("tcp_keepalive", logged, StringComparison.Ordinal);
+
+            await proxy.SignalAsync("TERM");
+            Assert.Equal(0, await proxy.WaitForExitAsync(ExitTimeout));
+            Assert.False(File.Exists(pidFile), "the pid file outlived a clean exit");
+            Assert.Contains("stopped:", await File.ReadAllTextAsync(logFile), StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     /// <summary>The <paramref name="column"/> of the console row whose <paramref name="keyColumn"/> is <paramref name="key"/>, as text.</summary>
     private static async Task<string?> ConsoleValueAsync(NpgsqlConnection console, string command, string keyColumn, string key, string column)
     {
