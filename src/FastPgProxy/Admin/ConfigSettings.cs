@@ -61,6 +61,11 @@ internal sealed record ConfigSetting(string Key, Func<ProxyOptions, string> Get,
         new("verbose", o => Int(o.Verbose), (t, s) => t.Verbose = s.Verbose),
         new("logfile", o => o.LogFile ?? "", (t, s) => t.LogFile = s.LogFile),
         new("pidfile", o => o.PidFile ?? "", null),
+        new("tcp_keepalive", o => o.Keepalive.Enabled ? "1" : "0", null),
+        new("tcp_keepidle", o => Int(o.Keepalive.IdleSeconds), null),
+        new("tcp_keepintvl", o => Int(o.Keepalive.IntervalSeconds), null),
+        new("tcp_keepcnt", o => Int(o.Keepalive.Count), null),
+        new("tcp_user_timeout", o => Int(o.Keepalive.UserTimeoutMilliseconds), null),
 
         // RELOAD reads the certificate files again whether or not these changed (certificates rotate in place).
         new("client_tls_sslmode", o => TlsSettings.Name(o.ClientTls.Mode), (t, s) => t.ClientTls = s.ClientTls),

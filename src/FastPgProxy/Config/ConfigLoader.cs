@@ -345,6 +345,21 @@ internal static class ConfigLoader
             case "server_tls_ciphers":
                 o.ServerTls.Ciphers = CheckTls(value, source, line, key, static (v, k) => TlsFiles.ParseCiphers(v, k));
                 break;
+            case "tcp_keepalive":
+                o.Keepalive.Enabled = ParseBool(value, source, line, key);
+                break;
+            case "tcp_keepidle":
+                o.Keepalive.IdleSeconds = ParseInt(value, 0, 32767, source, line, key);
+                break;
+            case "tcp_keepintvl":
+                o.Keepalive.IntervalSeconds = ParseInt(value, 0, 32767, source, line, key);
+                break;
+            case "tcp_keepcnt":
+                o.Keepalive.Count = ParseInt(value, 0, 127, source, line, key);
+                break;
+            case "tcp_user_timeout":
+                o.Keepalive.UserTimeoutMilliseconds = ParseInt(value, 0, int.MaxValue, source, line, key);
+                break;
             case "logfile":
                 o.LogFile = EmptyAsNull(value);
                 break;
@@ -386,9 +401,9 @@ internal static class ConfigLoader
         ["scram_iterations"] = "", ["server_check_delay"] = "", ["server_check_query"] = "", ["server_fast_close"] = "",
         ["server_login_retry"] = "", ["server_reset_query_always"] = "", ["server_round_robin"] = "",
         ["server_tls13_ciphers"] = "", ["service_name"] = "", ["stats_period"] = "", ["suspend_timeout"] = "",
-        ["syslog"] = "", ["syslog_facility"] = "", ["syslog_ident"] = "", ["tcp_defer_accept"] = "", ["tcp_keepalive"] = "",
-        ["tcp_keepcnt"] = "", ["tcp_keepidle"] = "", ["tcp_keepintvl"] = "", ["tcp_socket_buffer"] = "",
-        ["tcp_user_timeout"] = "", ["track_extra_parameters"] = "", ["transaction_timeout"] = "", ["unix_socket_dir"] = "",
+        ["syslog"] = "", ["syslog_facility"] = "", ["syslog_ident"] = "", ["tcp_defer_accept"] = "",
+        ["tcp_socket_buffer"] = "",
+        ["track_extra_parameters"] = "", ["transaction_timeout"] = "", ["unix_socket_dir"] = "",
         ["unix_socket_group"] = "", ["unix_socket_mode"] = "", ["user"] = "",
     };
 

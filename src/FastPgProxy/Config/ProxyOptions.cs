@@ -202,6 +202,9 @@ internal sealed class ProxyOptions
     /// </summary>
     public HashSet<string> PeerUsers { get; set; } = new(StringComparer.Ordinal);
 
+    /// <summary>TCP keepalive and user timeout for client and backend sockets (PgBouncer's <c>tcp_*</c> keys).</summary>
+    public Net.TcpKeepalive Keepalive { get; } = new();
+
     /// <summary>A file every log line is appended to as well as standard error (PgBouncer's <c>logfile</c>); reopened by RELOAD and SIGHUP, so a rotated file is let go. Null: standard error only.</summary>
     public string? LogFile { get; set; }
 

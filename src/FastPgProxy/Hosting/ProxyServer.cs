@@ -327,6 +327,7 @@ internal sealed class ProxyServer : IAsyncDisposable
         try
         {
             socket.NoDelay = true;
+            Options.Keepalive.Apply(socket);
             EventLoop loop = Loops.Next();
             loop.Post(new ClientSession(this, loop, socket));
         }

@@ -189,13 +189,14 @@ internal sealed class SocketChannel : ClientChannel
         }
     }
 
-    /// <summary>Connects a new socket to <paramref name="endPoint"/>; TCP sockets get TCP_NODELAY.</summary>
-    public void Connect(EndPoint endPoint)
+    /// <summary>Connects a new socket to <paramref name="endPoint"/>; TCP sockets get TCP_NODELAY and <paramref name="keepalive"/>.</summary>
+    public void Connect(EndPoint endPoint, TcpKeepalive? keepalive = null)
     {
         Debug.Assert(Loop.InLoop && Socket is null);
         Socket = endPoint is UnixDomainSocketEndPoint
             ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
             : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        keepalive?.Apply(Socket);
         _receiveArgs.Operation = ChannelOperation.Connect;
         _receiveArgs.RemoteEndPoint = endPoint;
         ReceivePending = true;

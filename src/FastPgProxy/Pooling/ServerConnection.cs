@@ -67,6 +67,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
     private IServerLoginListener? _listener;
     private MessageFramer _framer;
     private PasswordLogin? _login;
+    private readonly TcpKeepalive? _keepalive;
     private byte[]? _out;
     private IInternalQueryListener? _queryListener;
     private bool _queryFailed;
@@ -80,9 +81,11 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         string databaseName,
         ServerCredentials credentials,
         TimeSpan connectTimeout,
-        ServerTls? tls = null)
+        ServerTls? tls = null,
+        TcpKeepalive? keepalive = null)
     {
         _tls = tls;
+        _keepalive = keepalive;
         _database = database;
         _databaseName = databaseName;
         _credentials = credentials;
@@ -225,7 +228,7 @@ internal sealed class ServerConnection : IChannelHandler, ILoopTimer
         _listener = listener;
         State = ServerState.Connecting;
         Channel.Loop.Schedule(this, Stopwatch.GetTimestamp() + (long)(_connectTimeout.TotalSeconds * Stopwatch.Frequency));
-        ((SocketChannel)_channel).Connect(EndPoint);
+        ((SocketChannel)_channel).Connect(EndPoint, _keepalive);
     }
 
     /// <inheritdoc/>

@@ -287,7 +287,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
     private void Launch()
     {
-        var server = new ServerConnection(Loop, Options, Options.DatabaseName ?? Database, _credentials, _proxy.Options.ServerConnectTimeout, _proxy.ServerTls)
+        var server = new ServerConnection(Loop, Options, Options.DatabaseName ?? Database, _credentials, _proxy.Options.ServerConnectTimeout, _proxy.ServerTls, _proxy.Options.Keepalive)
         {
             Pool = this,
         };

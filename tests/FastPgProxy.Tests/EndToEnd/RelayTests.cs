@@ -306,5 +306,47 @@ public sealed class RelayTests(PostgresFixture fixture) : IAsyncLifetime
         Assert.Equal($"database \"{PostgresServer.Database}\" does not exist", e.MessageText);
     }
 
+    [Fact]
+    public async Task Client_and_backend_sockets_carry_the_keepalive_settings()
+    {
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o => o.Keepalive.IdleSeconds = 37);
+        await using NpgsqlConnection c = await proxy.OpenAsync();
+        await using (var query = new NpgsqlCommand("SELECT 1", c))
+        {
+            await query.ExecuteScalarAsync();
+        }
+
+        // /proc/net/tcp: the proxy's end of the client connection has local port = the proxy's, its backend
+        // connection has remote port = PostgreSQL's. Timer 2 is keepalive; its expiry is in 1/100 s.
+        // Right after traffic a socket may show its delayed-ACK or retransmit timer instead: look again for a while.
+        var deadline = System.Diagnostics.Stopwatch.StartNew();
+        while (!(KeepaliveTimers(localPort: proxy.Port).Any(t => t is > 20 and <= 37) && KeepaliveTimers(remotePort: _pg.Port).Any(t => t is > 20 and <= 37)))
+        {
+            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(10), $"no keepalive timer of at most 37 s: client side [{string.Join(", ", KeepaliveTimers(localPort: proxy.Port))}], backend side [{string.Join(", ", KeepaliveTimers(remotePort: _pg.Port))}]");
+            await Task.Delay(200);
+        }
+
+        static List<double> KeepaliveTimers(int localPort = -1, int remotePort = -1)
+        {
+            var seconds = new List<double>();
+            foreach (string file in new[] { "/proc/net/tcp", "/proc/net/tcp6" })
+            {
+                foreach (string line in File.ReadLines(file).Skip(1))
+                {
+                    string[] f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                    int local = Convert.ToInt32(f[1][(f[1].LastIndexOf(':') + 1)..], 16);
+                    int remote = Convert.ToInt32(f[2][(f[2].LastIndexOf(':') + 1)..], 16);
+                    string[] timer = f[5].Split(':');
+                    if (f[3] == "01" && (local == localPort || remote == remotePort) && timer[0] == "02")
+                    {
+                        seconds.Add(Convert.ToInt64(timer[1], 16) / 100.0);
+                    }
+                }
+            }
+
+            return seconds;
+        }
+    }
+
     private const System.Data.ConnectionState ConnectionStateOpen = System.Data.ConnectionState.Open;
 }
