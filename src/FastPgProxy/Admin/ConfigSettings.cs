@@ -40,6 +40,7 @@ internal sealed record ConfigSetting(string Key, Func<ProxyOptions, string> Get,
         new("ignore_startup_parameters", o => List(o.IgnoreStartupParameters), null),
         new("query_timeout", o => Seconds(o.QueryTimeout), (t, s) => t.QueryTimeout = s.QueryTimeout),
         new("idle_transaction_timeout", o => Seconds(o.IdleTransactionTimeout), (t, s) => t.IdleTransactionTimeout = s.IdleTransactionTimeout),
+        new("client_idle_timeout", o => Seconds(o.ClientIdleTimeout), (t, s) => t.ClientIdleTimeout = s.ClientIdleTimeout),
         new("cancel_on_disconnect", o => o.CancelOnDisconnect ? "on" : "off", (t, s) => t.CancelOnDisconnect = s.CancelOnDisconnect),
         new("server_reset_timeout", o => Seconds(o.ServerResetTimeout), (t, s) => t.ServerResetTimeout = s.ServerResetTimeout),
 

@@ -285,6 +285,9 @@ internal static class ConfigLoader
             case "idle_transaction_timeout":
                 o.IdleTransactionTimeout = ParseDuration(value, source, line, key);
                 break;
+            case "client_idle_timeout":
+                o.ClientIdleTimeout = ParseDuration(value, source, line, key);
+                break;
             case "cancel_on_disconnect":
                 o.CancelOnDisconnect = ParseBool(value, source, line, key);
                 break;
@@ -391,7 +394,7 @@ internal static class ConfigLoader
     {
         ["auth_user"] = "not supported: logins through auth_user and auth_query would all fail; list the users in auth_file",
         ["application_name_add_host"] = "", ["auth_dbname"] = "", ["auth_hba_file"] = "", ["auth_ident_file"] = "",
-        ["auth_ldap_options"] = "", ["auth_query"] = "", ["autodb_idle_timeout"] = "", ["client_idle_timeout"] = "",
+        ["auth_ldap_options"] = "", ["auth_query"] = "", ["autodb_idle_timeout"] = "", 
         ["client_tls13_ciphers"] = "", ["client_tls_dheparams"] = "", ["client_tls_ecdhcurve"] = "", ["conffile"] = "",
         ["disable_pqexec"] = "", ["dns_max_ttl"] = "", ["dns_nxdomain_ttl"] = "", ["dns_zone_check_period"] = "",
         ["job_name"] = "", ["listen_backlog"] = "", ["log_connections"] = "", ["log_disconnections"] = "",

@@ -174,6 +174,9 @@ internal sealed class ProxyOptions
     /// <summary>A client idle inside a transaction longer than this is closed and its backend rolled back; zero disables. Default 0.</summary>
     public TimeSpan IdleTransactionTimeout { get; set; }
 
+    /// <summary>A logged-in client that sends nothing this long between transactions is closed (FATAL 08P01 <c>client_idle_timeout</c>, PgBouncer's); zero is off. Default 0.</summary>
+    public TimeSpan ClientIdleTimeout { get; set; }
+
     /// <summary>When a client disconnects mid-query, cancel the query, drain and roll back the backend and keep it. Default on.</summary>
     public bool CancelOnDisconnect { get; set; } = true;
 

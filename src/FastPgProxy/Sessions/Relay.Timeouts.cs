@@ -14,6 +14,15 @@ internal sealed partial class Relay
     private SessionTimer? _queryTimer;
     private SessionTimer? _idleTimer;
 
+    /// <summary>
+    /// Whether the client owes the proxy nothing and is owed nothing: no reply due, no batch open, no
+    /// transaction open, no reply of the proxy's own pending. client_idle_timeout acts only then.
+    /// </summary>
+    public bool IdleBetweenTransactions =>
+        _booking.ReadyForQueryDue == 0 && !_booking.BatchOpen && !_parkedForLocalReply
+        && (_interceptor is null || !_interceptor.ReplyPending)
+        && (_server is null || _server.TransactionStatus == TransactionStatus.Idle);
+
     /// <summary>Whether the framer is between client messages (none half-forwarded to the backend).</summary>
     public bool ClientAtBoundary => _clientFramer.AtBoundary;
 

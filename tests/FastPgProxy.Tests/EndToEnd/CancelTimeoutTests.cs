@@ -132,6 +132,33 @@ public sealed class CancelTimeoutTests(PostgresFixture fixture, ITestOutputHelpe
         Assert.Equal(1, (Snapshot.Of(stats) - before).TimedOut);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Client_idle_timeout_closes_a_silent_client_but_not_one_that_keeps_asking_or_sits_in_a_transaction(bool transactionMode)
+    {
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, transactionMode ? PoolMode.Transaction : PoolMode.Session, poolSize: 4, o => o.ClientIdleTimeout = TimeSpan.FromSeconds(1));
+        using RawClient silent = await RawClient.ConnectAsync(proxy);
+        using RawClient busy = await RawClient.ConnectAsync(proxy);
+        using RawClient inTransaction = await RawClient.ConnectAsync(proxy);
+        Assert.Null((await inTransaction.QueryAsync("BEGIN; SELECT 1", Patience)).SqlState);
+
+        // The busy client asks every 300 ms for 3 s, three timeouts long: it stays.
+        for (int i = 0; i < 10; i++)
+        {
+            Assert.Null((await busy.QueryAsync("SELECT 1", Patience)).SqlState);
+            await Task.Delay(300);
+        }
+
+        (byte[] data, bool closed) = await silent.ReadUntilCloseAsync(Patience);
+        Assert.True(closed, "the silent client was not closed");
+        Assert.Equal("08P01", RawProtocol.ErrorCode(data));
+        Assert.Equal("client_idle_timeout", RawProtocol.ErrorField(data, (byte)'M'));
+
+        Assert.Null((await busy.QueryAsync("SELECT 1", Patience)).SqlState);
+        Assert.Null((await inTransaction.QueryAsync("SELECT 2; COMMIT", Patience)).SqlState);
+    }
+
     [Fact]
     public async Task Idle_transaction_timeout_closes_the_client_and_rolls_its_backend_back()
     {
