@@ -7,7 +7,6 @@ using FastPgProxy.Auth;
 using FastPgProxy.Hosting;
 using FastPgProxy.Pooling;
 using FastPgProxy.Protocol;
-using FastPgProxy.Tls;
 
 namespace FastPgProxy.Cancellation;
 
@@ -36,7 +35,7 @@ internal static class PeerSignalSender
             return PeerSignalOutcome.Unreachable;
         }
 
-        int limit = peer.Options.PoolSize ?? proxy.Options.MaxCancelConnections;
+        int limit = peer.SlotLimit(proxy.Options);
         if (!peer.TryEnter(limit))
         {
             Log.Warning($"{Describe(signal)} for peer {peer.Options.Id} dropped: {limit} forwards to it already on their way");
@@ -49,9 +48,7 @@ internal static class PeerSignalSender
         try
         {
             using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-            await socket.ConnectAsync(peer.Options.Host, peer.Options.Port, cts.Token).ConfigureAwait(false);
-            ServerTls? tls = proxy.ServerTls is { AsksForTls: true } serverTls ? serverTls : null;
-            await using Stream stream = await CancelForwarder.OpenAsync(socket, tls, peer.Options.Host, cts.Token).ConfigureAwait(false);
+            await using Stream stream = await PeerDirectory.OpenAsync(proxy, peer, socket, cts.Token).ConfigureAwait(false);
             var credentials = new ServerCredentials { User = user, Password = peer.Options.Password };
             byte[]? binding = stream is SslStream { RemoteCertificate: { } certificate } && ChannelBinding.TryComputeTlsServerEndPoint(certificate, out byte[]? data) ? data : null;
             await LogInAsync(stream, new PasswordLogin(credentials, binding), user, proxy.Peers.SelfId, cts.Token).ConfigureAwait(false);

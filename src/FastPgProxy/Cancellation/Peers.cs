@@ -77,6 +77,9 @@ internal sealed class PeerLink
     /// <summary>Counts a cancel received from this peer.</summary>
     public void OnReceived() => Interlocked.Increment(ref _received);
 
+    /// <summary>How many cancels and signals may be on their way to the peer at once: its <c>pool_size</c>, else <c>max_cancel_connections</c>.</summary>
+    public int SlotLimit(ProxyOptions options) => Options.PoolSize ?? options.MaxCancelConnections;
+
     /// <summary>Takes one of the peer's <paramref name="limit"/> forwarding slots; false (counted) when all are taken.</summary>
     public bool TryEnter(int limit)
     {
@@ -179,7 +182,7 @@ internal sealed class PeerDirectory
     public static async Task ForwardAsync(ProxyServer proxy, PeerLink peer, IDisposable? clientConnection, byte[] envelope)
     {
         CancelStats stats = proxy.CancelStats;
-        int limit = peer.Options.PoolSize ?? proxy.Options.MaxCancelConnections;
+        int limit = peer.SlotLimit(proxy.Options);
         if (!peer.TryEnter(limit))
         {
             stats.OnPeerBusy();
@@ -193,9 +196,7 @@ internal sealed class PeerDirectory
         try
         {
             using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-            await socket.ConnectAsync(peer.Options.Host, peer.Options.Port, cts.Token).ConfigureAwait(false);
-            ServerTls? tls = proxy.ServerTls is { AsksForTls: true } serverTls ? serverTls : null;
-            await using Stream stream = await CancelForwarder.OpenAsync(socket, tls, peer.Options.Host, cts.Token).ConfigureAwait(false);
+            await using Stream stream = await OpenAsync(proxy, peer, socket, cts.Token).ConfigureAwait(false);
             await CancelForwarder.SendAndAwaitCloseAsync(stream, envelope, cts.Token).ConfigureAwait(false);
 
             reached = true;
@@ -212,5 +213,17 @@ internal sealed class PeerDirectory
             peer.Exit(reached);
             clientConnection?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Connects <paramref name="socket"/> to <paramref name="peer"/> and returns the stream to it: TLS when
+    /// <c>server_tls_sslmode</c> asks for it, as a backend's connection is. Forwarded cancels and signals
+    /// alike; the caller disposes both.
+    /// </summary>
+    public static async Task<Stream> OpenAsync(ProxyServer proxy, PeerLink peer, Socket socket, CancellationToken cancellation)
+    {
+        await socket.ConnectAsync(peer.Options.Host, peer.Options.Port, cancellation).ConfigureAwait(false);
+        ServerTls? tls = proxy.ServerTls is { AsksForTls: true } serverTls ? serverTls : null;
+        return await CancelForwarder.OpenAsync(socket, tls, peer.Options.Host, cancellation).ConfigureAwait(false);
     }
 }
