@@ -208,9 +208,8 @@ internal sealed partial class AdminConsole
     /// <summary>PEER: another instance signals a session of this one, for a caller it vouches for (<see cref="PeerSignal.ApplyAsync"/>).</summary>
     private async Task<AdminResult> SignalFromPeerAsync(PeerSignal signal, ClientSession caller)
     {
-        const string prefix = "fastpgproxy peer ";
         string name = caller.ApplicationName;
-        if (name.StartsWith(prefix, StringComparison.Ordinal) && int.TryParse(name.AsSpan(prefix.Length), out int from))
+        if (name.StartsWith(PeerSignal.ApplicationNamePrefix, StringComparison.Ordinal) && int.TryParse(name.AsSpan(PeerSignal.ApplicationNamePrefix.Length), out int from))
         {
             Proxy.Peers.Find(from)?.OnSignalReceived();
         }

@@ -47,6 +47,12 @@ internal sealed record PeerSignal(PeerSignalKind Kind, int SessionId, string Use
     /// <summary>The outcome column's name in the owner's reply.</summary>
     public const string OutcomeColumn = "outcome";
 
+    /// <summary>
+    /// The application_name a calling instance logs in with, followed by its peer id: the owner counts the
+    /// signal for that peer in SHOW PEERS.
+    /// </summary>
+    public const string ApplicationNamePrefix = "fastpgproxy peer ";
+
     /// <summary>The command the calling instance sends.</summary>
     public string ToCommand()
     {
@@ -107,9 +113,10 @@ internal sealed record PeerSignal(PeerSignalKind Kind, int SessionId, string Use
     /// <summary>An outcome the caller read; <see cref="PeerSignalOutcome.Unreachable"/> for anything else.</summary>
     public static PeerSignalOutcome Read(ReadOnlySpan<byte> text)
     {
+        string spelt = Encoding.ASCII.GetString(text);
         foreach (PeerSignalOutcome outcome in Enum.GetValues<PeerSignalOutcome>())
         {
-            if (text.SequenceEqual(Encoding.ASCII.GetBytes(Spell(outcome))))
+            if (spelt == Spell(outcome))
             {
                 return outcome;
             }

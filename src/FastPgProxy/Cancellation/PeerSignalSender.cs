@@ -82,7 +82,7 @@ internal static class PeerSignalSender
         writer.WriteCString("database");
         writer.WriteCString("fastpgproxy");
         writer.WriteCString("application_name");
-        writer.WriteCString($"fastpgproxy peer {selfId}");
+        writer.WriteCString(PeerSignal.ApplicationNamePrefix + selfId.ToString(System.Globalization.CultureInfo.InvariantCulture));
         writer.WriteByte(0);
         writer.EndMessage();
         await stream.WriteAsync(output.AsMemory(0, writer.Position), cancellation).ConfigureAwait(false);
