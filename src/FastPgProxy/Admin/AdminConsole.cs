@@ -81,18 +81,28 @@ internal sealed partial class AdminConsole
             Log.Write(LogLevel.Warning, $"admin console session {caller.Id} ({caller.User}): {Describe(command)}");
         }
 
+        return await RunAsync(command, caller, $"admin console session {caller.Id}").ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="command"/> for <paramref name="caller"/> (null for a process signal, which runs
+    /// only RELOAD, PAUSE and RESUME); a failure is logged for <paramref name="who"/> and returned as an
+    /// error. Never throws.
+    /// </summary>
+    private async Task<AdminResult> RunAsync(AdminCommand command, ClientSession? caller, string who)
+    {
         try
         {
             return command.Kind switch
             {
                 AdminCommandKind.Show => await ShowAsync(command.Item).ConfigureAwait(false),
-                AdminCommandKind.KillConnection => await KillConnectionAsync(command.SessionId, caller).ConfigureAwait(false),
-                AdminCommandKind.KillQuery => await KillQueryAsync(command.SessionId, caller).ConfigureAwait(false),
+                AdminCommandKind.KillConnection => await KillConnectionAsync(command.SessionId, caller!).ConfigureAwait(false),
+                AdminCommandKind.KillQuery => await KillQueryAsync(command.SessionId, caller!).ConfigureAwait(false),
                 AdminCommandKind.Pause => await PauseAsync(command.Database, pause: true).ConfigureAwait(false),
                 AdminCommandKind.Resume => await PauseAsync(command.Database, pause: false).ConfigureAwait(false),
                 AdminCommandKind.Reload => await ReloadAsync().ConfigureAwait(false),
                 AdminCommandKind.Shutdown => new AdminResult { Tag = "SHUTDOWN", ShutdownAfterReply = true },
-                AdminCommandKind.Peer => await SignalFromPeerAsync(command.Signal!, caller).ConfigureAwait(false),
+                AdminCommandKind.Peer => await SignalFromPeerAsync(command.Signal!, caller!).ConfigureAwait(false),
                 _ => AdminResult.Done(""),
             };
         }
@@ -102,34 +112,26 @@ internal sealed partial class AdminConsole
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            Log.Warning($"admin console session {caller.Id}: {Describe(command)} failed: {e}");
+            Log.Warning($"{who}: {Describe(command)} failed: {e}");
             return AdminResult.Failed(Protocol.SqlState.InternalError, $"{command.Name} failed: {e.Message}");
         }
     }
 
     /// <summary>
     /// Runs RELOAD, PAUSE or RESUME for a process signal (PgBouncer's SIGHUP, SIGUSR1, SIGUSR2), on the
-    /// thread pool. The outcome is logged: a RELOAD that fails keeps every setting as it was. Never throws.
+    /// thread pool, as the console runs them. The outcome is logged: a RELOAD that fails keeps every
+    /// setting as it was. Throws only for another command.
     /// </summary>
     public async Task RunForSignalAsync(AdminCommand command, string signal)
     {
         ArgumentNullException.ThrowIfNull(command);
+        if (command.Kind is not (AdminCommandKind.Reload or AdminCommandKind.Pause or AdminCommandKind.Resume))
+        {
+            throw new ArgumentException($"{command.Name} is not run for a signal", nameof(command));
+        }
+
         Log.Write(LogLevel.Warning, $"{signal}: {Describe(command)}");
-        AdminResult result;
-        try
-        {
-            result = command.Kind switch
-            {
-                AdminCommandKind.Reload => await ReloadAsync().ConfigureAwait(false),
-                AdminCommandKind.Pause => await PauseAsync(command.Database, pause: true).ConfigureAwait(false),
-                AdminCommandKind.Resume => await PauseAsync(command.Database, pause: false).ConfigureAwait(false),
-                _ => throw new ArgumentException($"{command.Name} is not run for a signal", nameof(command)),
-            };
-        }
-        catch (Exception e) when (e is TimeoutException or ConfigException or IOException)
-        {
-            result = AdminResult.Failed(Protocol.SqlState.InternalError, e.Message);
-        }
+        AdminResult result = await RunAsync(command, caller: null, signal).ConfigureAwait(false);
 
         if (result.Error is { } error)
         {
