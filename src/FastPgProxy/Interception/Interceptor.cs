@@ -314,20 +314,20 @@ internal sealed class Interceptor
         }
 
         long pid = argument.Value;
+        bool admin = _session.Proxy.Options.AdminUsers.Contains(_session.User!);
         ClientSession? target = null;
         if (pid is > 0 and <= int.MaxValue && !_session.Proxy.Sessions.TryGet((int)pid, out target)
             && _session.Proxy.Peers.OwnerOf((int)pid) is { } owner)
         {
             // Another instance's session: asked there, for this user, off the loop; the reply is finished
             // when it answers, as a local target's would be.
-            bool admin = _session.Proxy.Options.AdminUsers.Contains(_session.User!);
             var signal = new PeerSignal(terminate ? PeerSignalKind.Terminate : PeerSignalKind.Cancel, (int)pid, _session.User!, admin, terminate ? timeoutMs : 0);
             _localReplyPending = true;
             _ = SignalPeerAsync(owner, signal, writer.Position, format, describe, call, sql.ToArray());
             return true;
         }
 
-        if (target is not null && !PeerSignal.MaySignal(target.User, _session.User, _session.Proxy.Options.AdminUsers.Contains(_session.User!)))
+        if (target is not null && !PeerSignal.MaySignal(target.User, _session.User, admin))
         {
             WritePermissionDenied(terminate, ref writer);
             failed = true;

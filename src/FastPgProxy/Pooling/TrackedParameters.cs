@@ -16,17 +16,20 @@ internal static class TrackedParameters
     public const int ApplicationNameSlot = 4;
 
     /// <summary>The canonical spelling of <paramref name="name"/> when it is tracked (GUC names ignore case); null otherwise.</summary>
-    public static string? Find(string name)
+    public static string? Find(string name) => IndexOf(name) is int i and >= 0 ? Names[i] : null;
+
+    /// <summary>The index of <paramref name="name"/> in <see cref="Names"/> (GUC names ignore case); -1 when it is not tracked.</summary>
+    private static int IndexOf(string name)
     {
-        foreach (string tracked in Names)
+        for (int i = 0; i < Names.Length; i++)
         {
-            if (string.Equals(tracked, name, StringComparison.OrdinalIgnoreCase))
+            if (string.Equals(Names[i], name, StringComparison.OrdinalIgnoreCase))
             {
-                return tracked;
+                return i;
             }
         }
 
-        return null;
+        return -1;
     }
 
     /// <summary>
@@ -124,13 +127,9 @@ internal static class TrackedParameters
     /// <summary>Records <paramref name="status"/> of <paramref name="name"/> in <paramref name="slots"/> when the parameter is tracked.</summary>
     public static void Record(ParameterStatus?[] slots, string name, ParameterStatus status)
     {
-        for (int i = 0; i < Names.Length; i++)
+        if (IndexOf(name) is int i and >= 0)
         {
-            if (string.Equals(Names[i], name, StringComparison.OrdinalIgnoreCase))
-            {
-                slots[i] = status;
-                return;
-            }
+            slots[i] = status;
         }
     }
 
