@@ -126,7 +126,7 @@ internal static class Program
             return 1;
         }
 
-        Log.Write(LogLevel.Warning, $"fastpgproxy started: listening on {server.LocalEndPoint}");
+        Log.Write(LogLevel.Warning, $"fastpgproxy started: listening on {server.ListenNames}");
         DescriptorLimit.LogAtStart(server.Options);
         await Task.WhenAny(stop.Task, server.Stopped).ConfigureAwait(false);
         Log.Write(LogLevel.Warning, "shutting down");

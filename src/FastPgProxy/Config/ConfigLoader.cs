@@ -190,12 +190,27 @@ internal static class ConfigLoader
         switch (key)
         {
             case "listen_addr":
-                if (value != "*" && !System.Net.IPAddress.TryParse(value, out _) && value != "localhost")
+                foreach (string address in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
                 {
-                    throw Error(source, line, key, $"invalid address '{value}' (an IP address, localhost or *)");
+                    if (address != "*" && address != "localhost" && !System.Net.IPAddress.TryParse(address, out _))
+                    {
+                        throw Error(source, line, key, $"invalid address '{address}' (a list of IP addresses, localhost or *)");
+                    }
                 }
 
                 o.ListenAddress = value;
+                break;
+            case "listen_backlog":
+                o.ListenBacklog = ParseInt(value, 1, 65535, source, line, key);
+                break;
+            case "unix_socket_dir":
+                o.UnixSocketDir = EmptyAsNull(value);
+                break;
+            case "unix_socket_mode":
+                o.UnixSocketMode = ParseFileMode(value, source, line, key);
+                break;
+            case "unix_socket_group":
+                o.UnixSocketGroup = EmptyAsNull(value);
                 break;
             case "listen_port":
                 o.ListenPort = ParseInt(value, 0, 65535, source, line, key);
@@ -397,7 +412,7 @@ internal static class ConfigLoader
         ["auth_ldap_options"] = "", ["auth_query"] = "", ["autodb_idle_timeout"] = "", 
         ["client_tls13_ciphers"] = "", ["client_tls_dheparams"] = "", ["client_tls_ecdhcurve"] = "", ["conffile"] = "",
         ["disable_pqexec"] = "", ["dns_max_ttl"] = "", ["dns_nxdomain_ttl"] = "", ["dns_zone_check_period"] = "",
-        ["job_name"] = "", ["listen_backlog"] = "", ["log_connections"] = "", ["log_disconnections"] = "",
+        ["job_name"] = "", ["log_connections"] = "", ["log_disconnections"] = "",
         ["log_pooler_errors"] = "", ["log_stats"] = "", ["max_db_client_connections"] = "", ["max_packet_size"] = "",
         ["max_user_client_connections"] = "", ["max_user_connections"] = "", ["pkt_buf"] = "", ["query_wait_notify"] = "",
         ["reserve_pool_size"] = "", ["reserve_pool_timeout"] = "", ["resolv_conf"] = "", ["sbuf_loopcnt"] = "",
@@ -406,8 +421,7 @@ internal static class ConfigLoader
         ["server_tls13_ciphers"] = "", ["service_name"] = "", ["stats_period"] = "", ["suspend_timeout"] = "",
         ["syslog"] = "", ["syslog_facility"] = "", ["syslog_ident"] = "", ["tcp_defer_accept"] = "",
         ["tcp_socket_buffer"] = "",
-        ["track_extra_parameters"] = "", ["transaction_timeout"] = "", ["unix_socket_dir"] = "",
-        ["unix_socket_group"] = "", ["unix_socket_mode"] = "", ["user"] = "",
+        ["track_extra_parameters"] = "", ["transaction_timeout"] = "", ["user"] = "",
     };
 
     private static TlsMode ParseTlsMode(string value, string source, int line, string key) =>
@@ -430,6 +444,28 @@ internal static class ConfigLoader
         }
 
         return value;
+    }
+
+    /// <summary>An octal file mode, as chmod takes it (<c>0777</c>, <c>770</c>).</summary>
+    private static int ParseFileMode(string value, string source, int line, string key)
+    {
+        int mode = 0;
+        foreach (char c in value)
+        {
+            if (c is < '0' or > '7')
+            {
+                throw Error(source, line, key, $"invalid file mode '{value}' (octal, for example 0777)");
+            }
+
+            mode = (mode * 8) + (c - '0');
+        }
+
+        if (value.Length == 0 || mode > Convert.ToInt32("777", 8))
+        {
+            throw Error(source, line, key, $"invalid file mode '{value}' (octal, for example 0777)");
+        }
+
+        return mode;
     }
 
     private static string? EmptyAsNull(string value) => value.Length == 0 ? null : value;

@@ -55,8 +55,26 @@ internal sealed class DatabaseOptions
 /// <summary>Everything the server needs to run; the config file is parsed into this, and tests build it directly.</summary>
 internal sealed class ProxyOptions
 {
-    /// <summary>Address to listen on; <c>*</c> for every IPv4 and IPv6 address. Default 127.0.0.1.</summary>
+    /// <summary>
+    /// Addresses to listen on for TCP, comma-separated: IP addresses, <c>localhost</c>, or <c>*</c> for every
+    /// IPv4 and IPv6 address; empty: the Unix socket only. Default 127.0.0.1.
+    /// </summary>
     public string ListenAddress { get; set; } = "127.0.0.1";
+
+    /// <summary>The <c>listen(2)</c> backlog of each listener: connections the kernel queues before the proxy accepts them. Default 1024.</summary>
+    public int ListenBacklog { get; set; } = 1024;
+
+    /// <summary>
+    /// Folder of the Unix socket <c>.s.PGSQL.PORT</c> clients may connect through (psql's <c>host=/tmp</c>);
+    /// a name starting with <c>@</c> is in Linux's abstract namespace; null or empty: no Unix socket. Default /tmp, as PgBouncer.
+    /// </summary>
+    public string? UnixSocketDir { get; set; } = "/tmp";
+
+    /// <summary>File mode of the Unix socket. Default 0777.</summary>
+    public int UnixSocketMode { get; set; } = Convert.ToInt32("777", 8);
+
+    /// <summary>Group (name or number) the Unix socket file is given to; null: the process's group. Default null.</summary>
+    public string? UnixSocketGroup { get; set; }
 
     /// <summary>Port to listen on; 0 picks a free port (tests). Default 6432.</summary>
     public int ListenPort { get; set; } = 6432;

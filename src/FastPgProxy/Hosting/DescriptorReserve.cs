@@ -41,6 +41,15 @@ internal sealed class DescriptorReserve : IDisposable
     /// </summary>
     public bool TryTake(int headroom = Headroom)
     {
+        // Each listener's accept loop may call this; one at a time.
+        lock (_handles)
+        {
+            return TryTakeLocked(headroom);
+        }
+    }
+
+    private bool TryTakeLocked(int headroom)
+    {
         if (IsHeld)
         {
             return true;
@@ -76,8 +85,11 @@ internal sealed class DescriptorReserve : IDisposable
     /// <summary>Closes the reserved descriptors so the runtime can use them.</summary>
     public void Release()
     {
-        CloseAll(_handles);
-        IsHeld = false;
+        lock (_handles)
+        {
+            CloseAll(_handles);
+            IsHeld = false;
+        }
     }
 
     /// <inheritdoc/>

@@ -30,9 +30,9 @@ internal sealed class ProxyServer : IAsyncDisposable
     /// <summary>Size of every pooled buffer: a receive window and the proxy's own outgoing messages.</summary>
     public const int BufferSize = 32 * 1024;
 
-    private readonly Socket _listener;
+    private readonly List<Listener> _listeners;
     private readonly CancellationTokenSource _stopping = new();
-    private Task? _acceptLoop;
+    private Task[] _acceptLoops = [];
     private DescriptorReserve? _reserve;
     private int _stopped;
 
@@ -59,69 +59,12 @@ internal sealed class ProxyServer : IAsyncDisposable
 
         // Unknown users still go through a full SCRAM exchange against this throw-away verifier.
         MockVerifier = ScramVerifier.FromPassword(Convert.ToBase64String(System.Security.Cryptography.RandomNumberGenerator.GetBytes(18)));
-        IPAddress address = options.ListenAddress switch
-        {
-            "*" => IPAddress.IPv6Any,
-            "localhost" => IPAddress.Loopback,
-            _ => IPAddress.Parse(options.ListenAddress),
-        };
-        var endPoint = new IPEndPoint(address, options.ListenPort);
-        _listener = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        try
-        {
-            if (address.Equals(IPAddress.IPv6Any))
-            {
-                _listener.DualMode = true;
-            }
-
-            SetReuseOptions(_listener, options.SoReusePort);
-            _listener.Bind(endPoint);
-        }
-        catch (SocketException e)
-        {
-            _listener.Dispose();
-            throw new ListenException(
-                e.SocketErrorCode == SocketError.AddressAlreadyInUse
-                    ? $"cannot listen on {endPoint}: {e.Message} (another process listens there; only instances that all set so_reuseport = 1 may share a port)"
-                    : $"cannot listen on {endPoint}: {e.Message}",
-                e);
-        }
-
-        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+        _listeners = Listener.BindAll(options);
+        LocalEndPoint = _listeners.Find(static l => !l.IsUnix)?.Socket.LocalEndPoint as IPEndPoint;
+        Port = LocalEndPoint?.Port ?? options.ListenPort;
         Loops = new EventLoopGroup(options.EffectiveLoopThreads, BufferSize);
         Pools = new PoolManager(this);
         CancelGuard = new CancelGuard(options.CancelBadKeyLimit);
-    }
-
-    // Linux values of SOL_SOCKET, SO_REUSEADDR and SO_REUSEPORT (asm-generic/socket.h).
-    private const int SolSocket = 1;
-    private const int SoReuseAddr = 2;
-    private const int SoReusePort = 15;
-
-    /// <summary>
-    /// SO_REUSEADDR, so a restart binds while the old process's connections linger in TIME_WAIT; SO_REUSEPORT
-    /// only when asked. (On Linux, SocketOptionName.ReuseAddress sets SO_REUSEPORT too, which let a second
-    /// instance bind a port in use and take half the new connections without a word.)
-    /// </summary>
-    private static void SetReuseOptions(Socket listener, bool reusePort)
-    {
-        if (!OperatingSystem.IsLinux())
-        {
-            if (reusePort)
-            {
-                listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-            }
-
-            return;
-        }
-
-        Span<byte> on = stackalloc byte[sizeof(int)];
-        MemoryMarshal.Write(on, 1);
-        listener.SetRawSocketOption(SolSocket, SoReuseAddr, on);
-        if (reusePort)
-        {
-            listener.SetRawSocketOption(SolSocket, SoReusePort, on);
-        }
     }
 
     /// <summary>Cancel storm and key-guessing protection.</summary>
@@ -172,7 +115,13 @@ internal sealed class ProxyServer : IAsyncDisposable
     public ScramVerifier MockVerifier { get; }
 
     /// <summary>Where the listener is bound (the real port when 0 was asked).</summary>
-    public IPEndPoint LocalEndPoint { get; }
+    public IPEndPoint? LocalEndPoint { get; }
+
+    /// <summary>The port clients connect to, over TCP and in the Unix socket's name; the one picked when <c>listen_port</c> is 0.</summary>
+    public int Port { get; }
+
+    /// <summary>Where the proxy listens, for logs: TCP addresses and the Unix socket's path.</summary>
+    public string ListenNames => string.Join(", ", _listeners.ConvertAll(static l => l.Name));
 
     /// <summary>The event loops.</summary>
     public EventLoopGroup Loops { get; }
@@ -219,9 +168,16 @@ internal sealed class ProxyServer : IAsyncDisposable
     {
         RuntimePreload.Run();
         _reserve = new DescriptorReserve();
-        _listener.Listen(1024);
-        _acceptLoop = Task.Run(AcceptLoopAsync);
-        Log.Info($"listening on {LocalEndPoint} with {Loops.Loops.Count} loop threads");
+        var loops = new Task[_listeners.Count];
+        for (int i = 0; i < _listeners.Count; i++)
+        {
+            Listener listener = _listeners[i];
+            listener.Socket.Listen(Options.ListenBacklog);
+            loops[i] = Task.Run(() => AcceptLoopAsync(listener));
+        }
+
+        _acceptLoops = loops;
+        Log.Info($"listening on {ListenNames} with {Loops.Loops.Count} loop threads");
     }
 
     /// <summary>
@@ -232,7 +188,7 @@ internal sealed class ProxyServer : IAsyncDisposable
     /// <see cref="DescriptorReserve"/>). Nothing may end this loop but a stop: an exception that escaped it
     /// would leave the listener open and nobody accepting.
     /// </summary>
-    private async Task AcceptLoopAsync()
+    private async Task AcceptLoopAsync(Listener listener)
     {
         DescriptorReserve reserve = _reserve!;
         int failures = 0;
@@ -255,7 +211,7 @@ internal sealed class ProxyServer : IAsyncDisposable
             Socket socket;
             try
             {
-                socket = await _listener.AcceptAsync(_stopping.Token).ConfigureAwait(false);
+                socket = await listener.Socket.AcceptAsync(_stopping.Token).ConfigureAwait(false);
             }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
             {
@@ -286,7 +242,7 @@ internal sealed class ProxyServer : IAsyncDisposable
             }
 
             backOff = FirstBackOff;
-            Admit(socket);
+            Admit(socket, listener.IsUnix);
         }
     }
 
@@ -317,7 +273,7 @@ internal sealed class ProxyServer : IAsyncDisposable
     /// Hands an accepted socket to a session on the next loop, or refuses it at once (FATAL 53300) while
     /// max_login_clients connections are logging in.
     /// </summary>
-    private void Admit(Socket socket)
+    private void Admit(Socket socket, bool unix)
     {
         if (!Admission.TryAdmit(socket, Options.EffectiveMaxLoginClients))
         {
@@ -326,8 +282,12 @@ internal sealed class ProxyServer : IAsyncDisposable
 
         try
         {
-            socket.NoDelay = true;
-            Options.Keepalive.Apply(socket);
+            if (!unix)
+            {
+                socket.NoDelay = true;
+                Options.Keepalive.Apply(socket);
+            }
+
             EventLoop loop = Loops.Next();
             loop.Post(new ClientSession(this, loop, socket));
         }
@@ -353,12 +313,16 @@ internal sealed class ProxyServer : IAsyncDisposable
         }
 
         await _stopping.CancelAsync().ConfigureAwait(false);
-        _listener.Dispose();
-        if (_acceptLoop is not null)
+        foreach (Listener listener in _listeners)
+        {
+            listener.Close();
+        }
+
+        foreach (Task acceptLoop in _acceptLoops)
         {
             try
             {
-                await _acceptLoop.ConfigureAwait(false);
+                await acceptLoop.ConfigureAwait(false);
             }
             catch (Exception e)
             {

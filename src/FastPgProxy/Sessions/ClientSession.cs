@@ -78,6 +78,7 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
         _client = new SocketChannel(loop, socket, this) { IdleWithoutBuffer = true };
         _login = new LoginHandshake(this, proxy);
         RemoteEndPoint = socket.RemoteEndPoint as IPEndPoint;
+        IsUnixSocket = socket.AddressFamily == AddressFamily.Unix;
         ConnectTime = DateTime.UtcNow;
     }
 
@@ -96,8 +97,11 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
     /// <summary>Life-cycle state.</summary>
     public SessionState State { get; private set; }
 
-    /// <summary>The client's address.</summary>
+    /// <summary>The client's address; null over the Unix socket.</summary>
     public IPEndPoint? RemoteEndPoint { get; }
+
+    /// <summary>Whether the client came through the Unix socket (no TLS there, as PostgreSQL; no address).</summary>
+    public bool IsUnixSocket { get; }
 
     /// <summary>When the client connected (UTC).</summary>
     public DateTime ConnectTime { get; }

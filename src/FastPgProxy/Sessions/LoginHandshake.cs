@@ -58,7 +58,7 @@ internal sealed class LoginHandshake
     /// <summary>Reads the first packet of the connection (protocol 55.2.1 and 55.2.10-12).</summary>
     private void ReadStartup()
     {
-        if (!_sslAnswered && _owner.Client.Buffered > 0 && _owner.Client.Window[0] == TlsRecordHandshake && _proxy.ClientTls is { } directTls)
+        if (!_sslAnswered && _owner.Client.Buffered > 0 && _owner.Client.Window[0] == TlsRecordHandshake && !_owner.IsUnixSocket && _proxy.ClientTls is { } directTls)
         {
             // PostgreSQL 17's sslnegotiation=direct: a TLS ClientHello from the first byte, no SSLRequest.
             _sslAnswered = true;
@@ -124,8 +124,9 @@ internal sealed class LoginHandshake
                     return;
                 }
 
-                // S, then the handshake once the S is out; GSSENCRequest always gets N.
-                ClientTls? tls = ssl ? _proxy.ClientTls : null;
+                // S, then the handshake once the S is out; GSSENCRequest always gets N, and so does an
+                // SSLRequest over the Unix socket, as PostgreSQL answers it there.
+                ClientTls? tls = ssl && !_owner.IsUnixSocket ? _proxy.ClientTls : null;
                 _tlsAnswered = tls;
                 byte[] output = _owner.RentOut();
                 output[0] = tls is null ? (byte)'N' : (byte)'S';
@@ -141,7 +142,7 @@ internal sealed class LoginHandshake
             return;
         }
 
-        if (!_owner.IsTls && _proxy.ClientTls is { Mode: >= TlsMode.Require })
+        if (!_owner.IsTls && !_owner.IsUnixSocket && _proxy.ClientTls is { Mode: >= TlsMode.Require })
         {
             // Before anything is read from the packet: a plain client learns nothing but that TLS is required.
             _owner.Fatal(SqlState.InvalidAuthorization, "SSL required");

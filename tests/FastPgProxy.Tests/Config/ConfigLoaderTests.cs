@@ -26,6 +26,10 @@ public class ConfigLoaderTests
             loop_threads = 3
             socket_threads = 2
             client_login_timeout = 1500ms
+            listen_backlog = 4096
+            unix_socket_dir = /var/run/postgresql ; Debian's
+            unix_socket_mode = 0770
+            unix_socket_group = postgres
             """;
         ProxyOptions o = ConfigLoader.Parse(text, "x.ini");
         Assert.Equal("0.0.0.0", o.ListenAddress);
@@ -38,6 +42,8 @@ public class ConfigLoaderTests
         Assert.Equal(3, o.EffectiveLoopThreads);
         Assert.Equal(2, o.EffectiveSocketThreads);
         Assert.Equal(TimeSpan.FromMilliseconds(1500), o.ClientLoginTimeout);
+        Assert.Equal(4096, o.ListenBacklog);
+        Assert.Equal(("/var/run/postgresql", Convert.ToInt32("770", 8), "postgres"), (o.UnixSocketDir, o.UnixSocketMode, o.UnixSocketGroup));
         DatabaseOptions app = o.FindDatabase("app")!;
         Assert.Equal(("10.0.0.5", 5433, "appdb", "svc", "p a'ss"), (app.Host, app.Port, app.DatabaseName, app.User, app.Password));
         DatabaseOptions any = o.FindDatabase("other")!;
@@ -60,6 +66,10 @@ public class ConfigLoaderTests
     [InlineData("[fastpgproxy]\nlisten_port = seventy\n[databases]\n* = host=h", "x.ini:2: listen_port: invalid value 'seventy'")]
     [InlineData("[fastpgproxy]\nauth_type = ldap\n", "x.ini:2: auth_type: invalid value 'ldap'")]
     [InlineData("[fastpgproxy]\nso_reuseport = 2\n", "x.ini:2: so_reuseport: invalid value '2'")]
+    [InlineData("[fastpgproxy]\nlisten_addr = 127.0.0.1, db.example\n", "x.ini:2: listen_addr: invalid address 'db.example'")]
+    [InlineData("[fastpgproxy]\nunix_socket_mode = 0778\n", "x.ini:2: unix_socket_mode: invalid file mode '0778'")]
+    [InlineData("[fastpgproxy]\nunix_socket_mode = 17777\n", "x.ini:2: unix_socket_mode: invalid file mode '17777'")]
+    [InlineData("[fastpgproxy]\nlisten_backlog = 0\n", "x.ini:2: listen_backlog: invalid value '0'")]
     [InlineData("[databases]\napp = host=h colour=blue\n", "x.ini:2: app: unknown database parameter 'colour'")]
     [InlineData("[databases]\napp = host=h port=0\n", "x.ini:2: app: port: invalid value '0'")]
     [InlineData("[nope]\n", "x.ini:1: unknown section [nope]")]
@@ -134,12 +144,12 @@ public class ConfigLoaderTests
     public void PgBouncer_settings_that_are_not_implemented_pass_with_one_warning_each()
     {
         ProxyOptions o = ConfigLoader.Parse(
-            "[pgbouncer]\nauth_type = trust\ntcp_defer_accept = 1\nreserve_pool_size = 5\nunix_socket_dir = /var/run/postgresql\nauth_user =\n"
+            "[pgbouncer]\nauth_type = trust\ntcp_defer_accept = 1\nsyslog = 1\ndns_max_ttl = 15\nauth_user =\n"
             + "logfile = /var/log/pgbouncer/pgbouncer.log\npidfile = /var/run/pgbouncer/pgbouncer.pid\n[databases]\n",
             "x.ini");
 
         Assert.Equal(
-            ["x.ini:3: tcp_defer_accept", "x.ini:4: reserve_pool_size", "x.ini:5: unix_socket_dir", "x.ini:6: auth_user"],
+            ["x.ini:3: tcp_defer_accept", "x.ini:4: syslog", "x.ini:5: dns_max_ttl", "x.ini:6: auth_user"],
             o.Warnings.Select(w => string.Join(':', w.Split(':').Take(3))));
         Assert.All(o.Warnings, w => Assert.EndsWith("PgBouncer's setting is not implemented by FastPgProxy; ignored", w, StringComparison.Ordinal));
         Assert.Equal(("/var/log/pgbouncer/pgbouncer.log", "/var/run/pgbouncer/pgbouncer.pid"), (o.LogFile, o.PidFile));
