@@ -10,7 +10,7 @@ internal static class Program
 {
     private const string Usage = "usage: fastpgproxy --config FILE.ini | fastpgproxy FILE.ini | fastpgproxy --version";
 
-    /// <summary>Runs the proxy until SIGTERM or SIGINT; exit code 0 on a clean stop, 1 on a config error.</summary>
+    /// <summary>Runs the proxy until SIGTERM (at once) or SIGINT (once transactions end); exit code 0 on a clean stop, 1 on a config error.</summary>
     public static async Task<int> Main(string[] args)
     {
         // Socket completions only enqueue work on a loop, so they may run on the runtime's epoll thread
@@ -91,11 +91,23 @@ internal static class Program
             return 1;
         }
 
-        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        void OnSignal(PosixSignalContext context)
+        // SIGTERM stops at once (FATAL 57P01 to every client); SIGINT is PgBouncer's safe shutdown: no new
+        // clients, and each one is let go once its transaction is over. A second SIGINT stops at once.
+        var immediate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var safe = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnTerminate(PosixSignalContext context)
         {
             context.Cancel = true;
-            stop.TrySetResult();
+            immediate.TrySetResult();
+        }
+
+        void OnInterrupt(PosixSignalContext context)
+        {
+            context.Cancel = true;
+            if (!safe.TrySetResult())
+            {
+                immediate.TrySetResult();
+            }
         }
 
         // PgBouncer's signals: SIGHUP reloads the config file (what `systemctl reload` sends), SIGUSR1
@@ -109,8 +121,8 @@ internal static class Program
             });
 
         SignalDisposition.ResetInterrupt();
-        using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
-        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnTerminate);
+        using PosixSignalRegistration interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnInterrupt);
         using PosixSignalRegistration hangUp = OnCommand(PosixSignal.SIGHUP, "SIGHUP", Admin.AdminCommandKind.Reload);
         using PosixSignalRegistration user1 = OnCommand((PosixSignal)SignalNumbers.User1, "SIGUSR1", Admin.AdminCommandKind.Pause);
         using PosixSignalRegistration user2 = OnCommand((PosixSignal)SignalNumbers.User2, "SIGUSR2", Admin.AdminCommandKind.Resume);
@@ -128,9 +140,26 @@ internal static class Program
 
         Log.Write(LogLevel.Warning, $"fastpgproxy started: listening on {server.ListenNames}");
         DescriptorLimit.LogAtStart(server.Options);
-        await Task.WhenAny(stop.Task, server.Stopped).ConfigureAwait(false);
-        Log.Write(LogLevel.Warning, "shutting down");
+        SystemdNotify.Send($"READY=1\nSTATUS=listening on {server.ListenNames}\nMAINPID={Environment.ProcessId}");
+        Task first = await Task.WhenAny(immediate.Task, safe.Task, server.Stopped).ConfigureAwait(false);
+        SystemdNotify.Send("STOPPING=1");
+        if (first == safe.Task)
+        {
+            TimeSpan wait = server.Options.ShutdownWaitTimeout;
+            Log.Write(LogLevel.Warning, $"safe shutdown: no new clients; each client is let go once its transaction ends (at most {wait.TotalSeconds:0.###} s, shutdown_wait_timeout; SIGINT again stops at once)");
+            Task safeStop = server.StopSafelyAsync(wait, TimeSpan.FromSeconds(5));
+            if (await Task.WhenAny(safeStop, immediate.Task).ConfigureAwait(false) != safeStop)
+            {
+                Log.Write(LogLevel.Warning, "shutting down at once");
+            }
+        }
+        else
+        {
+            Log.Write(LogLevel.Warning, "shutting down");
+        }
+
         await server.StopAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+        await server.Stopped.ConfigureAwait(false);
         PidFile.Remove(server.Options.PidFile);
         Log.Write(LogLevel.Warning, $"stopped: {server.Stats.SessionsOpened} sessions served, {GC.GetTotalAllocatedBytes(precise: true)} bytes allocated since start, {GC.CollectionCount(0)} gen0 collections");
         return 0;

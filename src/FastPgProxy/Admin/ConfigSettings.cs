@@ -45,6 +45,7 @@ internal sealed record ConfigSetting(string Key, Func<ProxyOptions, string> Get,
         new("query_timeout", o => Seconds(o.QueryTimeout), (t, s) => t.QueryTimeout = s.QueryTimeout),
         new("idle_transaction_timeout", o => Seconds(o.IdleTransactionTimeout), (t, s) => t.IdleTransactionTimeout = s.IdleTransactionTimeout),
         new("client_idle_timeout", o => Seconds(o.ClientIdleTimeout), (t, s) => t.ClientIdleTimeout = s.ClientIdleTimeout),
+        new("shutdown_wait_timeout", o => Seconds(o.ShutdownWaitTimeout), (t, s) => t.ShutdownWaitTimeout = s.ShutdownWaitTimeout),
         new("cancel_on_disconnect", o => o.CancelOnDisconnect ? "on" : "off", (t, s) => t.CancelOnDisconnect = s.CancelOnDisconnect),
         new("server_reset_timeout", o => Seconds(o.ServerResetTimeout), (t, s) => t.ServerResetTimeout = s.ServerResetTimeout),
 

@@ -303,6 +303,9 @@ internal static class ConfigLoader
             case "client_idle_timeout":
                 o.ClientIdleTimeout = ParseDuration(value, source, line, key);
                 break;
+            case "shutdown_wait_timeout":
+                o.ShutdownWaitTimeout = ParseDuration(value, source, line, key);
+                break;
             case "cancel_on_disconnect":
                 o.CancelOnDisconnect = ParseBool(value, source, line, key);
                 break;

@@ -195,6 +195,12 @@ internal sealed class ProxyOptions
     /// <summary>A logged-in client that sends nothing this long between transactions is closed (FATAL 08P01 <c>client_idle_timeout</c>, PgBouncer's); zero is off. Default 0.</summary>
     public TimeSpan ClientIdleTimeout { get; set; }
 
+    /// <summary>
+    /// Safe shutdown (SIGINT) waits this long for sessions inside a transaction to finish it; those still in
+    /// one then are terminated. Default 60 s.
+    /// </summary>
+    public TimeSpan ShutdownWaitTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
     /// <summary>When a client disconnects mid-query, cancel the query, drain and roll back the backend and keep it. Default on.</summary>
     public bool CancelOnDisconnect { get; set; } = true;
 

@@ -302,6 +302,55 @@ internal sealed class ProxyServer : IAsyncDisposable
     }
 
     /// <summary>
+    /// Safe shutdown (SIGINT, PgBouncer's SHUTDOWN WAIT_FOR_SERVERS): stops accepting, then ends each
+    /// session as soon as it holds no open transaction, for up to <paramref name="wait"/>
+    /// (shutdown_wait_timeout); whatever is left then is ended as <see cref="StopAsync"/> ends it. Returns
+    /// early when an immediate stop began meanwhile.
+    /// </summary>
+    public async Task StopSafelyAsync(TimeSpan wait, TimeSpan grace)
+    {
+        StopListening();
+        Volatile.Write(ref _stoppingSafely, true);
+        var waited = Stopwatch.StartNew();
+        while (Sessions.Count > 0 && waited.Elapsed < wait && Volatile.Read(ref _stopped) == 0)
+        {
+            foreach (ClientSession session in Sessions.Snapshot())
+            {
+                session.TerminateIfIdleFromAnywhere();
+            }
+
+            await Task.Delay(100).ConfigureAwait(false);
+        }
+
+        if (Sessions.Count > 0 && Volatile.Read(ref _stopped) == 0)
+        {
+            Log.Warning($"shutdown_wait_timeout ({wait.TotalSeconds:0.###} s) passed with {Sessions.Count} sessions still in a transaction: terminating them");
+        }
+
+        await StopAsync(grace).ConfigureAwait(false);
+    }
+
+    /// <summary>Closes every listener (and removes the Unix socket file); clients already in stay. Once only.</summary>
+    private void StopListening()
+    {
+        if (Interlocked.Exchange(ref _listening, 0) == 0)
+        {
+            return;
+        }
+
+        foreach (Listener listener in _listeners)
+        {
+            listener.Close();
+        }
+    }
+
+    private int _listening = 1;
+    private bool _stoppingSafely;
+
+    /// <summary>Whether a safe shutdown began: a client between transactions that starts another is let go instead (any thread).</summary>
+    public bool StoppingSafely => Volatile.Read(ref _stoppingSafely);
+
+    /// <summary>
     /// Stops accepting, tells every client the server is going away (FATAL 57P01, as PostgreSQL's fast
     /// shutdown does), waits up to <paramref name="grace"/> for the sessions to close, then stops the loops.
     /// </summary>
@@ -313,10 +362,7 @@ internal sealed class ProxyServer : IAsyncDisposable
         }
 
         await _stopping.CancelAsync().ConfigureAwait(false);
-        foreach (Listener listener in _listeners)
-        {
-            listener.Close();
-        }
+        StopListening();
 
         foreach (Task acceptLoop in _acceptLoops)
         {

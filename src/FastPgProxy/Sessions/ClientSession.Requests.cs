@@ -104,6 +104,26 @@ internal sealed partial class ClientSession
         Fatal(SqlState.AdminShutdown, "terminating connection due to administrator command");
     });
 
+    /// <summary>
+    /// Safe shutdown (SIGINT), from any thread: ends this session with FATAL 57P01 if it holds no open
+    /// transaction: still logging in or waiting for a backend, on the console, or a relay waiting for the
+    /// client between transactions. A session inside a transaction or a query is left to finish it; the
+    /// shutdown asks again until it is done or shutdown_wait_timeout runs out.
+    /// </summary>
+    public void TerminateIfIdleFromAnywhere() => Loop.Post(() =>
+    {
+        bool idle = State switch
+        {
+            SessionState.Closed => false,
+            SessionState.Active => _relay is null || (_client.ReceivePending && !ClientMidMessage && _relay.IdleBetweenTransactions),
+            _ => true,
+        };
+        if (idle)
+        {
+            Fatal(SqlState.AdminShutdown, "terminating connection due to administrator command");
+        }
+    });
+
     /// <summary>Publishes the backend a cancel from another thread would reach now; null when none.</summary>
     internal void PublishCancelTarget(Cancellation.CancelTarget? target) => Volatile.Write(ref _cancelTarget, target);
 }

@@ -277,6 +277,13 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
             return;
         }
 
+        if (_proxy.StoppingSafely && !_client.Window.IsEmpty && IdleBetweenTransactions)
+        {
+            // Safe shutdown: the client's last transaction is over and it starts another; it is let go instead.
+            _session.Fatal(SqlState.AdminShutdown, "terminating connection due to administrator command");
+            return;
+        }
+
         if (TryIntercept())
         {
             return;

@@ -91,9 +91,10 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     }
 
     /// <summary>
-    /// SIGTERM or SIGINT stops the proxy cleanly. With <paramref name="startedIgnoringInterrupt"/>, the
-    /// proxy is started with SIGINT ignored, as a shell without job control starts background commands:
-    /// SIGINT must still stop it.
+    /// SIGTERM, or SIGINT twice (the first starts a safe shutdown, the second makes it immediate, as in
+    /// PgBouncer), stops the proxy cleanly with a query in flight. With <paramref name="startedIgnoringInterrupt"/>,
+    /// the proxy is started with SIGINT ignored, as a shell without job control starts background commands:
+    /// SIGINT must still reach it.
     /// </summary>
     [Theory]
     [InlineData("TERM", false)]
@@ -129,6 +130,11 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         await WaitRunningAsync(marker);
 
         await proxy.SignalAsync(signal);
+        if (signal == "INT")
+        {
+            await proxy.WaitForLogAsync("safe shutdown", ExitTimeout);
+            await proxy.SignalAsync(signal);
+        }
 
         Exception e = await Assert.ThrowsAnyAsync<Exception>(() => running.WaitAsync(ExitTimeout));
         Exception cause = e is OperationCanceledException && e.InnerException is not null ? e.InnerException : e;
@@ -144,6 +150,129 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
 
         int exitCode = await proxy.WaitForExitAsync(ExitTimeout);
         Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
+    }
+
+    /// <summary>
+    /// SIGINT is PgBouncer's safe shutdown: new clients are refused at once, an idle client is let go at
+    /// once, a query in flight runs to its end and its result reaches the client, and the client is let go
+    /// after it; then the proxy exits 0.
+    /// </summary>
+    [Fact]
+    public async Task SIGINT_lets_running_transactions_finish_and_closes_each_client_after_its_own()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        string path = WriteConfig(
+            "[fastpgproxy]", "listen_addr = 127.0.0.1", $"listen_port = {port}", "unix_socket_dir =", "auth_type = trust",
+            "pool_mode = transaction", "[databases]", $"* = host=127.0.0.1 port={_pg.Port}");
+        using ProxyProcess proxy = ProxyProcess.Start(path);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+        string connectionString = new NpgsqlConnectionStringBuilder(_pg.ConnectionString(port: port)) { CommandTimeout = 60 }.ConnectionString;
+        await using var busy = new NpgsqlConnection(connectionString);
+        await using var idle = new NpgsqlConnection(connectionString);
+        await busy.OpenAsync();
+        await idle.OpenAsync();
+
+        string marker = $"safe-{Guid.NewGuid():N}";
+        await using var sleeping = new NpgsqlCommand($"SELECT 'finished' FROM pg_sleep(3) /* {marker} */", busy);
+        Task<object?> running = sleeping.ExecuteScalarAsync();
+        await WaitRunningAsync(marker);
+        await proxy.SignalAsync("INT");
+        await proxy.WaitForLogAsync("safe shutdown", ExitTimeout);
+
+        Assert.Equal("finished", await running.WaitAsync(ExitTimeout));
+        await using (var after = new NpgsqlCommand("SELECT 1", busy))
+        {
+            await Assert.ThrowsAnyAsync<NpgsqlException>(() => after.ExecuteScalarAsync());
+        }
+
+        await using (var fromIdle = new NpgsqlCommand("SELECT 1", idle))
+        {
+            await Assert.ThrowsAnyAsync<NpgsqlException>(() => fromIdle.ExecuteScalarAsync());
+        }
+
+        int exitCode = await proxy.WaitForExitAsync(ExitTimeout);
+        Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
+        Assert.DoesNotContain("passed with", proxy.StdErr, StringComparison.Ordinal);
+    }
+
+    /// <summary>A client that keeps a transaction open past shutdown_wait_timeout is terminated (57P01), and the proxy exits 0.</summary>
+    [Fact]
+    public async Task SIGINT_terminates_a_transaction_still_open_after_shutdown_wait_timeout()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        string path = WriteConfig(
+            "[fastpgproxy]", "listen_addr = 127.0.0.1", $"listen_port = {port}", "unix_socket_dir =", "auth_type = trust",
+            "shutdown_wait_timeout = 1", "[databases]", $"* = host=127.0.0.1 port={_pg.Port}");
+        using ProxyProcess proxy = ProxyProcess.Start(path);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+        await using var client = new NpgsqlConnection(_pg.ConnectionString(port: port));
+        await client.OpenAsync();
+        await using NpgsqlTransaction transaction = await client.BeginTransactionAsync();
+        await using (var inside = new NpgsqlCommand("SELECT 1", client, transaction))
+        {
+            Assert.Equal(1, await inside.ExecuteScalarAsync());
+        }
+
+        await proxy.SignalAsync("INT");
+        await proxy.WaitForLogAsync("shutdown_wait_timeout (1 s) passed with 1 sessions still in a transaction", ExitTimeout);
+        int exitCode = await proxy.WaitForExitAsync(ExitTimeout);
+        Assert.True(exitCode == 0, $"exit code {exitCode}; stderr:\n{proxy.StdErr}");
+        await using var after = new NpgsqlCommand("SELECT 2", client, transaction);
+        await Assert.ThrowsAnyAsync<NpgsqlException>(() => after.ExecuteScalarAsync());
+    }
+
+    /// <summary>
+    /// systemd's Type=notify: with NOTIFY_SOCKET set, READY=1 (and the listen addresses as STATUS) reaches the
+    /// socket once the proxy listens, and STOPPING=1 when it stops.
+    /// </summary>
+    [Fact]
+    public async Task With_NOTIFY_SOCKET_the_proxy_tells_systemd_it_is_ready_and_stopping()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        string notifyPath = Path.Combine(_dir, "notify.sock");
+        using var notify = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
+        notify.Bind(new UnixDomainSocketEndPoint(notifyPath));
+        string path = WriteConfig(
+            "[fastpgproxy]", "listen_addr = 127.0.0.1", $"listen_port = {port}", $"unix_socket_dir = {_dir}", "auth_type = trust",
+            "[databases]", $"* = host=127.0.0.1 port={_pg.Port}");
+        using ProxyProcess proxy = ProxyProcess.Start(path, environment: new Dictionary<string, string> { ["NOTIFY_SOCKET"] = notifyPath });
+
+        byte[] buffer = new byte[4096];
+        int length = await notify.ReceiveAsync(buffer).WaitAsync(ReadyTimeout);
+        string ready = System.Text.Encoding.UTF8.GetString(buffer, 0, length);
+        Assert.StartsWith("READY=1\n", ready, StringComparison.Ordinal);
+        Assert.Contains($"STATUS=listening on 127.0.0.1:{port}, {_dir}/.s.PGSQL.{port}", ready, StringComparison.Ordinal);
+        Assert.Contains($"MAINPID={proxy.Id}", ready, StringComparison.Ordinal);
+
+        // Ready means ready: a client gets in at once.
+        await using (var client = new NpgsqlConnection(_pg.ConnectionString(port: port)))
+        {
+            await client.OpenAsync();
+        }
+
+        await proxy.SignalAsync("TERM");
+        length = await notify.ReceiveAsync(buffer).WaitAsync(ExitTimeout);
+        Assert.Equal("STOPPING=1", System.Text.Encoding.UTF8.GetString(buffer, 0, length));
+        Assert.Equal(0, await proxy.WaitForExitAsync(ExitTimeout));
+    }
+
+    /// <summary>
+    /// The systemd unit in contrib/ relies on what the tests above show: Type=notify (READY=1), SIGHUP for
+    /// reload, SIGINT for the safe shutdown with a stop timeout longer than shutdown_wait_timeout's default.
+    /// </summary>
+    [Fact]
+    public void The_systemd_unit_uses_notify_SIGHUP_reload_and_the_SIGINT_safe_shutdown()
+    {
+        Dictionary<string, string> unit = File.ReadAllLines(RepositoryPaths.Get("contrib", "fastpgproxy.service"))
+            .Select(line => line.Trim())
+            .Where(line => line.Length > 0 && line[0] is not ('#' or '['))
+            .Select(line => line.Split('=', 2))
+            .ToDictionary(pair => pair[0], pair => pair[1]);
+        Assert.Equal("notify", unit["Type"]);
+        Assert.Equal("/bin/kill -HUP $MAINPID", unit["ExecReload"]);
+        Assert.Equal("SIGINT", unit["KillSignal"]);
+        Assert.True(int.Parse(unit["TimeoutStopSec"], System.Globalization.CultureInfo.InvariantCulture) > new FastPgProxy.Config.ProxyOptions().ShutdownWaitTimeout.TotalSeconds);
+        Assert.EndsWith("/fastpgproxy /etc/fastpgproxy/fastpgproxy.ini", unit["ExecStart"], StringComparison.Ordinal);
     }
 
     /// <summary>

@@ -64,8 +64,9 @@ internal sealed class ProxyProcess : IDisposable
     /// Starts the proxy with <paramref name="configPath"/>. With <paramref name="openFileLimit"/> or
     /// <paramref name="ignoreInterrupt"/>, through <c>/bin/sh</c> that lowers the limit and/or ignores SIGINT
     /// (as a shell without job control starts background commands) and then execs the proxy (same pid).
+    /// <paramref name="environment"/> adds variables to the proxy's environment.
     /// </summary>
-    public static ProxyProcess Start(string configPath, int? openFileLimit = null, bool ignoreInterrupt = false)
+    public static ProxyProcess Start(string configPath, int? openFileLimit = null, bool ignoreInterrupt = false, IDictionary<string, string>? environment = null)
     {
         bool throughShell = openFileLimit is not null || ignoreInterrupt;
         var start = new ProcessStartInfo(throughShell ? "/bin/sh" : DotnetHost)
@@ -98,6 +99,11 @@ internal sealed class ProxyProcess : IDisposable
         start.ArgumentList.Add(ProxyDll);
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(configPath);
+        foreach ((string name, string value) in environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[name] = value;
+        }
+
         var process = new Process { StartInfo = start, EnableRaisingEvents = true };
         var proxy = new ProxyProcess(process);
         process.ErrorDataReceived += (_, e) => proxy.OnStdErr(e.Data);

@@ -31,14 +31,7 @@ internal static class SendCancelTool
             var output = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
             string framework = output.Name;
             string configuration = output.Parent!.Name;
-            DirectoryInfo? root = output;
-            while (root is not null && !File.Exists(Path.Combine(root.FullName, "FastPgProxy.sln")))
-            {
-                root = root.Parent;
-            }
-
-            Assert.True(root is not null, $"no FastPgProxy.sln above {output.FullName}");
-            string dll = Path.Combine(root.FullName, "tools", "SendCancel", "bin", configuration, framework, "SendCancel.dll");
+            string dll = RepositoryPaths.Get("tools", "SendCancel", "bin", configuration, framework, "SendCancel.dll");
             Assert.True(File.Exists(dll), $"{dll} is missing: build FastPgProxy.sln -c {configuration} first");
             return dll;
         }
