@@ -387,6 +387,15 @@ internal static class ConfigLoader
             case "pidfile":
                 o.PidFile = EmptyAsNull(value);
                 break;
+            case "log_connections":
+                o.LogConnections = ParseBool(value, source, line, key);
+                break;
+            case "log_disconnections":
+                o.LogDisconnections = ParseBool(value, source, line, key);
+                break;
+            case "log_pooler_errors":
+                o.LogPoolerErrors = ParseBool(value, source, line, key);
+                break;
             case "verbose":
                 o.Verbose = ParseInt(value, 0, 3, source, line, key);
                 break;
@@ -415,8 +424,7 @@ internal static class ConfigLoader
         ["auth_ldap_options"] = "", ["auth_query"] = "", ["autodb_idle_timeout"] = "", 
         ["client_tls13_ciphers"] = "", ["client_tls_dheparams"] = "", ["client_tls_ecdhcurve"] = "", ["conffile"] = "",
         ["disable_pqexec"] = "", ["dns_max_ttl"] = "", ["dns_nxdomain_ttl"] = "", ["dns_zone_check_period"] = "",
-        ["job_name"] = "", ["log_connections"] = "", ["log_disconnections"] = "",
-        ["log_pooler_errors"] = "", ["log_stats"] = "", ["max_db_client_connections"] = "", ["max_packet_size"] = "",
+        ["job_name"] = "", ["log_stats"] = "", ["max_db_client_connections"] = "", ["max_packet_size"] = "",
         ["max_user_client_connections"] = "", ["max_user_connections"] = "", ["pkt_buf"] = "", ["query_wait_notify"] = "",
         ["reserve_pool_size"] = "", ["reserve_pool_timeout"] = "", ["resolv_conf"] = "", ["sbuf_loopcnt"] = "",
         ["scram_iterations"] = "", ["server_check_delay"] = "", ["server_check_query"] = "", ["server_fast_close"] = "",

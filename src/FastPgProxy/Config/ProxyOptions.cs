@@ -241,6 +241,15 @@ internal sealed class ProxyOptions
     /// <summary>What the loader let pass with a warning (PgBouncer settings FastPgProxy does not implement), logged at start.</summary>
     public List<string> Warnings { get; } = new();
 
+    /// <summary>Log each successful login (database, user, TLS) whatever <see cref="Verbose"/> is, as PgBouncer's <c>log_connections</c>. Default on.</summary>
+    public bool LogConnections { get; set; } = true;
+
+    /// <summary>Log each logged-in client's disconnection with its reason and age, as PgBouncer's <c>log_disconnections</c>. Default on.</summary>
+    public bool LogDisconnections { get; set; } = true;
+
+    /// <summary>Log each FATAL error the proxy itself sends a client, as a warning, as PgBouncer's <c>log_pooler_errors</c>. Default on.</summary>
+    public bool LogPoolerErrors { get; set; } = true;
+
     /// <summary>Log verbosity: 0 warnings and start-up, 1 connections, 2 debug. Default 0.</summary>
     public int Verbose { get; set; }
 

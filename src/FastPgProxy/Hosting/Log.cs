@@ -46,6 +46,12 @@ internal static class Log
     /// <summary>Writes an error.</summary>
     public static void Error(string message) => Write(LogLevel.Error, message);
 
+    /// <summary>
+    /// Writes a LOG line whatever the verbosity: what a setting of its own asked for (log_connections,
+    /// log_disconnections), as PgBouncer writes those at its default verbosity.
+    /// </summary>
+    public static void Always(string message) => WriteLine("LOG", message);
+
     /// <summary>Writes a line when the level is enabled.</summary>
     public static void Write(LogLevel level, string message)
     {
@@ -54,7 +60,12 @@ internal static class Log
             return;
         }
 
-        string line = string.Create(CultureInfo.InvariantCulture, $"{DateTime.UtcNow:yyyy-MM-dd HH:mm:ss.fff} {Name(level)} {message}");
+        WriteLine(Name(level), message);
+    }
+
+    private static void WriteLine(string levelName, string message)
+    {
+        string line = string.Create(CultureInfo.InvariantCulture, $"{DateTime.UtcNow:yyyy-MM-dd HH:mm:ss.fff} {levelName} {message}");
         lock (s_gate)
         {
             Console.Error.WriteLine(line);

@@ -91,6 +91,12 @@ internal sealed partial class ClientSession
     internal void OnAuthenticated()
     {
         OnLoginDone();
+        _authenticated = true;
+        if (_proxy.Options.LogConnections)
+        {
+            Log.Always($"client {ClientName} session {Id}: login: db={Database} user={User} tls={(IsTls ? "yes" : "no")}{(_admin ? " (admin console)" : "")}");
+        }
+
         LoginHandshake login = _login!;
         _login = null;
         if (_admin)

@@ -100,6 +100,16 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
     /// <summary>The client's address; null over the Unix socket.</summary>
     public IPEndPoint? RemoteEndPoint { get; }
 
+    /// <summary>What logs call the client: its address and port, or <c>unix socket</c>.</summary>
+    internal string ClientName => RemoteEndPoint?.ToString() ?? "unix socket";
+
+    // log_disconnections: why the session ends (the first reason noted wins), and whether it got as far as a login.
+    private string? _closeReason;
+    private bool _authenticated;
+
+    /// <summary>Notes why the session is about to close, for log_disconnections; the first reason wins.</summary>
+    internal void NoteCloseReason(string reason) => _closeReason ??= reason;
+
     /// <summary>Whether the client came through the Unix socket (no TLS there, as PostgreSQL; no address).</summary>
     public bool IsUnixSocket { get; }
 
@@ -297,7 +307,10 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
     /// <summary>Sends a FATAL ErrorResponse and closes (protocol 55.2: the server may report an error then close).</summary>
     internal void Fatal(string sqlState, string message, string? detail = null)
     {
-        Log.Write(sqlState == SqlState.InternalError ? LogLevel.Warning : LogLevel.Info, $"client {RemoteEndPoint} session {Id}: {message}");
+        _closeReason ??= message;
+        Log.Write(
+            sqlState == SqlState.InternalError || _proxy.Options.LogPoolerErrors ? LogLevel.Warning : LogLevel.Info,
+            $"client {ClientName} session {Id}: pooler error: {sqlState} {message}");
         if (_out is not null || _fatalLength > 0 || _tlsHandshaking)
         {
             // Another message of the proxy's own is on its way, or a TLS handshake is: nothing can be put in front of it.
@@ -342,6 +355,11 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
         }
 
         bool wasActive = State == SessionState.Active;
+        if (_authenticated && _proxy.Options.LogDisconnections)
+        {
+            Log.Always($"client {ClientName} session {Id} db={Database} user={User}: closing because: {_closeReason ?? "closed"} (age={(DateTime.UtcNow - ConnectTime).TotalSeconds:0}s)");
+        }
+
         State = SessionState.Closed;
         OnConnectionClosed();
         Volatile.Write(ref _cancelTarget, null);
@@ -404,6 +422,7 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
 
     internal void LogPeerClose(string who, SocketError error)
     {
+        _closeReason ??= error == SocketError.Success ? $"{who} closed the connection" : $"{who} connection error: {error}";
         if (Log.IsEnabled(LogLevel.Debug))
         {
             Log.Debug($"session {Id}: {who} closed the connection ({(error == SocketError.Success ? "end of stream" : error.ToString())})");

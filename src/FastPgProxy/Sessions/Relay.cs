@@ -436,6 +436,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     private void CloseOnTerminate()
     {
         Log.Write(LogLevel.Info, $"session {_session.Id}: client sent Terminate");
+        _session.NoteCloseReason("client close request");
         _session.Close();
     }
 

@@ -257,6 +257,52 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     }
 
     /// <summary>
+    /// PgBouncer's log_connections, log_disconnections and log_pooler_errors, on by default: a login, a
+    /// disconnection with its reason, and an error the proxy sends are each one line at verbose 0; set to
+    /// 0 they are gone.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Logins_disconnections_and_pooler_errors_are_logged_unless_turned_off(bool on)
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        string flag = on ? "1" : "0";
+        string path = WriteConfig(
+            "[fastpgproxy]", "listen_addr = 127.0.0.1", $"listen_port = {port}", "unix_socket_dir =", "auth_type = trust",
+            $"log_connections = {flag}", $"log_disconnections = {flag}", $"log_pooler_errors = {flag}",
+            "[databases]", $"fpp = host=127.0.0.1 port={_pg.Port}");
+        using ProxyProcess proxy = ProxyProcess.Start(path);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+        await using (var client = new NpgsqlConnection(_pg.ConnectionString(port: port)))
+        {
+            await client.OpenAsync();
+            await using var query = new NpgsqlCommand("SELECT 1", client);
+            Assert.Equal(1, await query.ExecuteScalarAsync());
+        }
+
+        var missing = new NpgsqlConnectionStringBuilder(_pg.ConnectionString(port: port)) { Database = "no_such_db" };
+        await using (var refused = new NpgsqlConnection(missing.ConnectionString))
+        {
+            PostgresException e = await Assert.ThrowsAsync<PostgresException>(() => refused.OpenAsync());
+            Assert.Equal("3D000", e.SqlState);
+        }
+
+        // A marker line after the events: once it is in, every line before it is too.
+        await proxy.SignalAsync("USR2");
+        await proxy.WaitForLogAsync("SIGUSR2: RESUME done", ExitTimeout);
+        string log = proxy.StdErr;
+        string login = $"login: db={PostgresServer.Database} user={PostgresServer.Superuser} tls=no";
+        string disconnect = $"db={PostgresServer.Database} user={PostgresServer.Superuser}: closing because: client close request (age=";
+        string poolerError = "pooler error: 3D000 database \"no_such_db\" does not exist";
+        Assert.Equal(on, log.Contains(login, StringComparison.Ordinal));
+        Assert.Equal(on, log.Contains(disconnect, StringComparison.Ordinal));
+        Assert.Equal(on, log.Contains("WARNING client 127.0.0.1:", StringComparison.Ordinal) && log.Contains(poolerError, StringComparison.Ordinal));
+        await proxy.SignalAsync("TERM");
+        Assert.Equal(0, await proxy.WaitForExitAsync(ExitTimeout));
+    }
+
+    /// <summary>
     /// The systemd unit in contrib/ relies on what the tests above show: Type=notify (READY=1), SIGHUP for
     /// reload, SIGINT for the safe shutdown with a stop timeout longer than shutdown_wait_timeout's default.
     /// </summary>
