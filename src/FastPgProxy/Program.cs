@@ -8,7 +8,7 @@ namespace FastPgProxy;
 /// <summary>Entry point of the <c>fastpgproxy</c> executable.</summary>
 internal static class Program
 {
-    private const string Usage = "usage: fastpgproxy --config FILE.ini | fastpgproxy FILE.ini | fastpgproxy --version";
+    private const string Usage = "usage: fastpgproxy --config FILE.ini | fastpgproxy FILE.ini | fastpgproxy --review FILE.ini | fastpgproxy --version";
 
     /// <summary>Runs the proxy until SIGTERM (at once) or SIGINT (once transactions end); exit code 0 on a clean stop, 1 on a config error.</summary>
     public static async Task<int> Main(string[] args)
@@ -32,6 +32,8 @@ internal static class Program
                 case "--version" or "-V":
                     Console.WriteLine($"fastpgproxy {typeof(Program).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "0"}");
                     return 0;
+                case "--review" when i + 1 < args.Length:
+                    return Review(args[i + 1]);
                 case "--help" or "-h":
                     Console.WriteLine(Usage);
                     return 0;
@@ -163,6 +165,28 @@ internal static class Program
         PidFile.Remove(server.Options.PidFile);
         Log.Write(LogLevel.Warning, $"stopped: {server.Stats.SessionsOpened} sessions served, {GC.GetTotalAllocatedBytes(precise: true)} bytes allocated since start, {GC.CollectionCount(0)} gen0 collections");
         return 0;
+    }
+
+    /// <summary>
+    /// <c>--review FILE</c>: prints, as a Markdown table, what the loader makes of every key of a config file
+    /// (a pgbouncer.ini being moved over): supported, ignored with a warning, or refused and why. Exit code 0
+    /// when the file would start, 1 when something is refused.
+    /// </summary>
+    private static int Review(string path)
+    {
+        List<ConfigReviewEntry> entries;
+        try
+        {
+            entries = ConfigLoader.Review(path);
+        }
+        catch (ConfigException e)
+        {
+            Console.Error.WriteLine($"fastpgproxy: {e.Message}");
+            return 1;
+        }
+
+        Console.Write(ConfigReview.ToMarkdown(entries));
+        return ConfigReview.Starts(entries) ? 0 : 1;
     }
 }
 

@@ -1,3 +1,4 @@
+using FastPgProxy.Auth;
 using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
@@ -293,11 +294,14 @@ internal sealed partial class AdminConsole
             Log.Warning(warning);
         }
 
+        UserList? users;
         try
         {
-            // Certificates first: a file that does not load leaves every setting as it was.
+            // The auth_file and certificates first: a file that does not load leaves every setting as it was.
             fresh.SourcePath = running.SourcePath;
+            users = await Task.Run(() => ProxyServer.LoadUsers(fresh)).ConfigureAwait(false);
             await Task.Run(() => Proxy.ReloadTls(fresh)).ConfigureAwait(false);
+            Proxy.SetUsers(users);
         }
         catch (ConfigException e)
         {

@@ -44,7 +44,7 @@ internal static class ConfigLoader
         var options = new ProxyOptions();
         var errors = new List<string>();
         string? section = null;
-        ParseLines(text, source, options, errors, ref section, depth: 0);
+        ParseLines(text, source, options, errors, ref section, depth: 0, review: null);
         if (errors.Count == 0)
         {
             Validate(options, source, errors);
@@ -71,7 +71,32 @@ internal static class ConfigLoader
     }
 
     /// <summary>The lines of one file, in the section it starts in; an error is noted and the next line read.</summary>
-    private static void ParseLines(string text, string source, ProxyOptions options, List<string> errors, ref string? section, int depth)
+    /// <summary>
+    /// Reads the file at <paramref name="path"/> (and its includes) as <see cref="Load"/> does, and says for
+    /// every key what became of it: used, ignored with a warning, or refused, with the loader's own
+    /// message. Errors that concern no single line (a setting that needs another) come last, without a key.
+    /// </summary>
+    public static List<ConfigReviewEntry> Review(string path)
+    {
+        var review = new List<ConfigReviewEntry>();
+        var options = new ProxyOptions();
+        var errors = new List<string>();
+        string? section = null;
+        ParseLines(ReadFile(path, path, 0), path, options, errors, ref section, depth: 0, review);
+        if (errors.Count == 0)
+        {
+            var crossKey = new List<string>();
+            Validate(options, path, crossKey);
+            foreach (string error in crossKey)
+            {
+                review.Add(new ConfigReviewEntry(path, 0, null, "", "", ConfigKeyStatus.Refused, error));
+            }
+        }
+
+        return review;
+    }
+
+    private static void ParseLines(string text, string source, ProxyOptions options, List<string> errors, ref string? section, int depth, List<ConfigReviewEntry>? review)
     {
         string[] lines = text.Split('\n');
         for (int i = 0; i < lines.Length; i++)
@@ -79,16 +104,35 @@ internal static class ConfigLoader
             int lineNo = i + 1;
             try
             {
-                ParseLine(StripComment(lines[i]).Trim(), source, lineNo, options, errors, ref section, depth);
+                int warnings = options.Warnings.Count;
+                ParseLine(StripComment(lines[i]).Trim(), source, lineNo, options, errors, ref section, depth, review);
+                if (review is not null && KeyOf(lines[i]) is { } setting)
+                {
+                    bool ignored = options.Warnings.Count > warnings;
+                    review.Add(new ConfigReviewEntry(source, lineNo, section, setting.Key, setting.Value, ignored ? ConfigKeyStatus.Ignored : ConfigKeyStatus.Used, ignored ? options.Warnings[^1] : null));
+                }
             }
             catch (ConfigException e)
             {
                 errors.Add(e.Message);
+                if (review is not null)
+                {
+                    (string Key, string Value) setting = KeyOf(lines[i]) ?? ("", "");
+                    review.Add(new ConfigReviewEntry(source, lineNo, section, setting.Key, setting.Value, ConfigKeyStatus.Refused, e.Message));
+                }
             }
         }
     }
 
-    private static void ParseLine(string line, string source, int lineNo, ProxyOptions options, List<string> errors, ref string? section, int depth)
+    /// <summary>The key and value of a <c>key = value</c> line; null for blanks, comments, sections and includes.</summary>
+    private static (string Key, string Value)? KeyOf(string rawLine)
+    {
+        string line = StripComment(rawLine).Trim();
+        int eq = line.IndexOf('=', StringComparison.Ordinal);
+        return line.Length == 0 || line[0] is '[' or '%' || eq <= 0 ? null : (line[..eq].Trim(), line[(eq + 1)..].Trim());
+    }
+
+    private static void ParseLine(string line, string source, int lineNo, ProxyOptions options, List<string> errors, ref string? section, int depth, List<ConfigReviewEntry>? review)
     {
         if (line.Length == 0)
         {
@@ -108,8 +152,8 @@ internal static class ConfigLoader
                 throw Error(source, lineNo, "%include", $"more than {MaxIncludeDepth} levels deep (does a file include itself?)");
             }
 
-            string path = Path.IsPathRooted(target) ? target : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(source)) ?? ".", target);
-            ParseLines(ReadFile(path, source, lineNo), path, options, errors, ref section, depth + 1);
+            string path = RelativeTo(source, target);
+            ParseLines(ReadFile(path, source, lineNo), path, options, errors, ref section, depth + 1, review);
             return;
         }
 
@@ -232,7 +276,7 @@ internal static class ConfigLoader
                 };
                 break;
             case "auth_file":
-                o.AuthFile = value.Length == 0 ? null : value;
+                o.AuthFile = value.Length == 0 ? null : RelativeTo(source, value);
                 break;
             case "pool_mode":
                 o.PoolMode = ParsePoolMode(value, source, line, key);
@@ -478,6 +522,10 @@ internal static class ConfigLoader
 
         return mode;
     }
+
+    /// <summary>A file named in the config: a relative name is taken from the config file's folder, as <c>%include</c>.</summary>
+    private static string RelativeTo(string source, string path) =>
+        Path.IsPathRooted(path) ? path : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(source)) ?? ".", path);
 
     private static string? EmptyAsNull(string value) => value.Length == 0 ? null : value;
 

@@ -43,15 +43,7 @@ internal sealed class ProxyServer : IAsyncDisposable
     public ProxyServer(ProxyOptions options)
     {
         Options = options;
-        if (options.AuthFile is not null)
-        {
-            if (!UserList.TryLoad(options.AuthFile, out UserList? users, out string? error))
-            {
-                throw new ConfigException(error);
-            }
-
-            Users = users;
-        }
+        _users = LoadUsers(options);
 
         ReloadTls(options);
         Sessions = new SessionRegistry(options.PeerId);
@@ -108,8 +100,29 @@ internal sealed class ProxyServer : IAsyncDisposable
         Volatile.Write(ref _serverTls, server);
     }
 
-    /// <summary>The auth_file contents; null when none is configured.</summary>
-    public UserList? Users { get; }
+    /// <summary>The auth_file contents; null when none is configured. Replaced whole by RELOAD (any thread).</summary>
+    public UserList? Users => Volatile.Read(ref _users);
+
+    private UserList? _users;
+
+    /// <summary>
+    /// Reads the auth_file <paramref name="options"/> name (null when none); a file that cannot be read or
+    /// parsed is a <see cref="ConfigException"/> naming the config file and the key that points to it.
+    /// </summary>
+    public static UserList? LoadUsers(ProxyOptions options)
+    {
+        if (options.AuthFile is null)
+        {
+            return null;
+        }
+
+        return UserList.TryLoad(options.AuthFile, out UserList? users, out string? error)
+            ? users
+            : throw new ConfigException($"{options.SourcePath ?? "config"}: auth_file: {error}");
+    }
+
+    /// <summary>Puts a freshly read auth_file in force (RELOAD): logins from now on check against it.</summary>
+    public void SetUsers(UserList? users) => Volatile.Write(ref _users, users);
 
     /// <summary>The verifier used to fail unknown users in SCRAM without revealing that they are unknown.</summary>
     public ScramVerifier MockVerifier { get; }
