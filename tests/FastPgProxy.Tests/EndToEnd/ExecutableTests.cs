@@ -303,6 +303,88 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     }
 
     /// <summary>
+    /// Debian's stock pgbouncer.ini with its [databases] filled in starts the proxy, with no error, and it
+    /// answers on the Unix socket in /var/run/postgresql (psql's default there). The test moves only what
+    /// would collide with other servers on this machine: the port, and the log and pid files to a scratch
+    /// folder; every other line is the stock file's.
+    /// </summary>
+    [Fact]
+    public async Task Debians_stock_pgbouncer_ini_with_its_databases_filled_in_starts_and_serves_the_unix_socket()
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        string[] stock = File.ReadAllLines(Config.MigrationPageTests.DebianStockFile);
+        var lines = new List<string>();
+        foreach (string line in stock)
+        {
+            lines.Add(line.StartsWith("listen_port", StringComparison.Ordinal) ? $"listen_port = {port}"
+                : line.StartsWith("logfile", StringComparison.Ordinal) ? $"logfile = {_dir}/pgbouncer.log"
+                : line.StartsWith("pidfile", StringComparison.Ordinal) ? $"pidfile = {_dir}/pgbouncer.pid"
+                : line);
+            if (line.Trim() == "[databases]")
+            {
+                lines.Add($"{PostgresServer.Database} = host=127.0.0.1 port={_pg.Port}");
+            }
+        }
+
+        Assert.Equal(stock.Length + 1, lines.Count);
+        string path = WriteConfig([.. lines]);
+        using ProxyProcess proxy = ProxyProcess.Start(path);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+        Assert.DoesNotContain("ERROR", proxy.StdErr, StringComparison.Ordinal);
+        Assert.True(File.Exists($"/var/run/postgresql/.s.PGSQL.{port}"));
+        Assert.Equal(proxy.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), File.ReadAllText(Path.Combine(_dir, "pgbouncer.pid")).Trim());
+
+        // The stock userlist is empty, so md5 refuses every user: the refusal comes from the proxy, over its socket.
+        (int code, _, string error) = await ProcessRunner.RunAsync(
+            ProcessRunner.FindOnPath("psql") ?? _pg.ToolPath("psql"),
+            ["-X", "-h", "/var/run/postgresql", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "-U", "someone", "-d", PostgresServer.Database, "-c", "SELECT 1"],
+            ReadyTimeout,
+            new Dictionary<string, string> { ["PGPASSWORD"] = "guess", ["PGCONNECT_TIMEOUT"] = "10" });
+        Assert.NotEqual(0, code);
+        Assert.Contains("password authentication failed for user \"someone\"", error, StringComparison.Ordinal);
+
+        await proxy.SignalAsync("TERM");
+        Assert.Equal(0, await proxy.WaitForExitAsync(ExitTimeout));
+        Assert.False(File.Exists($"/var/run/postgresql/.s.PGSQL.{port}"));
+    }
+
+    /// <summary>
+    /// examples/fastpgproxy.ini and its userlist run as written against a local PostgreSQL. The test only
+    /// points the copy at the test server's port and its own ports and socket folder.
+    /// </summary>
+    [Fact]
+    public async Task The_example_config_runs_as_written_and_is_the_one_in_the_README()
+    {
+        string example = File.ReadAllText(RepositoryPaths.Get("examples", "fastpgproxy.ini"));
+        string readme = File.ReadAllText(RepositoryPaths.Get("README.md"));
+        Assert.Contains("```ini\n" + example + "```", readme, StringComparison.Ordinal);
+
+        await _pg.ExecuteNonQueryAsync("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') THEN CREATE ROLE app LOGIN PASSWORD 'app-secret'; END IF; END $$");
+        int port = NetUtil.GetFreeTcpPort();
+        string text = example.Replace("port=5432", $"port={_pg.Port}", StringComparison.Ordinal)
+            .Replace("listen_port = 6432", $"listen_port = {port}", StringComparison.Ordinal)
+            .Replace("unix_socket_dir = /tmp", $"unix_socket_dir = {_dir}", StringComparison.Ordinal);
+        string path = WriteConfig(text);
+        File.Copy(RepositoryPaths.Get("examples", "userlist.txt"), Path.Combine(_dir, "userlist.txt"));
+        using ProxyProcess proxy = ProxyProcess.Start(path);
+        await proxy.WaitListeningAsync(port, ReadyTimeout);
+
+        foreach (string host in new[] { "127.0.0.1", _dir })
+        {
+            (int code, string output, string error) = await ProcessRunner.RunAsync(
+                ProcessRunner.FindOnPath("psql") ?? _pg.ToolPath("psql"),
+                ["-X", "-A", "-t", "-h", host, "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "-U", "app", "-d", PostgresServer.Database, "-c", "SELECT current_user"],
+                ReadyTimeout,
+                new Dictionary<string, string> { ["PGPASSWORD"] = "app-secret", ["PGCONNECT_TIMEOUT"] = "10" });
+            Assert.True(code == 0, error);
+            Assert.Equal("app", output.Trim());
+        }
+
+        await proxy.SignalAsync("TERM");
+        Assert.Equal(0, await proxy.WaitForExitAsync(ExitTimeout));
+    }
+
+    /// <summary>
     /// The systemd unit in contrib/ relies on what the tests above show: Type=notify (READY=1), SIGHUP for
     /// reload, SIGINT for the safe shutdown with a stop timeout longer than shutdown_wait_timeout's default.
     /// </summary>
