@@ -60,6 +60,11 @@ internal sealed record ConfigSetting(string Key, Func<ProxyOptions, string> Get,
         new("server_connect_timeout", o => Seconds(o.ServerConnectTimeout), (t, s) => t.ServerConnectTimeout = s.ServerConnectTimeout),
         new("cancel_timeout", o => Seconds(o.CancelTimeout), (t, s) => t.CancelTimeout = s.CancelTimeout),
         new("verbose", o => Int(o.Verbose), (t, s) => t.Verbose = s.Verbose),
+        new("stats_period", o => Seconds(o.StatsPeriod), (t, s) => t.StatsPeriod = s.StatsPeriod),
+
+        // The endpoint binds its socket at start.
+        new("metrics_addr", o => o.MetricsAddress, null),
+        new("metrics_port", o => Int(o.MetricsPort), null),
         new("logfile", o => o.LogFile ?? "", (t, s) => t.LogFile = s.LogFile),
         new("pidfile", o => o.PidFile ?? "", null),
         new("tcp_keepalive", o => o.Keepalive.Enabled ? "1" : "0", null),

@@ -217,6 +217,15 @@ internal sealed class ProxyOptions
     /// <summary>What the loader let pass with a warning (PgBouncer settings FastPgProxy does not implement), logged at start.</summary>
     public List<string> Warnings { get; } = new();
 
+    /// <summary>The span SHOW STATS's avg_* columns average over (PgBouncer's <c>stats_period</c>). Default 60 s.</summary>
+    public TimeSpan StatsPeriod { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Address the Prometheus endpoint listens on (<c>metrics_addr</c>). Default 127.0.0.1.</summary>
+    public string MetricsAddress { get; set; } = "127.0.0.1";
+
+    /// <summary>Port of the Prometheus endpoint (<c>GET /metrics</c>); 0 turns it off. Default 0.</summary>
+    public int MetricsPort { get; set; }
+
     /// <summary>Log verbosity: 0 warnings and start-up, 1 connections, 2 debug. Default 0.</summary>
     public int Verbose { get; set; }
 
