@@ -189,9 +189,9 @@ internal sealed partial class AdminConsole
 
                 break;
             case ShowItem.Cancels:
-                foreach (PropertyInfo counter in s_cancelCounters)
+                foreach ((string name, long count) in CancelCounters(Proxy.CancelStats))
                 {
-                    result.Rows.Add([SnakeCase(counter.Name), (long)counter.GetValue(Proxy.CancelStats)!]);
+                    result.Rows.Add([name, count]);
                 }
 
                 break;
@@ -291,6 +291,10 @@ internal sealed partial class AdminConsole
         Add("buffer_bytes_in_use", inUse * ProxyServer.BufferSize);
         Add("client_statement_bytes", Proxy.Stats.ClientStatementBytes);
     }
+
+    /// <summary>Every counter of <paramref name="stats"/> by its SHOW CANCELS name (<c>DroppedIdle</c> is <c>dropped_idle</c>), in declaration order.</summary>
+    public static IEnumerable<(string Name, long Count)> CancelCounters(CancelStats stats) =>
+        s_cancelCounters.Select(counter => (SnakeCase(counter.Name), (long)counter.GetValue(stats)!));
 
     /// <summary><c>DroppedIdle</c> → <c>dropped_idle</c>.</summary>
     private static string SnakeCase(string name)

@@ -88,10 +88,26 @@ internal sealed class ProxyServer : IAsyncDisposable
         }
 
         LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+        if (options.MetricsPort != 0)
+        {
+            try
+            {
+                Metrics = new MetricsEndpoint(this, options);
+            }
+            catch
+            {
+                _listener.Dispose();
+                throw;
+            }
+        }
+
         Loops = new EventLoopGroup(options.EffectiveLoopThreads, BufferSize);
         Pools = new PoolManager(this);
         CancelGuard = new CancelGuard(options.CancelBadKeyLimit);
     }
+
+    /// <summary>The Prometheus endpoint; null when metrics_port is 0.</summary>
+    public MetricsEndpoint? Metrics { get; }
 
     // Linux values of SOL_SOCKET, SO_REUSEADDR and SO_REUSEPORT (asm-generic/socket.h).
     private const int SolSocket = 1;
@@ -222,6 +238,7 @@ internal sealed class ProxyServer : IAsyncDisposable
         _listener.Listen(1024);
         _acceptLoop = Task.Run(AcceptLoopAsync);
         Log.Info($"listening on {LocalEndPoint} with {Loops.Loops.Count} loop threads");
+        Metrics?.Start();
     }
 
     /// <summary>
@@ -354,6 +371,11 @@ internal sealed class ProxyServer : IAsyncDisposable
 
         await _stopping.CancelAsync().ConfigureAwait(false);
         _listener.Dispose();
+        if (Metrics is not null)
+        {
+            await Metrics.DisposeAsync().ConfigureAwait(false);
+        }
+
         if (_acceptLoop is not null)
         {
             try
