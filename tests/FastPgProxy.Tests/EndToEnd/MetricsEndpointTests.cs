@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using FastPgProxy.Hosting;
+using FastPgProxy.Sessions;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 using Xunit;
@@ -260,5 +261,54 @@ public sealed class MetricsEndpointTests(PostgresFixture fixture)
                 await Task.Delay(50);
             }
         }
+    }
+
+    [Fact]
+    public async Task Peer_forwarding_is_counted_on_both_instances()
+    {
+        List<ProxyHarness> cluster = ProxyHarness.StartCluster(_pg, [1, 2], configure: (_, o) => o.MetricsPort = NetUtil.GetFreeTcpPort());
+        try
+        {
+            ProxyHarness owner = cluster[0], other = cluster[1];
+            (Socket raw, List<(byte Type, byte[] Body)> login) = await Protocol32.LoginAsync(owner, Protocol32.V30);
+            using (raw)
+            {
+                (int pid, byte[] key) = Protocol32.KeyData(login);
+                Assert.Equal(1, SessionRegistry.PeerOf(pid));
+                await raw.SendAsync(RawProtocol.Query("SELECT pg_sleep(60) /* metrics-peer */"));
+                await _pg.WaitUntilRunningAsync("metrics-peer", TimeSpan.FromSeconds(30), 1);
+                await Protocol32.SendCancelAsync(other, RawProtocol.CancelRequest(pid, key));
+                Assert.Equal("57014", Protocol32.ErrorCode(await RawProtocol.ReadUntilReadyAsync(raw, TimeSpan.FromSeconds(30))));
+            }
+
+            PrometheusText sender = await ScrapeAsync(other);
+            Assert.Equal(1, sender.Value("fastpgproxy_peer_cancels_forwarded_total", ("peer", "1")));
+            Assert.Equal(1, sender.Value("fastpgproxy_cancels_total", ("outcome", "forwarded_to_peer")));
+            Assert.Equal(0, sender.Value("fastpgproxy_peer_signals_failed_total", ("peer", "1")));
+            PrometheusText receiver = await ScrapeAsync(owner);
+            Assert.Equal(1, receiver.Value("fastpgproxy_cancels_total", ("outcome", "received_from_peer")));
+            Assert.Equal(0, receiver.Value("fastpgproxy_cancels_total", ("outcome", "forwarded_to_peer")));
+        }
+        finally
+        {
+            foreach (ProxyHarness proxy in cluster)
+            {
+                await proxy.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_metrics_port_in_use_fails_the_start_and_a_stopped_proxy_stops_serving()
+    {
+        ProxyHarness proxy = Start();
+        var endPoint = proxy.Server.Metrics!.LocalEndPoint;
+        ListenException e = Assert.Throws<ListenException>(() => ProxyHarness.Start(_pg, o => o.MetricsPort = endPoint.Port));
+        Assert.Contains("metrics", e.Message, StringComparison.Ordinal);
+        Assert.Equal(1, (await ScrapeAsync(proxy)).Value("pgbouncer_up"));
+        await proxy.DisposeAsync();
+        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        SocketException refused = await Assert.ThrowsAsync<SocketException>(async () => await socket.ConnectAsync(endPoint));
+        Assert.Equal(SocketError.ConnectionRefused, refused.SocketErrorCode);
     }
 }
