@@ -36,8 +36,12 @@ internal enum ShowItem
     Servers,
     /// <summary>Pools with client and backend counts.</summary>
     Pools,
-    /// <summary>Traffic totals per database.</summary>
+    /// <summary>Traffic totals and stats_period averages per database.</summary>
     Stats,
+    /// <summary>Traffic totals per database.</summary>
+    StatsTotals,
+    /// <summary>stats_period averages per database.</summary>
+    StatsAverages,
     /// <summary>CancelRequest outcome counters.</summary>
     Cancels,
     /// <summary>The other instances of the cluster ([peers]).</summary>
@@ -61,7 +65,7 @@ internal sealed record AdminCommand(AdminCommandKind Kind, ShowItem Item = ShowI
 {
     /// <summary>Every command, for the HINT of a syntax error and for SHOW HELP.</summary>
     public const string CommandList =
-        "SHOW CLIENTS|SERVERS|POOLS|STATS|CANCELS|PEERS|CONFIG|DATABASES|LISTS|MEMORY|VERSION|HELP; "
+        "SHOW CLIENTS|SERVERS|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|CANCELS|PEERS|CONFIG|DATABASES|LISTS|MEMORY|VERSION|HELP; "
         + "KILL PGSQL CONNECTION <id>; KILL_CLIENT <id>; KILL PGSQL QUERY <id>; PAUSE [db]; RESUME [db]; RELOAD; SHUTDOWN";
 
     /// <summary>Whether users in stats_users may run it (SHOW only); everything else needs admin_users.</summary>
@@ -117,6 +121,8 @@ internal sealed record AdminCommand(AdminCommandKind Kind, ShowItem Item = ShowI
                     "SERVERS" => ShowItem.Servers,
                     "POOLS" => ShowItem.Pools,
                     "STATS" => ShowItem.Stats,
+                    "STATS_TOTALS" => ShowItem.StatsTotals,
+                    "STATS_AVERAGES" => ShowItem.StatsAverages,
                     "CANCELS" => ShowItem.Cancels,
                     "PEERS" => ShowItem.Peers,
                     "CONFIG" => ShowItem.Config,

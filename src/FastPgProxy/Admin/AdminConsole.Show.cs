@@ -79,18 +79,21 @@ internal sealed partial class AdminConsole
         new("pool_mode", AdminType.Text),
     ];
 
+    // SHOW STATS is PgBouncer 1.25's without the prepared-statement columns; SHOW STATS_TOTALS and
+    // SHOW STATS_AVERAGES are its two halves with PgBouncer's unprefixed names.
+    private static readonly string[] s_statsNames = ["server_assignment_count", "xact_count", "query_count", "received", "sent", "xact_time", "query_time", "wait_time"];
+
     private static readonly AdminColumn[] s_statsColumns =
     [
         new("database", AdminType.Text),
-        new("total_xact_count", AdminType.Int8),
-        new("total_query_count", AdminType.Int8),
-        new("total_received", AdminType.Int8),
-        new("total_sent", AdminType.Int8),
-        new("total_xact_time", AdminType.Int8),
-        new("total_query_time", AdminType.Int8),
-        new("total_wait_time", AdminType.Int8),
-        new("avg_xact_time", AdminType.Int8),
-        new("avg_query_time", AdminType.Int8),
+        .. s_statsNames.Select(n => new AdminColumn("total_" + n, AdminType.Int8)),
+        .. s_statsNames.Select(n => new AdminColumn("avg_" + (n == "received" ? "recv" : n), AdminType.Int8)),
+    ];
+
+    private static readonly AdminColumn[] s_statsPartColumns =
+    [
+        new("database", AdminType.Text),
+        .. s_statsNames.Select(n => new AdminColumn(n is "received" or "sent" ? "bytes_" + n : n, AdminType.Int8)),
     ];
 
     private static readonly AdminColumn[] s_counterColumns = [new("name", AdminType.Text), new("count", AdminType.Int8)];
@@ -134,6 +137,7 @@ internal sealed partial class AdminConsole
         ShowItem.Servers => s_serverColumns,
         ShowItem.Pools => s_poolColumns,
         ShowItem.Stats => s_statsColumns,
+        ShowItem.StatsTotals or ShowItem.StatsAverages => s_statsPartColumns,
         ShowItem.Cancels => s_counterColumns,
         ShowItem.Peers => s_peerColumns,
         ShowItem.Config => s_configColumns,
@@ -171,8 +175,8 @@ internal sealed partial class AdminConsole
             case ShowItem.Pools:
                 AddPoolRows(result, await AdminSnapshot.CollectAsync(Proxy).ConfigureAwait(false));
                 break;
-            case ShowItem.Stats:
-                AddStatsRows(result, await AdminSnapshot.CollectAsync(Proxy).ConfigureAwait(false));
+            case ShowItem.Stats or ShowItem.StatsTotals or ShowItem.StatsAverages:
+                AddStatsRows(result, await AdminSnapshot.CollectAsync(Proxy).ConfigureAwait(false), item);
                 break;
             case ShowItem.Lists:
                 AddListRows(result, await AdminSnapshot.CollectAsync(Proxy).ConfigureAwait(false));
@@ -185,9 +189,9 @@ internal sealed partial class AdminConsole
 
                 break;
             case ShowItem.Cancels:
-                foreach (PropertyInfo counter in s_cancelCounters)
+                foreach ((string name, long count) in CancelCounters(Proxy.CancelStats))
                 {
-                    result.Rows.Add([SnakeCase(counter.Name), (long)counter.GetValue(Proxy.CancelStats)!]);
+                    result.Rows.Add([name, count]);
                 }
 
                 break;
@@ -223,80 +227,25 @@ internal sealed partial class AdminConsole
 
     private static void AddPoolRows(AdminResult result, AdminSnapshot snapshot)
     {
-        foreach (PoolRow p in snapshot.Pools)
+        foreach (PoolCounts c in snapshot.CountPools())
         {
-            long clientsActive = 0, clientsWaiting = 0;
-            foreach (ClientRow c in snapshot.Clients)
-            {
-                if (c.Pool == p.Pool)
-                {
-                    if (c.State == "waiting")
-                    {
-                        clientsWaiting++;
-                    }
-                    else if (c.State is "active" or "idle")
-                    {
-                        clientsActive++;
-                    }
-                }
-            }
-
-            long active = 0, idle = 0, used = 0, login = 0, canceling = 0, cancels = 0;
-            foreach (ServerRow s in snapshot.Servers)
-            {
-                if (s.Pool != p.Pool)
-                {
-                    continue;
-                }
-
-                switch (s.State)
-                {
-                    case "active":
-                        active++;
-                        break;
-                    case "idle":
-                        idle++;
-                        break;
-                    case "login":
-                        login++;
-                        break;
-                    default:
-                        used++;
-                        break;
-                }
-
-                cancels += s.PendingCancels;
-                if (s.PendingCancels > 0)
-                {
-                    canceling++;
-                }
-            }
-
-            result.Rows.Add([p.Database, p.User, clientsActive, clientsWaiting, cancels, active, idle, used, login, canceling, (long)p.CancelConnections, (long)p.CancelsWaiting, p.MaxWaitMicros, p.Mode == PoolMode.Session ? "session" : "transaction"]);
+            PoolRow p = c.Row;
+            result.Rows.Add([p.Database, p.User, c.ClientsActive, c.ClientsWaiting, c.ClientCancels, c.ServersActive, c.ServersIdle, c.ServersUsed, c.ServersLogin, c.ServersBeingCanceled, (long)p.CancelConnections, (long)p.CancelsWaiting, p.MaxWaitMicros, p.Mode == PoolMode.Session ? "session" : "transaction"]);
         }
     }
 
-    private static void AddStatsRows(AdminResult result, AdminSnapshot snapshot)
+    private static void AddStatsRows(AdminResult result, AdminSnapshot snapshot, ShowItem item)
     {
-        foreach (IGrouping<string, PoolRow> db in snapshot.Pools.GroupBy(p => p.Database).OrderBy(g => g.Key, StringComparer.Ordinal))
+        foreach (DatabaseStats d in snapshot.StatsByDatabase())
         {
-            long transactions = db.Sum(p => p.Transactions);
-            long queries = db.Sum(p => p.Queries);
-            long transactionTime = db.Sum(p => p.TransactionMicros);
-            long queryTime = db.Sum(p => p.QueryMicros);
-            result.Rows.Add(
-            [
-                db.Key,
-                transactions,
-                queries,
-                db.Sum(p => p.BytesReceived),
-                db.Sum(p => p.BytesSent),
-                transactionTime,
-                queryTime,
-                db.Sum(p => p.WaitMicros),
-                transactions == 0 ? 0L : transactionTime / transactions,
-                queries == 0 ? 0L : queryTime / queries,
-            ]);
+            object?[] totals = [d.ServerAssignments, d.Transactions, d.Queries, d.BytesReceived, d.BytesSent, d.TransactionMicros, d.QueryMicros, d.WaitMicros];
+            object?[] averages = [d.AvgServerAssignments, d.AvgTransactions, d.AvgQueries, d.AvgReceived, d.AvgSent, d.AvgTransactionMicros, d.AvgQueryMicros, d.AvgWaitMicros];
+            result.Rows.Add(item switch
+            {
+                ShowItem.StatsTotals => [d.Database, .. totals],
+                ShowItem.StatsAverages => [d.Database, .. averages],
+                _ => [d.Database, .. totals, .. averages],
+            });
         }
     }
 
@@ -342,6 +291,10 @@ internal sealed partial class AdminConsole
         Add("buffer_bytes_in_use", inUse * ProxyServer.BufferSize);
         Add("client_statement_bytes", Proxy.Stats.ClientStatementBytes);
     }
+
+    /// <summary>Every counter of <paramref name="stats"/> by its SHOW CANCELS name (<c>DroppedIdle</c> is <c>dropped_idle</c>), in declaration order.</summary>
+    public static IEnumerable<(string Name, long Count)> CancelCounters(CancelStats stats) =>
+        s_cancelCounters.Select(counter => (SnakeCase(counter.Name), (long)counter.GetValue(stats)!));
 
     /// <summary><c>DroppedIdle</c> → <c>dropped_idle</c>.</summary>
     private static string SnakeCase(string name)

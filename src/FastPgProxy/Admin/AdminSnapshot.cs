@@ -56,7 +56,48 @@ internal sealed record PoolRow(
     long BytesSent,
     long TransactionMicros,
     long QueryMicros,
-    long WaitMicros);
+    long WaitMicros,
+    long ServerAssignments,
+    PoolTotals Period,
+    long PeriodTicks);
+
+/// <summary>
+/// A pool with its clients and backends counted by state, as SHOW POOLS lists it (cl_* and sv_* columns).
+/// </summary>
+internal sealed record PoolCounts(
+    PoolRow Row,
+    long ClientsActive,
+    long ClientsWaiting,
+    long ClientCancels,
+    long ServersActive,
+    long ServersIdle,
+    long ServersUsed,
+    long ServersLogin,
+    long ServersBeingCanceled);
+
+/// <summary>
+/// One client database's traffic as SHOW STATS lists it: totals since its pools were created, and averages
+/// over stats_period (per second for counts and bytes, microseconds per query, transaction or assignment
+/// for times), computed as PgBouncer's stats.c does from the last completed period to now.
+/// </summary>
+internal sealed record DatabaseStats(
+    string Database,
+    long ServerAssignments,
+    long Transactions,
+    long Queries,
+    long BytesReceived,
+    long BytesSent,
+    long TransactionMicros,
+    long QueryMicros,
+    long WaitMicros,
+    long AvgServerAssignments,
+    long AvgTransactions,
+    long AvgQueries,
+    long AvgReceived,
+    long AvgSent,
+    long AvgTransactionMicros,
+    long AvgQueryMicros,
+    long AvgWaitMicros);
 
 /// <summary>
 /// What the proxy looks like at one moment, collected without locks: one work item per loop, posted to it,
@@ -196,6 +237,7 @@ internal sealed class AdminSnapshot
             }
 
             PoolStats stats = pool.Stats;
+            PoolTotals totals = stats.Totals;
             long oldestWait = pool.OldestWaitStarted;
             part.Pools.Add(new PoolRow(
                 pool,
@@ -212,10 +254,128 @@ internal sealed class AdminSnapshot
                 stats.BytesSent,
                 Micros(stats.TransactionTicks),
                 Micros(stats.QueryTicks),
-                Micros(stats.WaitTicks)));
+                Micros(stats.WaitTicks),
+                stats.ServerAssignments,
+                totals - stats.PeriodStart,
+                now - stats.PeriodStartStamp));
         }
 
         return part;
+    }
+
+    /// <summary>Every pool with its clients and backends counted by state (SHOW POOLS, the metrics endpoint).</summary>
+    public List<PoolCounts> CountPools()
+    {
+        var counts = new List<PoolCounts>(Pools.Count);
+        foreach (PoolRow p in Pools)
+        {
+            long clientsActive = 0, clientsWaiting = 0;
+            foreach (ClientRow c in Clients)
+            {
+                if (c.Pool == p.Pool)
+                {
+                    if (c.State == "waiting")
+                    {
+                        clientsWaiting++;
+                    }
+                    else if (c.State is "active" or "idle")
+                    {
+                        clientsActive++;
+                    }
+                }
+            }
+
+            long active = 0, idle = 0, used = 0, login = 0, canceling = 0, cancels = 0;
+            foreach (ServerRow s in Servers)
+            {
+                if (s.Pool != p.Pool)
+                {
+                    continue;
+                }
+
+                switch (s.State)
+                {
+                    case "active":
+                        active++;
+                        break;
+                    case "idle":
+                        idle++;
+                        break;
+                    case "login":
+                        login++;
+                        break;
+                    default:
+                        used++;
+                        break;
+                }
+
+                cancels += s.PendingCancels;
+                if (s.PendingCancels > 0)
+                {
+                    canceling++;
+                }
+            }
+
+            counts.Add(new PoolCounts(p, clientsActive, clientsWaiting, cancels, active, idle, used, login, canceling));
+        }
+
+        return counts;
+    }
+
+    /// <summary>
+    /// Traffic per client database, its pools summed, ordered by name (SHOW STATS, SHOW STATS_TOTALS,
+    /// SHOW STATS_AVERAGES, the metrics endpoint). Rates add up pool by pool (each pool's span starts when
+    /// its own last period ended); times are divided by the counts of the same span.
+    /// </summary>
+    public List<DatabaseStats> StatsByDatabase()
+    {
+        var rows = new List<DatabaseStats>();
+        foreach (IGrouping<string, PoolRow> db in Pools.GroupBy(p => p.Database).OrderBy(g => g.Key, StringComparer.Ordinal))
+        {
+            double assignmentRate = 0, transactionRate = 0, queryRate = 0, receivedRate = 0, sentRate = 0;
+            long assignments = 0, transactions = 0, queries = 0, transactionTicks = 0, queryTicks = 0, waitTicks = 0;
+            foreach (PoolRow p in db)
+            {
+                PoolTotals d = p.Period;
+                double seconds = (double)p.PeriodTicks / Stopwatch.Frequency;
+                if (seconds > 0)
+                {
+                    assignmentRate += d.ServerAssignments / seconds;
+                    transactionRate += d.Transactions / seconds;
+                    queryRate += d.Queries / seconds;
+                    receivedRate += d.BytesReceived / seconds;
+                    sentRate += d.BytesSent / seconds;
+                }
+
+                assignments += d.ServerAssignments;
+                transactions += d.Transactions;
+                queries += d.Queries;
+                transactionTicks += d.TransactionTicks;
+                queryTicks += d.QueryTicks;
+                waitTicks += d.WaitTicks;
+            }
+
+            rows.Add(new DatabaseStats(
+                db.Key,
+                db.Sum(p => p.ServerAssignments),
+                db.Sum(p => p.Transactions),
+                db.Sum(p => p.Queries),
+                db.Sum(p => p.BytesReceived),
+                db.Sum(p => p.BytesSent),
+                db.Sum(p => p.TransactionMicros),
+                db.Sum(p => p.QueryMicros),
+                db.Sum(p => p.WaitMicros),
+                (long)assignmentRate,
+                (long)transactionRate,
+                (long)queryRate,
+                (long)receivedRate,
+                (long)sentRate,
+                transactions == 0 ? 0 : Micros(transactionTicks) / transactions,
+                queries == 0 ? 0 : Micros(queryTicks) / queries,
+                assignments == 0 ? 0 : Micros(waitTicks) / assignments));
+        }
+
+        return rows;
     }
 
     /// <summary>login, waiting (for a backend), active (a backend attached), idle (logged in, no backend), admin (a console session).</summary>

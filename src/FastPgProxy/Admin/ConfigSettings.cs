@@ -68,6 +68,11 @@ internal sealed record ConfigSetting(string Key, Func<ProxyOptions, string> Get,
         new("log_connections", o => o.LogConnections ? "1" : "0", (t, s) => t.LogConnections = s.LogConnections),
         new("log_disconnections", o => o.LogDisconnections ? "1" : "0", (t, s) => t.LogDisconnections = s.LogDisconnections),
         new("log_pooler_errors", o => o.LogPoolerErrors ? "1" : "0", (t, s) => t.LogPoolerErrors = s.LogPoolerErrors),
+        new("stats_period", o => Seconds(o.StatsPeriod), (t, s) => t.StatsPeriod = s.StatsPeriod),
+
+        // The endpoint binds its socket at start.
+        new("metrics_addr", o => o.MetricsAddress, null),
+        new("metrics_port", o => Int(o.MetricsPort), null),
         new("logfile", o => o.LogFile ?? "", (t, s) => t.LogFile = s.LogFile),
         new("pidfile", o => o.PidFile ?? "", null),
         new("tcp_keepalive", o => o.Keepalive.Enabled ? "1" : "0", null),

@@ -443,6 +443,25 @@ internal static class ConfigLoader
             case "verbose":
                 o.Verbose = ParseInt(value, 0, 3, source, line, key);
                 break;
+            case "stats_period":
+                o.StatsPeriod = ParseDuration(value, source, line, key);
+                if (o.StatsPeriod < TimeSpan.FromSeconds(1))
+                {
+                    throw Error(source, line, key, $"invalid value '{value}' (at least 1 second)");
+                }
+
+                break;
+            case "metrics_addr":
+                if (value != "*" && !System.Net.IPAddress.TryParse(value, out _) && value != "localhost")
+                {
+                    throw Error(source, line, key, $"invalid address '{value}' (an IP address, localhost or *)");
+                }
+
+                o.MetricsAddress = value;
+                break;
+            case "metrics_port":
+                o.MetricsPort = ParseInt(value, 0, 65535, source, line, key);
+                break;
             default:
                 if (s_pgBouncerOnly.TryGetValue(key, out string? consequence))
                 {
@@ -473,7 +492,7 @@ internal static class ConfigLoader
         ["reserve_pool_size"] = "", ["reserve_pool_timeout"] = "", ["resolv_conf"] = "", ["sbuf_loopcnt"] = "",
         ["scram_iterations"] = "", ["server_check_delay"] = "", ["server_check_query"] = "", ["server_fast_close"] = "",
         ["server_login_retry"] = "", ["server_reset_query_always"] = "", ["server_round_robin"] = "",
-        ["server_tls13_ciphers"] = "", ["service_name"] = "", ["stats_period"] = "", ["suspend_timeout"] = "",
+        ["server_tls13_ciphers"] = "", ["service_name"] = "", ["suspend_timeout"] = "",
         ["syslog"] = "", ["syslog_facility"] = "", ["syslog_ident"] = "", ["tcp_defer_accept"] = "",
         ["tcp_socket_buffer"] = "",
         ["track_extra_parameters"] = "", ["transaction_timeout"] = "", ["user"] = "",

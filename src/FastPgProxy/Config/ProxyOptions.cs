@@ -249,6 +249,14 @@ internal sealed class ProxyOptions
 
     /// <summary>Log each FATAL error the proxy itself sends a client, as a warning, as PgBouncer's <c>log_pooler_errors</c>. Default on.</summary>
     public bool LogPoolerErrors { get; set; } = true;
+    /// <summary>The span SHOW STATS's avg_* columns average over (PgBouncer's <c>stats_period</c>). Default 60 s.</summary>
+    public TimeSpan StatsPeriod { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Address the Prometheus endpoint listens on (<c>metrics_addr</c>). Default 127.0.0.1.</summary>
+    public string MetricsAddress { get; set; } = "127.0.0.1";
+
+    /// <summary>Port of the Prometheus endpoint (<c>GET /metrics</c>); 0 turns it off. Default 0.</summary>
+    public int MetricsPort { get; set; }
 
     /// <summary>Log verbosity: 0 warnings and start-up, 1 connections, 2 debug. Default 0.</summary>
     public int Verbose { get; set; }

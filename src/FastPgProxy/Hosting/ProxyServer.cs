@@ -54,10 +54,30 @@ internal sealed class ProxyServer : IAsyncDisposable
         _listeners = Listener.BindAll(options);
         LocalEndPoint = _listeners.Find(static l => !l.IsUnix)?.Socket.LocalEndPoint as IPEndPoint;
         Port = LocalEndPoint?.Port ?? options.ListenPort;
+        if (options.MetricsPort != 0)
+        {
+            try
+            {
+                Metrics = new MetricsEndpoint(this, options);
+            }
+            catch
+            {
+                foreach (Listener listener in _listeners)
+                {
+                    listener.Close();
+                }
+
+                throw;
+            }
+        }
+
         Loops = new EventLoopGroup(options.EffectiveLoopThreads, BufferSize);
         Pools = new PoolManager(this);
         CancelGuard = new CancelGuard(options.CancelBadKeyLimit);
     }
+
+    /// <summary>The Prometheus endpoint; null when metrics_port is 0.</summary>
+    public MetricsEndpoint? Metrics { get; }
 
     /// <summary>Cancel storm and key-guessing protection.</summary>
     public CancelGuard CancelGuard { get; }
@@ -191,6 +211,7 @@ internal sealed class ProxyServer : IAsyncDisposable
 
         _acceptLoops = loops;
         Log.Info($"listening on {ListenNames} with {Loops.Loops.Count} loop threads");
+        Metrics?.Start();
     }
 
     /// <summary>
@@ -376,6 +397,10 @@ internal sealed class ProxyServer : IAsyncDisposable
 
         await _stopping.CancelAsync().ConfigureAwait(false);
         StopListening();
+        if (Metrics is not null)
+        {
+            await Metrics.DisposeAsync().ConfigureAwait(false);
+        }
 
         foreach (Task acceptLoop in _acceptLoops)
         {

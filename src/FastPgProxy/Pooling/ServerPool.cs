@@ -481,7 +481,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
     }
 
-    /// <summary>Once a second: idle timeout, lifetime, waiting timeouts (clients and cancels), min_pool_size, retries for waiters.</summary>
+    /// <summary>Once a second: idle timeout, lifetime, waiting timeouts (clients and cancels), min_pool_size, retries for waiters, the end of a stats_period.</summary>
     public void OnTimer(long dueTimestamp)
     {
         long now = Stopwatch.GetTimestamp();
@@ -531,6 +531,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
 
         LaunchForWaiters();
+        Stats.Roll(now, (long)(o.StatsPeriod.TotalSeconds * Stopwatch.Frequency));
         Loop.Schedule(this, now + Stopwatch.Frequency);
     }
 

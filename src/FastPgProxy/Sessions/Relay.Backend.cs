@@ -26,6 +26,7 @@ internal sealed partial class Relay
 
         _server = server;
         server.LastSessionId = _session.Id;
+        _pool.Stats.AddAssignment();
         if (Log.IsEnabled(LogLevel.Debug))
         {
             Log.Debug($"session {_session.Id}: assigned server {server.Id}");
