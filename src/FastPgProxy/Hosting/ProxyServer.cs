@@ -247,8 +247,9 @@ internal sealed class ProxyServer : IAsyncDisposable
             {
                 socket = await listener.Socket.AcceptAsync(_stopping.Token).ConfigureAwait(false);
             }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException || Volatile.Read(ref _listening) == 0)
             {
+                // Stopped, or the listeners were closed under the pending accept (a safe shutdown).
                 return;
             }
             catch (Exception e)
