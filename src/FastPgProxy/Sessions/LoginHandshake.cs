@@ -37,6 +37,10 @@ internal sealed class LoginHandshake
     private DatabaseOptions? _databaseOptions;
     private UserSecret? _userSecret;
     private bool _userKnown;
+
+    // auth_user of a user missing from auth_file while its auth_query lookup is still to run; then null.
+    private string? _lookupAuthUser;
+    private bool _lookedUp;
     private AuthStage _authStage;
     private byte[]? _md5Salt;
     private ScramServer? _scramServer;
@@ -240,6 +244,12 @@ internal sealed class LoginHandshake
 
         Log.Write(LogLevel.Info, $"session {_owner.Id}: login attempt from {_owner.RemoteEndPoint}: db={database} user={user}");
         _userKnown = _proxy.Users is { } users && users.TryGet(user, out _userSecret);
+        if (!_userKnown)
+        {
+            // PgBouncer's order: auth_file first, then the database's auth_user, then the global one.
+            _lookupAuthUser = _databaseOptions.AuthUser ?? _proxy.Options.AuthUser;
+        }
+
         ServerCredentials credentials = BuildCredentials(_databaseOptions);
         if (_owner.JoinPool(_proxy.Pools.Get(database, credentials.User, _databaseOptions, credentials)))
         {
@@ -272,6 +282,12 @@ internal sealed class LoginHandshake
     /// <summary>Asks for the client's password (or SCRAM exchange), or with trust goes straight on; NegotiateProtocolVersion first when due.</summary>
     public void BeginAuthentication()
     {
+        if (_lookupAuthUser is not null)
+        {
+            StartLookup(_lookupAuthUser);
+            return;
+        }
+
         UserList? users = _proxy.Users;
         AuthType authType = _proxy.Options.AuthType;
         if (authType == AuthType.Cert && !CertificateNamesUser())
@@ -284,7 +300,7 @@ internal sealed class LoginHandshake
 
         if (authType is AuthType.Trust or AuthType.Cert)
         {
-            if (users is not null && !_userKnown)
+            if ((users is not null || _lookedUp) && !_userKnown)
             {
                 _owner.ReturnOut();
                 _owner.Fatal(SqlState.InvalidAuthorization, $"role \"{_owner.User}\" does not exist");
@@ -327,6 +343,64 @@ internal sealed class LoginHandshake
         }
 
         _owner.SendOut(writer.Position, AfterSend.ReadClient);
+    }
+
+    /// <summary>
+    /// Looks the user up with auth_query as <paramref name="authUser"/> (<see cref="AuthLookup"/>), in a task
+    /// off the loops; the answer comes back to the session's loop, where authentication goes on with the
+    /// secret found. Nothing is read from the client meanwhile. Runs at every login of such a user: nothing is
+    /// cached but the credentials the pool's backends log in with, as in PgBouncer.
+    /// </summary>
+    private void StartLookup(string authUser)
+    {
+        _lookupAuthUser = null;
+        _lookedUp = true;
+        AuthLookupTarget? target = AuthLookup.Resolve(_proxy, _databaseOptions!, _owner.Database!, authUser, out string? error);
+        if (target is null)
+        {
+            Log.Warning($"session {_owner.Id}: {error}");
+            _owner.Fatal(SqlState.InvalidAuthorization, error!);
+            return;
+        }
+
+        ClientSession owner = _owner;
+        ProxyServer proxy = _proxy;
+        string user = owner.User!;
+        int sessionId = owner.Id;
+        _ = Task.Run(async () =>
+        {
+            AuthLookupResult result = AuthLookupResult.Failure;
+            try
+            {
+                result = await AuthLookup.RunAsync(proxy, target, user, sessionId).ConfigureAwait(false);
+            }
+            finally
+            {
+                owner.PostLoginStep(() => OnLookupDone(result));
+            }
+        });
+    }
+
+    /// <summary>The lookup's answer, on the session's loop: authentication goes on, or the login fails.</summary>
+    private void OnLookupDone(AuthLookupResult result)
+    {
+        switch (result.Status)
+        {
+            case AuthLookupStatus.Found:
+                _userKnown = true;
+                _userSecret = result.Secret;
+                break;
+            case AuthLookupStatus.NotFound:
+                // As for a user missing from auth_file: a password exchange that fails, so names cannot be probed.
+                Log.Write(LogLevel.Info, $"session {_owner.Id}: no such user: {_owner.User}");
+                break;
+            default:
+                _proxy.Stats.OnLoginFailed();
+                _owner.Fatal(SqlState.InvalidAuthorization, $"authentication failed for user \"{_owner.User}\": the user could not be looked up");
+                return;
+        }
+
+        BeginAuthentication();
     }
 
     /// <summary>
