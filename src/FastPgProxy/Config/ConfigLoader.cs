@@ -213,7 +213,8 @@ internal static class ConfigLoader
                     "md5" => AuthType.Md5,
                     "scram-sha-256" => AuthType.ScramSha256,
                     "cert" => AuthType.Cert,
-                    _ => throw Error(source, line, key, $"invalid value '{value}' (trust, md5, scram-sha-256 or cert)"),
+                    "hba" => AuthType.Hba,
+                    _ => throw Error(source, line, key, $"invalid value '{value}' (trust, md5, scram-sha-256, cert or hba)"),
                 };
                 break;
             case "auth_file":
@@ -227,6 +228,9 @@ internal static class ConfigLoader
                 break;
             case "auth_dbname":
                 o.AuthDbname = EmptyAsNull(value);
+                break;
+            case "auth_hba_file":
+                o.AuthHbaFile = EmptyAsNull(value);
                 break;
             case "pool_mode":
                 o.PoolMode = ParsePoolMode(value, source, line, key);
@@ -401,7 +405,7 @@ internal static class ConfigLoader
     // text says what clients would lose, an error when set.
     private static readonly Dictionary<string, string> s_pgBouncerOnly = new(StringComparer.Ordinal)
     {
-        ["application_name_add_host"] = "", ["auth_hba_file"] = "", ["auth_ident_file"] = "",
+        ["application_name_add_host"] = "", ["auth_ident_file"] = "",
         ["auth_ldap_options"] = "", ["autodb_idle_timeout"] = "", 
         ["client_tls13_ciphers"] = "", ["client_tls_dheparams"] = "", ["client_tls_ecdhcurve"] = "", ["conffile"] = "",
         ["disable_pqexec"] = "", ["dns_max_ttl"] = "", ["dns_nxdomain_ttl"] = "", ["dns_zone_check_period"] = "",
@@ -685,7 +689,12 @@ internal static class ConfigLoader
             errors.Add($"{source}: auth_type cert needs client_tls_sslmode verify-ca or verify-full");
         }
 
-        if (o.AuthType is not (AuthType.Trust or AuthType.Cert) && o.AuthFile is null && o.AuthUser is null && !o.Databases.Any(d => d.AuthUser is not null))
+        if (o.AuthType == AuthType.Hba && o.AuthHbaFile is null)
+        {
+            errors.Add($"{source}: auth_type hba needs auth_hba_file");
+        }
+
+        if (o.AuthType is not (AuthType.Trust or AuthType.Cert or AuthType.Hba) && o.AuthFile is null && o.AuthUser is null && !o.Databases.Any(d => d.AuthUser is not null))
         {
             errors.Add($"{source}: auth_type {o.AuthType.ToString().ToLowerInvariant()} needs auth_file");
         }

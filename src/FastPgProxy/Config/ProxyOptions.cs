@@ -13,6 +13,8 @@ internal enum AuthType
     ScramSha256,
     /// <summary>A TLS client certificate, checked against client_tls_ca_file, whose CN is the user name.</summary>
     Cert,
+    /// <summary>The method of the first matching line of auth_hba_file (pg_hba.conf format); no line matching refuses the client.</summary>
+    Hba,
 }
 
 /// <summary>When a backend connection is handed back to the pool.</summary>
@@ -107,6 +109,9 @@ internal sealed class ProxyOptions
 
     /// <summary>The [databases] entry <see cref="AuthQuery"/> runs in; null means the database the client asked for.</summary>
     public string? AuthDbname { get; set; }
+
+    /// <summary>The pg_hba.conf-format file <see cref="AuthType.Hba"/> reads; required with it.</summary>
+    public string? AuthHbaFile { get; set; }
 
     /// <summary>Pool mode. Default session.</summary>
     public PoolMode PoolMode { get; set; } = PoolMode.Session;

@@ -53,6 +53,21 @@ internal sealed class ProxyServer : IAsyncDisposable
             Users = users;
         }
 
+        if (options.AuthType == AuthType.Hba)
+        {
+            if (options.AuthHbaFile is null)
+            {
+                throw new ConfigException("auth_type hba needs auth_hba_file");
+            }
+
+            if (!HbaRules.TryLoad(options.AuthHbaFile, out HbaRules? hba, out string? hbaError))
+            {
+                throw new ConfigException(hbaError);
+            }
+
+            Hba = hba;
+        }
+
         ReloadTls(options);
         Sessions = new SessionRegistry(options.PeerId);
         Peers = new PeerDirectory(options);
@@ -164,6 +179,9 @@ internal sealed class ProxyServer : IAsyncDisposable
         Volatile.Write(ref _clientTls, client);
         Volatile.Write(ref _serverTls, server);
     }
+
+    /// <summary>The auth_hba_file rules when auth_type is hba; null otherwise.</summary>
+    public HbaRules? Hba { get; }
 
     /// <summary>The auth_file contents; null when none is configured.</summary>
     public UserList? Users { get; }

@@ -41,6 +41,9 @@ internal sealed class LoginHandshake
     // auth_user of a user missing from auth_file while its auth_query lookup is still to run; then null.
     private string? _lookupAuthUser;
     private bool _lookedUp;
+
+    // The method this client authenticates with: auth_type, or with auth_type hba the matching line's; chosen once.
+    private AuthType? _authType;
     private AuthStage _authStage;
     private byte[]? _md5Salt;
     private ScramServer? _scramServer;
@@ -282,6 +285,11 @@ internal sealed class LoginHandshake
     /// <summary>Asks for the client's password (or SCRAM exchange), or with trust goes straight on; NegotiateProtocolVersion first when due.</summary>
     public void BeginAuthentication()
     {
+        if (_authType is null && !ChooseMethod())
+        {
+            return;
+        }
+
         if (_lookupAuthUser is not null)
         {
             StartLookup(_lookupAuthUser);
@@ -289,7 +297,7 @@ internal sealed class LoginHandshake
         }
 
         UserList? users = _proxy.Users;
-        AuthType authType = _proxy.Options.AuthType;
+        AuthType authType = _authType!.Value;
         if (authType == AuthType.Cert && !CertificateNamesUser())
         {
             return;
@@ -343,6 +351,52 @@ internal sealed class LoginHandshake
         }
 
         _owner.SendOut(writer.Position, AfterSend.ReadClient);
+    }
+
+    /// <summary>
+    /// Sets <see cref="_authType"/>: auth_type, or with auth_type hba the method of the first auth_hba_file
+    /// line that matches the connection (every client is TCP for now), database and user. False after the
+    /// FATAL PostgreSQL gives when no line matches or the line is <c>reject</c>.
+    /// </summary>
+    private bool ChooseMethod()
+    {
+        if (_proxy.Options.AuthType != AuthType.Hba || _proxy.Hba is not { } hba)
+        {
+            _authType = _proxy.Options.AuthType;
+            return true;
+        }
+
+        string database = _owner.Database!, user = _owner.User!;
+        bool ssl = _owner.IsTls;
+        System.Net.IPAddress? address = _owner.RemoteEndPoint?.Address;
+        HbaRule? rule = hba.Match(HbaConnectionType.Host, ssl, address, database, user);
+        string connection = $"host \"{(address is { IsIPv4MappedToIPv6: true } ? address.MapToIPv4() : address)}\", user \"{user}\", database \"{database}\", {(ssl ? "SSL encryption" : "no encryption")}";
+        switch (rule?.Method)
+        {
+            case null:
+                _proxy.Stats.OnLoginFailed();
+                _owner.Fatal(SqlState.InvalidAuthorization, $"no pg_hba.conf entry for {connection}");
+                return false;
+            case HbaMethod.Reject:
+                _proxy.Stats.OnLoginFailed();
+                _owner.Fatal(SqlState.InvalidAuthorization, $"pg_hba.conf rejects connection for {connection}");
+                return false;
+            case HbaMethod.Peer:
+                // Only local lines carry peer, and no client connects over a Unix socket yet.
+                _proxy.Stats.OnLoginFailed();
+                _owner.Fatal(SqlState.InvalidAuthorization, $"peer authentication failed for user \"{user}\"");
+                return false;
+        }
+
+        Log.Debug($"session {_owner.Id}: auth_hba_file line {rule.Line} matches: {rule.Method}");
+        _authType = rule.Method switch
+        {
+            HbaMethod.Trust => AuthType.Trust,
+            HbaMethod.Md5 => AuthType.Md5,
+            HbaMethod.ScramSha256 => AuthType.ScramSha256,
+            _ => AuthType.Cert,
+        };
+        return true;
     }
 
     /// <summary>

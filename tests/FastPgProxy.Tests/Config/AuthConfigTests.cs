@@ -64,4 +64,17 @@ public sealed class AuthConfigTests
 
         Assert.Equal(("lookup", "authdb", "SELECT 1, 2"), (running.AuthUser, running.AuthDbname, running.AuthQuery));
     }
+
+    [Fact]
+    public void Auth_type_hba_reads_auth_hba_file_and_needs_it()
+    {
+        ProxyOptions o = ConfigLoader.Parse("[pgbouncer]\nauth_type = hba\nauth_hba_file = /etc/fpp/hba.conf\n[databases]\n", "x.ini");
+        Assert.Equal((AuthType.Hba, "/etc/fpp/hba.conf"), (o.AuthType, o.AuthHbaFile));
+        Assert.Equal("hba", Assert.Single(ConfigSetting.All, s => s.Key == "auth_type").Get(o));
+        Assert.Equal("/etc/fpp/hba.conf", Assert.Single(ConfigSetting.All, s => s.Key == "auth_hba_file").Get(o));
+        Assert.Empty(o.Warnings);
+
+        var e = Assert.Throws<ConfigException>(() => ConfigLoader.Parse("[pgbouncer]\nauth_type = hba\n[databases]\n", "x.ini"));
+        Assert.Contains("auth_type hba needs auth_hba_file", e.Message, StringComparison.Ordinal);
+    }
 }
