@@ -180,6 +180,44 @@ public sealed class AuthQueryTests(PostgresFixture fixture)
     }
 
     [Fact]
+    public async Task An_unreachable_auth_database_fails_the_login_with_an_error_and_a_log_line()
+    {
+        string role = await CreateRoleAsync("unreachable", "md5");
+        string logFile = Path.GetTempFileName();
+        try
+        {
+            Log.SetFile(logFile);
+            await using ProxyHarness proxy = StartWithAuthUser(AuthType.Md5, o =>
+            {
+                o.AuthDbname = "down";
+                o.Databases.Add(new DatabaseOptions { Name = "down", Host = "127.0.0.1", Port = NetUtil.GetFreeTcpPort() });
+            });
+            PostgresException e = await AssertLoginFailsAsync(proxy, role, Password, InvalidAuthorization);
+            Assert.Equal($"authentication failed for user \"{role}\": the user could not be looked up", e.MessageText);
+        }
+        finally
+        {
+            Log.SetFile(null);
+        }
+
+        string log = await File.ReadAllTextAsync(logFile);
+        File.Delete(logFile);
+        Assert.Contains($"auth_query for user \"{role}\" (as \"postgres\" in database \"down\") failed", log, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task With_trust_a_looked_up_user_needs_no_password_and_an_unknown_one_does_not_exist()
+    {
+        string role = await CreateRoleAsync("trusted", "md5");
+        await using ProxyHarness proxy = StartWithAuthUser(AuthType.Trust);
+        await AssertLogsInAsync(proxy, role, "ignored");
+
+        string missing = NewRoleName("nobody");
+        PostgresException e = await AssertLoginFailsAsync(proxy, missing, null, InvalidAuthorization);
+        Assert.Equal($"role \"{missing}\" does not exist", e.MessageText);
+    }
+
+    [Fact]
     public async Task A_lookup_that_waits_does_not_hold_up_other_clients_of_its_loop()
     {
         string role = await CreateRoleAsync("slow", "md5");
