@@ -1,3 +1,4 @@
+using FastPgProxy.Auth;
 using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
 using FastPgProxy.Hosting;
@@ -293,9 +294,11 @@ internal sealed partial class AdminConsole
             Log.Warning(warning);
         }
 
+        HbaRules? hba;
         try
         {
-            // Certificates first: a file that does not load leaves every setting as it was.
+            // The hba file and certificates first: a file that does not load leaves every setting as it was.
+            hba = await Task.Run(Proxy.LoadHba).ConfigureAwait(false);
             fresh.SourcePath = running.SourcePath;
             await Task.Run(() => Proxy.ReloadTls(fresh)).ConfigureAwait(false);
         }
@@ -304,6 +307,7 @@ internal sealed partial class AdminConsole
             return AdminResult.Failed(AdminSqlState.InvalidParameterValue, e.Message, detail: "Nothing was changed.");
         }
 
+        Proxy.UseHba(hba);
         var restart = new List<string>();
         foreach (ConfigSetting setting in ConfigSetting.All)
         {

@@ -121,4 +121,46 @@ public sealed class HbaTests(PostgresFixture fixture) : IDisposable
         var e = Assert.Throws<ConfigException>(() => new FastPgProxy.Hosting.ProxyServer(options));
         Assert.StartsWith($"{path}:2: authentication method \"password\" is not supported", e.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Reload_reads_the_hba_file_again_and_a_broken_one_changes_nothing()
+    {
+        string hbaPath = Path.Combine(_dir, "hba.conf");
+        string configPath = Path.Combine(_dir, "fpp.ini");
+        const string ConsoleLine = "host fastpgproxy all 127.0.0.1/32 trust\n";
+        File.WriteAllText(hbaPath, ConsoleLine + "host all all 127.0.0.1/32 trust\n");
+        File.WriteAllText(configPath, $"[fastpgproxy]\nauth_type = hba\nauth_hba_file = {hbaPath}\nadmin_users = {PostgresServer.Superuser}\n[databases]\n* = host={_pg.Host} port={_pg.Port}\n");
+        ProxyOptions loaded = ConfigLoader.Load(configPath);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+        {
+            o.SourcePath = loaded.SourcePath;
+            o.AuthType = AuthType.Hba;
+            o.AuthHbaFile = hbaPath;
+            o.AdminUsers.Add(PostgresServer.Superuser);
+        });
+        await AssertLogsInAsync(proxy, PostgresServer.TrustUser, null);
+
+        var consoleString = proxy.ConnectionString(PostgresServer.Superuser, null, "fastpgproxy") + ";Server Compatibility Mode=NoTypeLoading;Include Error Detail=true";
+        await using var console = new NpgsqlConnection(consoleString);
+        await console.OpenAsync();
+        File.WriteAllText(hbaPath, ConsoleLine + $"host all {PostgresServer.TrustUser} 127.0.0.1/32 reject\nhost all all 127.0.0.1/32 trust\n");
+        await using (var reload = new NpgsqlCommand("RELOAD", console))
+        {
+            await reload.ExecuteNonQueryAsync();
+        }
+
+        await AssertLoginFailsAsync(proxy, PostgresServer.TrustUser, null, InvalidAuthorization);
+        await AssertLogsInAsync(proxy, PostgresServer.OtherUser, null);
+
+        File.WriteAllText(hbaPath, "host all all 127.0.0.1/32 trust\nhost all all all ldap\n");
+        await using (var broken = new NpgsqlCommand("RELOAD", console))
+        {
+            PostgresException e = await Assert.ThrowsAsync<PostgresException>(() => broken.ExecuteNonQueryAsync());
+            Assert.Equal("22023", e.SqlState);
+            Assert.StartsWith($"{hbaPath}:2: authentication method \"ldap\" is not supported", e.MessageText, StringComparison.Ordinal);
+        }
+
+        PostgresException still = await AssertLoginFailsAsync(proxy, PostgresServer.TrustUser, null, InvalidAuthorization);
+        Assert.StartsWith("pg_hba.conf rejects connection", still.MessageText, StringComparison.Ordinal);
+    }
 }
