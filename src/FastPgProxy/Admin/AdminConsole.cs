@@ -295,9 +295,11 @@ internal sealed partial class AdminConsole
         }
 
         UserList? users;
+        HbaRules? hba;
         try
         {
-            // The auth_file and certificates first: a file that does not load leaves every setting as it was.
+            // The auth_file, the hba file and certificates first: a file that does not load leaves every setting as it was.
+            hba = await Task.Run(Proxy.LoadHba).ConfigureAwait(false);
             fresh.SourcePath = running.SourcePath;
             users = await Task.Run(() => ProxyServer.LoadUsers(fresh)).ConfigureAwait(false);
             await Task.Run(() => Proxy.ReloadTls(fresh)).ConfigureAwait(false);
@@ -308,6 +310,7 @@ internal sealed partial class AdminConsole
             return AdminResult.Failed(AdminSqlState.InvalidParameterValue, e.Message, detail: "Nothing was changed.");
         }
 
+        Proxy.UseHba(hba);
         var restart = new List<string>();
         foreach (ConfigSetting setting in ConfigSetting.All)
         {

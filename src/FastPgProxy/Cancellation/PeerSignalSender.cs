@@ -22,6 +22,9 @@ internal static class PeerSignalSender
     // The owner's replies are a login and one row: anything longer is not a FastPgProxy console.
     private const int MaxMessageLength = 64 * 1024;
 
+    // How errors name the other side.
+    private const string Peer = "the peer";
+
     /// <summary>
     /// Sends <paramref name="signal"/> to <paramref name="peer"/> and returns what the owner did, or
     /// <see cref="PeerSignalOutcome.Unreachable"/> (logged) when it could not be asked. Never throws.
@@ -51,12 +54,18 @@ internal static class PeerSignalSender
             await using Stream stream = await PeerDirectory.OpenAsync(proxy, peer, socket, cts.Token).ConfigureAwait(false);
             var credentials = new ServerCredentials { User = user, Password = peer.Options.Password };
             byte[]? binding = stream is SslStream { RemoteCertificate: { } certificate } && ChannelBinding.TryComputeTlsServerEndPoint(certificate, out byte[]? data) ? data : null;
-            await LogInAsync(stream, new PasswordLogin(credentials, binding), user, proxy.Peers.SelfId, cts.Token).ConfigureAwait(false);
+            KeyValuePair<string, string>[] startup =
+            [
+                new("user", user),
+                new("database", "fastpgproxy"),
+                new("application_name", PeerSignal.ApplicationNamePrefix + proxy.Peers.SelfId.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+            ];
+            await StreamLogin.LogInAsync(stream, new PasswordLogin(credentials, binding), startup, Peer, MaxMessageLength, cts.Token).ConfigureAwait(false);
             outcome = await AskAsync(stream, signal, cts.Token).ConfigureAwait(false);
-            await stream.WriteAsync(new byte[] { (byte)FrontendMessage.Terminate, 0, 0, 0, sizeof(int) }, cts.Token).ConfigureAwait(false);
+            await StreamLogin.TerminateAsync(stream, cts.Token).ConfigureAwait(false);
             Log.Write(LogLevel.Info, $"{Describe(signal)} forwarded to peer {peer.Options.Id}: {PeerSignal.Spell(outcome)}");
         }
-        catch (Exception e) when (e is SocketException or OperationCanceledException or ObjectDisposedException or IOException or System.Security.Authentication.AuthenticationException or PeerRefusedException)
+        catch (Exception e) when (e is SocketException or OperationCanceledException or ObjectDisposedException or IOException or System.Security.Authentication.AuthenticationException or LoginRefusedException)
         {
             Log.Warning($"{Describe(signal)} for peer {peer.Options.Id} ({peer.Options.Host}:{peer.Options.Port}) failed: {e.Message}");
         }
@@ -69,49 +78,6 @@ internal static class PeerSignalSender
     }
 
     private static string Describe(PeerSignal signal) => $"{signal.Kind} of session {signal.SessionId} (asked by {signal.User})";
-
-    /// <summary>StartupMessage to the owner's console, the authentication exchange, then up to ReadyForQuery.</summary>
-    private static async Task LogInAsync(Stream stream, PasswordLogin login, string user, int selfId, CancellationToken cancellation)
-    {
-        byte[] output = new byte[1024];
-        var writer = new PgWriter(output);
-        writer.BeginStartupPacket();
-        writer.WriteInt32(StartupCodes.Protocol30);
-        writer.WriteCString("user");
-        writer.WriteCString(user);
-        writer.WriteCString("database");
-        writer.WriteCString("fastpgproxy");
-        writer.WriteCString("application_name");
-        writer.WriteCString(PeerSignal.ApplicationNamePrefix + selfId.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        writer.WriteByte(0);
-        writer.EndMessage();
-        await stream.WriteAsync(output.AsMemory(0, writer.Position), cancellation).ConfigureAwait(false);
-        while (true)
-        {
-            (byte type, byte[] body) = await ReadMessageAsync(stream, cancellation).ConfigureAwait(false);
-            switch ((BackendMessage)type)
-            {
-                case BackendMessage.Authentication:
-                    writer = new PgWriter(output);
-                    LoginStep step = login.Respond(body, ref writer, out string? error);
-                    if (step == LoginStep.Failed)
-                    {
-                        throw new PeerRefusedException(error!);
-                    }
-
-                    if (step == LoginStep.Answer)
-                    {
-                        await stream.WriteAsync(output.AsMemory(0, writer.Position), cancellation).ConfigureAwait(false);
-                    }
-
-                    break;
-                case BackendMessage.ErrorResponse:
-                    throw new PeerRefusedException($"the peer refused the login: {ErrorFields.MessageOf(body)}");
-                case BackendMessage.ReadyForQuery:
-                    return;
-            }
-        }
-    }
 
     /// <summary>Sends the PEER command and reads its one-row answer up to ReadyForQuery.</summary>
     private static async Task<PeerSignalOutcome> AskAsync(Stream stream, PeerSignal signal, CancellationToken cancellation)
@@ -127,7 +93,7 @@ internal static class PeerSignalSender
         string? refusal = null;
         while (true)
         {
-            (byte type, byte[] body) = await ReadMessageAsync(stream, cancellation).ConfigureAwait(false);
+            (byte type, byte[] body) = await StreamLogin.ReadMessageAsync(stream, Peer, MaxMessageLength, cancellation).ConfigureAwait(false);
             switch ((BackendMessage)type)
             {
                 case BackendMessage.DataRow when body.Length >= sizeof(short) + sizeof(int):
@@ -142,27 +108,10 @@ internal static class PeerSignalSender
                     refusal = ErrorFields.MessageOf(body);
                     break;
                 case BackendMessage.ReadyForQuery:
-                    return outcome ?? throw new PeerRefusedException(refusal is null ? "the peer sent no outcome" : $"the peer refused the signal: {refusal}");
+                    return outcome ?? throw new LoginRefusedException(refusal is null ? "the peer sent no outcome" : $"the peer refused the signal: {refusal}", null);
             }
         }
     }
-
-    /// <summary>One backend message: its type and body; a length outside 4 to 64 KiB is a broken peer.</summary>
-    private static async Task<(byte Type, byte[] Body)> ReadMessageAsync(Stream stream, CancellationToken cancellation)
-    {
-        byte[] header = new byte[MessageFramer.HeaderLength];
-        await stream.ReadExactlyAsync(header, cancellation).ConfigureAwait(false);
-        int length = BinaryPrimitives.ReadInt32BigEndian(header.AsSpan(1));
-        if (length < sizeof(int) || length > MaxMessageLength)
-        {
-            throw new PeerRefusedException($"the peer sent a message of length {length}");
-        }
-
-        byte[] body = new byte[length - sizeof(int)];
-        await stream.ReadExactlyAsync(body, cancellation).ConfigureAwait(false);
-        return (header[0], body);
-    }
 }
 
-/// <summary>The peer answered, but not with a signal's outcome: a refused login or command, or a broken reply.</summary>
-internal sealed class PeerRefusedException(string message) : Exception(message);
+

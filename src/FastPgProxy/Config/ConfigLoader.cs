@@ -272,11 +272,24 @@ internal static class ConfigLoader
                     "md5" => AuthType.Md5,
                     "scram-sha-256" => AuthType.ScramSha256,
                     "cert" => AuthType.Cert,
-                    _ => throw Error(source, line, key, $"invalid value '{value}' (trust, md5, scram-sha-256 or cert)"),
+                    "hba" => AuthType.Hba,
+                    _ => throw Error(source, line, key, $"invalid value '{value}' (trust, md5, scram-sha-256, cert or hba)"),
                 };
                 break;
             case "auth_file":
                 o.AuthFile = value.Length == 0 ? null : RelativeTo(source, value);
+                break;
+            case "auth_user":
+                o.AuthUser = EmptyAsNull(value);
+                break;
+            case "auth_query":
+                o.AuthQuery = value.Length == 0 ? throw Error(source, line, key, "must not be empty") : value;
+                break;
+            case "auth_dbname":
+                o.AuthDbname = EmptyAsNull(value);
+                break;
+            case "auth_hba_file":
+                o.AuthHbaFile = EmptyAsNull(value);
                 break;
             case "pool_mode":
                 o.PoolMode = ParsePoolMode(value, source, line, key);
@@ -482,9 +495,8 @@ internal static class ConfigLoader
     // text says what clients would lose, an error when set.
     private static readonly Dictionary<string, string> s_pgBouncerOnly = new(StringComparer.Ordinal)
     {
-        ["auth_user"] = "not supported: logins through auth_user and auth_query would all fail; list the users in auth_file",
-        ["application_name_add_host"] = "", ["auth_dbname"] = "", ["auth_hba_file"] = "", ["auth_ident_file"] = "",
-        ["auth_ldap_options"] = "", ["auth_query"] = "", ["autodb_idle_timeout"] = "", 
+        ["application_name_add_host"] = "", ["auth_ident_file"] = "",
+        ["auth_ldap_options"] = "", ["autodb_idle_timeout"] = "", 
         ["client_tls13_ciphers"] = "", ["client_tls_dheparams"] = "", ["client_tls_ecdhcurve"] = "", ["conffile"] = "",
         ["disable_pqexec"] = "", ["dns_max_ttl"] = "", ["dns_nxdomain_ttl"] = "", ["dns_zone_check_period"] = "",
         ["job_name"] = "", ["log_stats"] = "", ["max_db_client_connections"] = "", ["max_packet_size"] = "",
@@ -570,7 +582,7 @@ internal static class ConfigLoader
     {
         string host = "127.0.0.1";
         int port = 5432;
-        string? dbname = null, user = null, password = null;
+        string? dbname = null, user = null, password = null, authUser = null;
         PoolMode? poolMode = null;
         int? poolSize = null;
         foreach ((string key, string item) in ReadConnPairs(value, source, line, name))
@@ -598,12 +610,15 @@ internal static class ConfigLoader
                 case "pool_size":
                     poolSize = ParseInt(item, 1, 100_000, source, line, name + ": pool_size");
                     break;
+                case "auth_user":
+                    authUser = EmptyAsNull(item);
+                    break;
                 default:
                     throw Error(source, line, name, $"unknown database parameter '{key}'");
             }
         }
 
-        return new DatabaseOptions { Name = name, Host = host, Port = port, DatabaseName = dbname, User = user, Password = password, PoolMode = poolMode, PoolSize = poolSize };
+        return new DatabaseOptions { Name = name, Host = host, Port = port, DatabaseName = dbname, User = user, Password = password, PoolMode = poolMode, PoolSize = poolSize, AuthUser = authUser };
     }
 
     /// <summary>Parses a <c>[peers]</c> line: <c>ID = host=H port=P [pool_size=N]</c>.</summary>
@@ -788,7 +803,12 @@ internal static class ConfigLoader
             errors.Add($"{source}: auth_type cert needs client_tls_sslmode verify-ca or verify-full");
         }
 
-        if (o.AuthType is not (AuthType.Trust or AuthType.Cert) && o.AuthFile is null)
+        if (o.AuthType == AuthType.Hba && o.AuthHbaFile is null)
+        {
+            errors.Add($"{source}: auth_type hba needs auth_hba_file");
+        }
+
+        if (o.AuthType is not (AuthType.Trust or AuthType.Cert or AuthType.Hba) && o.AuthFile is null && o.AuthUser is null && !o.Databases.Any(d => d.AuthUser is not null))
         {
             errors.Add($"{source}: auth_type {o.AuthType.ToString().ToLowerInvariant()} needs auth_file");
         }

@@ -13,6 +13,8 @@ internal enum AuthType
     ScramSha256,
     /// <summary>A TLS client certificate, checked against client_tls_ca_file, whose CN is the user name.</summary>
     Cert,
+    /// <summary>The method of the first matching line of auth_hba_file (pg_hba.conf format); no line matching refuses the client.</summary>
+    Hba,
 }
 
 /// <summary>When a backend connection is handed back to the pool.</summary>
@@ -50,6 +52,9 @@ internal sealed class DatabaseOptions
 
     /// <summary>Pool size for this database; null means the global <c>default_pool_size</c>.</summary>
     public int? PoolSize { get; init; }
+
+    /// <summary>The <c>auth_user=</c> that looks up users missing from auth_file for this database; null means the global <c>auth_user</c>.</summary>
+    public string? AuthUser { get; init; }
 }
 
 /// <summary>Everything the server needs to run; the config file is parsed into this, and tests build it directly.</summary>
@@ -104,8 +109,27 @@ internal sealed class ProxyOptions
     /// <summary>TLS towards PostgreSQL: <c>server_tls_*</c>. Default prefer, as PgBouncer.</summary>
     public TlsSettings ServerTls { get; set; } = new() { Mode = TlsMode.Prefer };
 
-    /// <summary>Path of the PgBouncer-format user list; required unless auth_type is trust.</summary>
+    /// <summary>Path of the PgBouncer-format user list; required unless auth_type is trust or auth_user is set.</summary>
     public string? AuthFile { get; set; }
+
+    /// <summary>PgBouncer 1.25's default <c>auth_query</c>: the role's secret, NULL once it has expired, for a role that may log in.</summary>
+    public const string DefaultAuthQuery =
+        "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
+
+    /// <summary>
+    /// The role that runs <see cref="AuthQuery"/> for a user missing from auth_file (its own secret, if any,
+    /// comes from auth_file); null for none, when such a user is unknown. A database's <c>auth_user=</c> wins.
+    /// </summary>
+    public string? AuthUser { get; set; }
+
+    /// <summary>The query that returns (user name, secret) for the user name in <c>$1</c>. Default <see cref="DefaultAuthQuery"/>.</summary>
+    public string AuthQuery { get; set; } = DefaultAuthQuery;
+
+    /// <summary>The [databases] entry <see cref="AuthQuery"/> runs in; null means the database the client asked for.</summary>
+    public string? AuthDbname { get; set; }
+
+    /// <summary>The pg_hba.conf-format file <see cref="AuthType.Hba"/> reads; required with it.</summary>
+    public string? AuthHbaFile { get; set; }
 
     /// <summary>Pool mode. Default session.</summary>
     public PoolMode PoolMode { get; set; } = PoolMode.Session;

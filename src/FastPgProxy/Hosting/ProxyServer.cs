@@ -45,6 +45,16 @@ internal sealed class ProxyServer : IAsyncDisposable
         Options = options;
         _users = LoadUsers(options);
 
+        if (options.AuthType == AuthType.Hba)
+        {
+            if (options.AuthHbaFile is null)
+            {
+                throw new ConfigException("auth_type hba needs auth_hba_file");
+            }
+
+            _hba = LoadHba();
+        }
+
         ReloadTls(options);
         Sessions = new SessionRegistry(options.PeerId);
         Peers = new PeerDirectory(options);
@@ -118,6 +128,34 @@ internal sealed class ProxyServer : IAsyncDisposable
 
         Volatile.Write(ref _clientTls, client);
         Volatile.Write(ref _serverTls, server);
+    }
+
+    /// <summary>The auth_hba_file rules when auth_type is hba; null otherwise. Replaced whole by RELOAD; any thread.</summary>
+    public HbaRules? Hba => Volatile.Read(ref _hba);
+
+    private HbaRules? _hba;
+
+    /// <summary>
+    /// Reads the running auth_hba_file again when auth_type is hba (null otherwise); throws
+    /// <see cref="ConfigException"/> naming file and line when it does not parse. Put in place with <see cref="UseHba"/>.
+    /// </summary>
+    public HbaRules? LoadHba()
+    {
+        if (Options.AuthType != AuthType.Hba || Options.AuthHbaFile is not { } path)
+        {
+            return null;
+        }
+
+        return HbaRules.TryLoad(path, out HbaRules? rules, out string? error) ? rules : throw new ConfigException(error);
+    }
+
+    /// <summary>New logins match against <paramref name="rules"/> (from <see cref="LoadHba"/>); logins under way keep the method they chose.</summary>
+    public void UseHba(HbaRules? rules)
+    {
+        if (rules is not null)
+        {
+            Volatile.Write(ref _hba, rules);
+        }
     }
 
     /// <summary>The auth_file contents; null when none is configured. Replaced whole by RELOAD (any thread).</summary>

@@ -15,6 +15,9 @@ internal static class ErrorFields
     public static string? SqlStateOf(ReadOnlySpan<byte> message) =>
         message.Length < MessageFramer.HeaderLength ? null : Field(message.Slice(MessageFramer.HeaderLength), SqlStateCode);
 
+    /// <summary>The SQLSTATE of an ErrorResponse's body (the fields, no header); null when it has none or is malformed.</summary>
+    public static string? SqlStateOfFields(ReadOnlySpan<byte> fields) => Field(fields, SqlStateCode);
+
     /// <summary>The primary message of an ErrorResponse's body (the fields, no header); a placeholder when it has none.</summary>
     public static string MessageOf(ReadOnlySpan<byte> fields) => Field(fields, MessageCode) ?? "(no message)";
 

@@ -15,6 +15,8 @@ internal enum BackendMessage : byte
     ParameterStatus = (byte)'S',
     /// <summary>DataRow.</summary>
     DataRow = (byte)'D',
+    /// <summary>RowDescription: the column count, then one description per column.</summary>
+    RowDescription = (byte)'T',
     /// <summary>ReadyForQuery, carrying the transaction status.</summary>
     ReadyForQuery = (byte)'Z',
     /// <summary>NegotiateProtocolVersion.</summary>
@@ -32,6 +34,14 @@ internal enum FrontendMessage : byte
     Query = (byte)'Q',
     /// <summary>Parse (extended protocol).</summary>
     Parse = (byte)'P',
+    /// <summary>Bind (extended protocol).</summary>
+    Bind = (byte)'B',
+    /// <summary>Describe (extended protocol).</summary>
+    Describe = (byte)'D',
+    /// <summary>Execute (extended protocol).</summary>
+    Execute = (byte)'E',
+    /// <summary>Sync (extended protocol).</summary>
+    Sync = (byte)'S',
     /// <summary>Terminate.</summary>
     Terminate = (byte)'X',
 }

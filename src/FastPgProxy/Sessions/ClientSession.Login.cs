@@ -39,6 +39,21 @@ internal sealed partial class ClientSession
         return Id != 0;
     }
 
+    /// <summary>
+    /// Runs <paramref name="step"/> of the login on the session's loop; any thread. Dropped when the session
+    /// has closed meanwhile (the client left, or client_login_timeout passed).
+    /// </summary>
+    internal void PostLoginStep(Action step) => Loop.Post(() =>
+    {
+        if (State == SessionState.Closed)
+        {
+            TryFinish();
+            return;
+        }
+
+        step();
+    });
+
     /// <summary>The session logs in to the admin console, not to a pool.</summary>
     internal void MarkAdminConsole() => _admin = true;
 

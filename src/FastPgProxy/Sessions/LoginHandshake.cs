@@ -37,6 +37,13 @@ internal sealed class LoginHandshake
     private DatabaseOptions? _databaseOptions;
     private UserSecret? _userSecret;
     private bool _userKnown;
+
+    // auth_user of a user missing from auth_file while its auth_query lookup is still to run; then null.
+    private string? _lookupAuthUser;
+    private bool _lookedUp;
+
+    // The method this client authenticates with: auth_type, or with auth_type hba the matching line's; chosen once.
+    private AuthType? _authType;
     private AuthStage _authStage;
     private byte[]? _md5Salt;
     private ScramServer? _scramServer;
@@ -241,6 +248,12 @@ internal sealed class LoginHandshake
 
         Log.Write(LogLevel.Info, $"session {_owner.Id}: login attempt from {_owner.RemoteEndPoint}: db={database} user={user}");
         _userKnown = _proxy.Users is { } users && users.TryGet(user, out _userSecret);
+        if (!_userKnown)
+        {
+            // PgBouncer's order: auth_file first, then the database's auth_user, then the global one.
+            _lookupAuthUser = _databaseOptions.AuthUser ?? _proxy.Options.AuthUser;
+        }
+
         ServerCredentials credentials = BuildCredentials(_databaseOptions);
         if (_owner.JoinPool(_proxy.Pools.Get(database, credentials.User, _databaseOptions, credentials)))
         {
@@ -273,8 +286,19 @@ internal sealed class LoginHandshake
     /// <summary>Asks for the client's password (or SCRAM exchange), or with trust goes straight on; NegotiateProtocolVersion first when due.</summary>
     public void BeginAuthentication()
     {
+        if (_authType is null && !ChooseMethod())
+        {
+            return;
+        }
+
+        if (_lookupAuthUser is not null)
+        {
+            StartLookup(_lookupAuthUser);
+            return;
+        }
+
         UserList? users = _proxy.Users;
-        AuthType authType = _proxy.Options.AuthType;
+        AuthType authType = _authType!.Value;
         if (authType == AuthType.Cert && !CertificateNamesUser())
         {
             return;
@@ -285,7 +309,7 @@ internal sealed class LoginHandshake
 
         if (authType is AuthType.Trust or AuthType.Cert)
         {
-            if (users is not null && !_userKnown)
+            if ((users is not null || _lookedUp) && !_userKnown)
             {
                 _owner.ReturnOut();
                 _owner.Fatal(SqlState.InvalidAuthorization, $"role \"{_owner.User}\" does not exist");
@@ -328,6 +352,110 @@ internal sealed class LoginHandshake
         }
 
         _owner.SendOut(writer.Position, AfterSend.ReadClient);
+    }
+
+    /// <summary>
+    /// Sets <see cref="_authType"/>: auth_type, or with auth_type hba the method of the first auth_hba_file
+    /// line that matches the connection (every client is TCP for now), database and user. False after the
+    /// FATAL PostgreSQL gives when no line matches or the line is <c>reject</c>.
+    /// </summary>
+    private bool ChooseMethod()
+    {
+        if (_proxy.Options.AuthType != AuthType.Hba || _proxy.Hba is not { } hba)
+        {
+            _authType = _proxy.Options.AuthType;
+            return true;
+        }
+
+        string database = _owner.Database!, user = _owner.User!;
+        bool ssl = _owner.IsTls;
+        System.Net.IPAddress? address = _owner.RemoteEndPoint?.Address;
+        HbaRule? rule = hba.Match(HbaConnectionType.Host, ssl, address, database, user);
+        string connection = $"host \"{(address is { IsIPv4MappedToIPv6: true } ? address.MapToIPv4() : address)}\", user \"{user}\", database \"{database}\", {(ssl ? "SSL encryption" : "no encryption")}";
+        switch (rule?.Method)
+        {
+            case null:
+                _proxy.Stats.OnLoginFailed();
+                _owner.Fatal(SqlState.InvalidAuthorization, $"no pg_hba.conf entry for {connection}");
+                return false;
+            case HbaMethod.Reject:
+                _proxy.Stats.OnLoginFailed();
+                _owner.Fatal(SqlState.InvalidAuthorization, $"pg_hba.conf rejects connection for {connection}");
+                return false;
+            case HbaMethod.Peer:
+                // Only local lines carry peer, and no client connects over a Unix socket yet.
+                _proxy.Stats.OnLoginFailed();
+                _owner.Fatal(SqlState.InvalidAuthorization, $"peer authentication failed for user \"{user}\"");
+                return false;
+        }
+
+        Log.Debug($"session {_owner.Id}: auth_hba_file line {rule.Line} matches: {rule.Method}");
+        _authType = rule.Method switch
+        {
+            HbaMethod.Trust => AuthType.Trust,
+            HbaMethod.Md5 => AuthType.Md5,
+            HbaMethod.ScramSha256 => AuthType.ScramSha256,
+            _ => AuthType.Cert,
+        };
+        return true;
+    }
+
+    /// <summary>
+    /// Looks the user up with auth_query as <paramref name="authUser"/> (<see cref="AuthLookup"/>), in a task
+    /// off the loops; the answer comes back to the session's loop, where authentication goes on with the
+    /// secret found. Nothing is read from the client meanwhile. Runs at every login of such a user: nothing is
+    /// cached but the credentials the pool's backends log in with, as in PgBouncer.
+    /// </summary>
+    private void StartLookup(string authUser)
+    {
+        _lookupAuthUser = null;
+        _lookedUp = true;
+        AuthLookupTarget? target = AuthLookup.Resolve(_proxy, _databaseOptions!, _owner.Database!, authUser, out string? error);
+        if (target is null)
+        {
+            Log.Warning($"session {_owner.Id}: {error}");
+            _owner.Fatal(SqlState.InvalidAuthorization, error!);
+            return;
+        }
+
+        ClientSession owner = _owner;
+        ProxyServer proxy = _proxy;
+        string user = owner.User!;
+        int sessionId = owner.Id;
+        _ = Task.Run(async () =>
+        {
+            AuthLookupResult result = AuthLookupResult.Failure;
+            try
+            {
+                result = await AuthLookup.RunAsync(proxy, target, user, sessionId).ConfigureAwait(false);
+            }
+            finally
+            {
+                owner.PostLoginStep(() => OnLookupDone(result));
+            }
+        });
+    }
+
+    /// <summary>The lookup's answer, on the session's loop: authentication goes on, or the login fails.</summary>
+    private void OnLookupDone(AuthLookupResult result)
+    {
+        switch (result.Status)
+        {
+            case AuthLookupStatus.Found:
+                _userKnown = true;
+                _userSecret = result.Secret;
+                break;
+            case AuthLookupStatus.NotFound:
+                // As for a user missing from auth_file: a password exchange that fails, so names cannot be probed.
+                Log.Write(LogLevel.Info, $"session {_owner.Id}: no such user: {_owner.User}");
+                break;
+            default:
+                _proxy.Stats.OnLoginFailed();
+                _owner.Fatal(SqlState.InvalidAuthorization, $"authentication failed for user \"{_owner.User}\": the user could not be looked up");
+                return;
+        }
+
+        BeginAuthentication();
     }
 
     /// <summary>
