@@ -134,12 +134,12 @@ public class ConfigLoaderTests
     public void PgBouncer_settings_that_are_not_implemented_pass_with_one_warning_each()
     {
         ProxyOptions o = ConfigLoader.Parse(
-            "[pgbouncer]\nauth_type = trust\ntcp_defer_accept = 1\nreserve_pool_size = 5\nunix_socket_dir = /var/run/postgresql\nauth_user =\n"
+            "[pgbouncer]\nauth_type = trust\ntcp_defer_accept = 1\nsbuf_loopcnt = 5\nunix_socket_dir = /var/run/postgresql\nauth_user =\n"
             + "logfile = /var/log/pgbouncer/pgbouncer.log\npidfile = /var/run/pgbouncer/pgbouncer.pid\n[databases]\n",
             "x.ini");
 
         Assert.Equal(
-            ["x.ini:3: tcp_defer_accept", "x.ini:4: reserve_pool_size", "x.ini:5: unix_socket_dir", "x.ini:6: auth_user"],
+            ["x.ini:3: tcp_defer_accept", "x.ini:4: sbuf_loopcnt", "x.ini:5: unix_socket_dir", "x.ini:6: auth_user"],
             o.Warnings.Select(w => string.Join(':', w.Split(':').Take(3))));
         Assert.All(o.Warnings, w => Assert.EndsWith("PgBouncer's setting is not implemented by FastPgProxy; ignored", w, StringComparison.Ordinal));
         Assert.Equal(("/var/log/pgbouncer/pgbouncer.log", "/var/run/pgbouncer/pgbouncer.pid"), (o.LogFile, o.PidFile));
