@@ -277,6 +277,9 @@ internal static class ConfigLoader
             case "server_check_delay":
                 o.ServerCheckDelay = ParseDuration(value, source, line, key);
                 break;
+            case "server_login_retry":
+                o.ServerLoginRetry = ParseDuration(value, source, line, key);
+                break;
             case "server_round_robin":
                 o.ServerRoundRobin = ParseBool(value, source, line, key);
                 break;
@@ -433,7 +436,6 @@ internal static class ConfigLoader
         ["max_user_client_connections"] = "", ["pkt_buf"] = "", ["query_wait_notify"] = "",
         ["resolv_conf"] = "", ["sbuf_loopcnt"] = "",
         ["scram_iterations"] = "", ["server_fast_close"] = "",
-        ["server_login_retry"] = "",
         ["server_tls13_ciphers"] = "", ["service_name"] = "", ["stats_period"] = "", ["suspend_timeout"] = "",
         ["syslog"] = "", ["syslog_facility"] = "", ["syslog_ident"] = "", ["tcp_defer_accept"] = "",
         ["tcp_socket_buffer"] = "",

@@ -181,6 +181,13 @@ internal sealed class ProxyOptions
     /// <summary>A backend idle at most this long is handed out without <see cref="ServerCheckQuery"/>; zero checks every time. Default 30 s.</summary>
     public TimeSpan ServerCheckDelay { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// After a backend login fails (other than while PostgreSQL restarts, which retries sooner), no login is
+    /// tried for this long, and a client that would wait for a pool without backends meanwhile gets the
+    /// error at once; zero retries at once. Default 15 s.
+    /// </summary>
+    public TimeSpan ServerLoginRetry { get; set; } = TimeSpan.FromSeconds(15);
+
     /// <summary>Idle backends are reused oldest first (round robin) instead of most recently used first. Default off.</summary>
     public bool ServerRoundRobin { get; set; }
 

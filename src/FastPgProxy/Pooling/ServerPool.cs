@@ -48,6 +48,9 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     private int _loginFailures;
     private long _retryAt;
     private byte[]? _lastLoginError;
+
+    // A login failed for a reason other than a restart and server_login_retry has not passed yet.
+    private bool _loginLockedOut;
     private string? _lastLoginFailure;
     private RetryTimer? _retryTimer;
 
@@ -185,6 +188,17 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
             }
 
             return server;
+        }
+
+        if (_loginLockedOut && Total == _connecting && !LoginDue)
+        {
+            // Within server_login_retry of a failed login and no backend to wait for: the cached error
+            // at once rather than a wait. Told from the loop's queue, not from inside Acquire.
+            byte[]? error = _lastLoginError;
+            string reason = $"server login has been failing, cached error: {_lastLoginFailure} (server_login_retry)";
+            Log.Info($"pool {Database}/{User}: {reason}");
+            Loop.Post(() => client.OnServerUnavailable(error, reason));
+            return null;
         }
 
         // The session's own node is reused for every wait: queueing allocates nothing.
@@ -377,6 +391,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         {
             Log.Info($"pool {Database}/{User}: backend login works again after {_loginFailures} failures");
             _loginFailures = 0;
+            _loginLockedOut = false;
             _lastLoginError = null;
             _lastLoginFailure = null;
         }
@@ -467,6 +482,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
         if (Welcome is not null && IsRestartFailure(server, errorResponse))
         {
+            _loginLockedOut = false;
             // PostgreSQL worked for this pool before and is down or starting: the clients wait while the
             // login is tried again with back-off (50 ms doubling to 1 s), until query_wait_timeout.
             _loginFailures++;
@@ -484,14 +500,32 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
 
         Log.Warning($"pool {Database}/{User}: backend login failed: {reason}");
+        TimeSpan retry = _proxy.Options.ServerLoginRetry;
+        if (retry > TimeSpan.Zero)
+        {
+            // server_login_retry: no login before it has passed, and meanwhile a client that would wait
+            // for a pool without a backend gets the cached error at once (PgBouncer's fast fail).
+            _loginFailures++;
+            _loginLockedOut = true;
+            _lastLoginError = errorResponse;
+            _lastLoginFailure = reason;
+            _retryAt = Stopwatch.GetTimestamp() + (long)(retry.TotalSeconds * Stopwatch.Frequency);
+            Loop.Schedule(_retryTimer ??= new RetryTimer(this), _retryAt);
+        }
 
-        // The first waiter gets PostgreSQL's own answer; the others keep waiting for the next attempt.
-        if (_waiters.First is { } first)
+        // The first waiter gets PostgreSQL's own answer. When PostgreSQL refused the login itself and the
+        // pool has no backend, so do the others, as PgBouncer does; otherwise they wait for the next attempt.
+        bool all = errorResponse is not null && Total == _connecting;
+        while (_waiters.First is { } first)
         {
             Relay client = first.Value;
             _waiters.RemoveFirst();
             client.WaitNode = null;
             client.OnServerUnavailable(errorResponse, reason);
+            if (!all)
+            {
+                break;
+            }
         }
 
         LaunchForWaiters();

@@ -19,6 +19,7 @@ public class PoolingConfigTests
         Assert.Equal(TimeSpan.FromSeconds(5), o.ReservePoolTimeout);
         Assert.Equal("", o.ServerCheckQuery);
         Assert.Equal(TimeSpan.FromSeconds(30), o.ServerCheckDelay);
+        Assert.Equal(TimeSpan.FromSeconds(15), o.ServerLoginRetry);
         Assert.False(o.ServerRoundRobin);
         Assert.False(o.ServerResetQueryAlways);
         Assert.False(o.ApplicationNameAddHost);
@@ -32,11 +33,11 @@ public class PoolingConfigTests
     {
         ProxyOptions o = ConfigLoader.Parse(
             Head + "max_user_connections = 7\nreserve_pool_size = 2\nreserve_pool_timeout = 1500ms\nserver_check_query = select 1\n"
-            + "server_check_delay = 0\nserver_round_robin = 1\nserver_reset_query_always = 1\napplication_name_add_host = 1\n[databases]\n* = host=h\n",
+            + "server_check_delay = 0\nserver_login_retry = 2.5\nserver_round_robin = 1\nserver_reset_query_always = 1\napplication_name_add_host = 1\n[databases]\n* = host=h\n",
             "x.ini");
 
         Assert.Equal((7, 2, TimeSpan.FromMilliseconds(1500)), (o.MaxUserConnections, o.ReservePoolSize, o.ReservePoolTimeout));
-        Assert.Equal(("select 1", TimeSpan.Zero), (o.ServerCheckQuery, o.ServerCheckDelay));
+        Assert.Equal(("select 1", TimeSpan.Zero, TimeSpan.FromSeconds(2.5)), (o.ServerCheckQuery, o.ServerCheckDelay, o.ServerLoginRetry));
         Assert.True(o.ServerRoundRobin && o.ServerResetQueryAlways && o.ApplicationNameAddHost);
         Assert.Empty(o.Warnings);
 
@@ -46,7 +47,7 @@ public class PoolingConfigTests
         Assert.Equal("select 1", shown["server_check_query"]);
         Assert.Equal("1", shown["server_round_robin"]);
         Assert.All(
-            ["max_user_connections", "reserve_pool_size", "reserve_pool_timeout", "server_check_query", "server_check_delay", "server_round_robin", "server_reset_query_always", "application_name_add_host"],
+            ["max_user_connections", "reserve_pool_size", "reserve_pool_timeout", "server_check_query", "server_check_delay", "server_login_retry", "server_round_robin", "server_reset_query_always", "application_name_add_host"],
             key => Assert.True(ConfigSetting.All.Single(s => s.Key == key).Changeable, key));
     }
 
@@ -90,6 +91,7 @@ public class PoolingConfigTests
     [InlineData("reserve_pool_size = -2", "x.ini:3: reserve_pool_size: invalid value '-2'")]
     [InlineData("reserve_pool_timeout = later", "x.ini:3: reserve_pool_timeout: invalid duration 'later'")]
     [InlineData("server_check_delay = -1", "x.ini:3: server_check_delay: invalid duration '-1'")]
+    [InlineData("server_login_retry = soon", "x.ini:3: server_login_retry: invalid duration 'soon'")]
     [InlineData("server_round_robin = 2", "x.ini:3: server_round_robin: invalid value '2'")]
     [InlineData("server_reset_query_always = maybe", "x.ini:3: server_reset_query_always: invalid value 'maybe'")]
     [InlineData("application_name_add_host = 3", "x.ini:3: application_name_add_host: invalid value '3'")]

@@ -329,6 +329,103 @@ public sealed class PoolingKeysTests(PostgresFixture fixture)
         Assert.Matches(@"^app - 127\.0\.0\.1:[0-9]+$", await ScalarAsync<string>(c, "SELECT current_setting('application_name')"));
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(60)]
+    public async Task Within_server_login_retry_of_a_failed_login_clients_get_the_cached_error_without_a_new_login(int retrySeconds)
+    {
+        const string role = "fpp_login_retry";
+        await _pg.ExecuteNonQueryAsync($"DROP ROLE IF EXISTS {role}");
+        try
+        {
+            await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+            {
+                o.ServerLoginRetry = TimeSpan.FromSeconds(retrySeconds);
+                o.Databases[0] = ProxyHarness.Database(_pg, role);
+            });
+
+            PostgresException first = await Assert.ThrowsAsync<PostgresException>(() => OpenAsync(proxy).WaitAsync(Patience));
+            Assert.Equal(PostgresErrorCodes.InvalidAuthorizationSpecification, first.SqlState);
+
+            // The login would work now; only a new attempt can find that out.
+            await _pg.ExecuteNonQueryAsync($"CREATE ROLE {role} LOGIN");
+            if (retrySeconds == 0)
+            {
+                await using NpgsqlConnection c = await OpenAsync(proxy).WaitAsync(Patience);
+                Assert.Equal(1, await ScalarAsync<int>(c, "SELECT 1"));
+            }
+            else
+            {
+                PostgresException cached = await Assert.ThrowsAsync<PostgresException>(() => OpenAsync(proxy).WaitAsync(Patience));
+                Assert.Equal(PostgresErrorCodes.InvalidAuthorizationSpecification, cached.SqlState);
+                Assert.Contains(role, cached.MessageText, StringComparison.Ordinal);
+                Assert.Equal(0, Pool(proxy, role).Total);
+            }
+        }
+        finally
+        {
+            await _pg.ExecuteNonQueryAsync($"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'");
+            await DropRoleAsync(role);
+        }
+    }
+
+    [Fact]
+    public async Task After_server_login_retry_the_pool_logs_in_again()
+    {
+        const string role = "fpp_login_retry";
+        await _pg.ExecuteNonQueryAsync($"DROP ROLE IF EXISTS {role}");
+        try
+        {
+            await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+            {
+                o.ServerLoginRetry = TimeSpan.FromSeconds(1);
+                o.Databases[0] = ProxyHarness.Database(_pg, role);
+            });
+
+            await Assert.ThrowsAsync<PostgresException>(() => OpenAsync(proxy).WaitAsync(Patience));
+            await _pg.ExecuteNonQueryAsync($"CREATE ROLE {role} LOGIN");
+
+            // Clients fail fast until the second has passed, then the next login is tried and works.
+            var sw = Stopwatch.StartNew();
+            while (true)
+            {
+                try
+                {
+                    await using NpgsqlConnection c = await OpenAsync(proxy).WaitAsync(Patience);
+                    Assert.Equal(1, await ScalarAsync<int>(c, "SELECT 1"));
+                    break;
+                }
+                catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.InvalidAuthorizationSpecification && sw.Elapsed < Patience)
+                {
+                    await Task.Delay(100);
+                }
+            }
+        }
+        finally
+        {
+            await _pg.ExecuteNonQueryAsync($"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'");
+            await DropRoleAsync(role);
+        }
+    }
+
+    /// <summary>Drops a role of a test, waiting (bounded) for its terminated backends to be gone.</summary>
+    private async Task DropRoleAsync(string role)
+    {
+        var sw = Stopwatch.StartNew();
+        while (true)
+        {
+            try
+            {
+                await _pg.ExecuteNonQueryAsync($"DROP ROLE IF EXISTS {role}");
+                return;
+            }
+            catch (PostgresException) when (sw.Elapsed < Patience)
+            {
+                await Task.Delay(100);
+            }
+        }
+    }
+
     private static async Task<NpgsqlConnection> OpenAsync(ProxyHarness proxy, string? applicationName = null, string database = PostgresServer.Database)
     {
         var builder = new NpgsqlConnectionStringBuilder(proxy.ConnectionString(User, database: database)) { ApplicationName = applicationName };
@@ -346,9 +443,9 @@ public sealed class PoolingKeysTests(PostgresFixture fixture)
         return connection;
     }
 
-    /// <summary>The pool of the (fpp, fpp_trust) pair.</summary>
-    private static ServerPool Pool(ProxyHarness proxy) =>
-        proxy.Server.Pools.Pools.Single(p => p.Database == PostgresServer.Database && p.User == User);
+    /// <summary>The pool of database fpp and <paramref name="user"/> (the proxy's client user by default).</summary>
+    private static ServerPool Pool(ProxyHarness proxy, string user = User) =>
+        proxy.Server.Pools.Pools.Single(p => p.Database == PostgresServer.Database && p.User == user);
 
     /// <summary>Clients waiting in the pool of <paramref name="database"/>, 0 before it exists; read off its loop, as a hint for polling.</summary>
     private static int WaitingIn(ProxyHarness proxy, string database) =>
