@@ -181,7 +181,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
             {
                 // Idle past server_check_delay: checked first, on this loop without waiting for the answer.
                 // The client queues below; the backend comes to it (or to whoever waits first) once the
-                // check passes, and one that fails is closed and replaced (OnCheckDone).
+                // check passes, and one that fails is closed and replaced (OnStepDone).
                 _checking++;
                 server.RunInternalQuery(checkQuery, _check);
                 continue;
