@@ -113,14 +113,28 @@ public sealed class PoolingKeysTests(PostgresFixture fixture)
     }
 
     [Theory]
-    [InlineData(1)]
-    [InlineData(0)]
-    public async Task A_client_waiting_past_reserve_pool_timeout_gets_a_reserve_backend(int reserve)
+    [InlineData(1, "global")]
+    [InlineData(1, "database")]
+    [InlineData(1, "user")]
+    [InlineData(0, "global")]
+    public async Task A_client_waiting_past_reserve_pool_timeout_gets_a_reserve_backend(int reserve, string setAt)
     {
         DateTime since = await ServerNowAsync();
         await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 1, o =>
         {
-            o.ReservePoolSize = reserve;
+            switch (setAt)
+            {
+                case "database":
+                    o.Databases[0] = new DatabaseOptions { Name = "*", Host = _pg.Host, Port = _pg.Port, ReservePoolSize = reserve };
+                    break;
+                case "user":
+                    o.Users.Add(User, new UserOptions { Name = User, ReservePoolSize = reserve });
+                    break;
+                default:
+                    o.ReservePoolSize = reserve;
+                    break;
+            }
+
             o.ReservePoolTimeout = TimeSpan.FromMilliseconds(300);
             o.QueryWaitTimeout = TimeSpan.FromSeconds(3);
         });
@@ -170,6 +184,25 @@ public sealed class PoolingKeysTests(PostgresFixture fixture)
         Assert.Equal(pid, await ScalarAsync<int>(c, RealBackendPid));
         Assert.Equal(before + 2, await _pg.ScalarAsync<long>($"SELECT count(*) FROM pool_checks WHERE pid = {pid}"));
         Assert.Equal(0L, await _pg.ScalarAsync<long>($"SELECT count(*) FROM pool_checks WHERE pid <> {pid}"));
+    }
+
+    [Fact]
+    public async Task A_backend_idle_less_than_server_check_delay_is_handed_out_unchecked()
+    {
+        await _pg.ExecuteNonQueryAsync("DROP TABLE IF EXISTS pool_checks_fresh; CREATE TABLE pool_checks_fresh (pid int); GRANT ALL ON pool_checks_fresh TO PUBLIC");
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, PoolMode.Transaction, poolSize: 2, o =>
+        {
+            o.ServerCheckQuery = "INSERT INTO pool_checks_fresh VALUES (pg_backend_pid())";
+            o.ServerCheckDelay = TimeSpan.FromMinutes(10);
+        });
+
+        await using NpgsqlConnection c = await OpenAsync(proxy);
+        for (int i = 0; i < 3; i++)
+        {
+            Assert.Equal(i, await ScalarAsync<int>(c, $"SELECT {i}"));
+        }
+
+        Assert.Equal(0L, await _pg.ScalarAsync<long>("SELECT count(*) FROM pool_checks_fresh"));
     }
 
     [Fact]
