@@ -332,6 +332,11 @@ internal sealed partial class AdminConsole
             restart.Add("[databases]");
         }
 
+        if (!SameUsers(running, fresh))
+        {
+            restart.Add("[users]");
+        }
+
         Log.SetVerbosity(running.Verbose);
         try
         {
@@ -346,7 +351,8 @@ internal sealed partial class AdminConsole
         var resized = new List<Task<bool>>();
         foreach (ServerPool pool in Proxy.Pools.Pools)
         {
-            int size = fresh.Databases.FirstOrDefault(d => d.Name == pool.Options.Name)?.PoolSize ?? running.DefaultPoolSize;
+            int size = running.Users.GetValueOrDefault(pool.User)?.PoolSize
+                ?? fresh.Databases.FirstOrDefault(d => d.Name == pool.Options.Name)?.PoolSize ?? running.DefaultPoolSize;
             resized.Add(AdminSnapshot.RunOnLoopAsync(pool.Loop, () =>
             {
                 pool.Resize(size);
@@ -365,11 +371,18 @@ internal sealed partial class AdminConsole
         return result;
     }
 
+    /// <summary>Whether two [users] sections are the same (a pool reads its entry when it is created).</summary>
+    private static bool SameUsers(ProxyOptions a, ProxyOptions b) =>
+        a.Users.Count == b.Users.Count
+        && a.Users.Values.All(u => b.Users.TryGetValue(u.Name, out UserOptions? v)
+            && u.PoolMode == v.PoolMode && u.PoolSize == v.PoolSize && u.ReservePoolSize == v.ReservePoolSize && u.MaxUserConnections == v.MaxUserConnections);
+
     /// <summary>Whether two [databases] sections route the same way (pool_size aside, which RELOAD applies).</summary>
     private static bool SameDatabases(ProxyOptions a, ProxyOptions b) =>
         a.Databases.Count == b.Databases.Count
         && a.Databases.Zip(b.Databases).All(p =>
             p.First.Name == p.Second.Name && p.First.Host == p.Second.Host && p.First.Port == p.Second.Port
             && p.First.DatabaseName == p.Second.DatabaseName && p.First.User == p.Second.User
-            && p.First.Password == p.Second.Password && p.First.PoolMode == p.Second.PoolMode);
+            && p.First.Password == p.Second.Password && p.First.PoolMode == p.Second.PoolMode
+            && p.First.ReservePoolSize == p.Second.ReservePoolSize && p.First.ConnectQuery == p.Second.ConnectQuery);
 }

@@ -33,8 +33,8 @@ internal sealed class CancelBudget
     /// <summary>Cancels waiting for a cancel connection; loop only.</summary>
     public int Waiting => _waiting.Count;
 
-    /// <summary>Whether a backend login may take a connection slot: within pool_size, cancel connections included, and no cancel waiting.</summary>
-    public bool LeavesLoginRoom => _waiting.Count == 0 && _pool.Total + _connections < _pool.Size;
+    /// <summary>Whether a backend login may take a connection slot: within pool_size (and the reserve pool when due), cancel connections included, and no cancel waiting.</summary>
+    public bool LeavesLoginRoom => _waiting.Count == 0 && _pool.Total + _connections < _pool.LoginLimit;
 
     /// <summary>Room for one more cancel connection: pool_size plus max_cancel_connections, backends included.</summary>
     private bool HasRoom => _pool.Total + _connections < _pool.Size + _proxy.Options.MaxCancelConnections;

@@ -17,8 +17,8 @@ internal sealed class ConfigException : Exception
 }
 
 /// <summary>
-/// Reads a PgBouncer-style ini file into <see cref="ProxyOptions"/>. Sections <c>[databases]</c> and
-/// <c>[fastpgproxy]</c> (alias <c>[pgbouncer]</c>); <c>;</c> and <c>#</c> start comments. Every key is
+/// Reads a PgBouncer-style ini file into <see cref="ProxyOptions"/>. Sections <c>[databases]</c>, <c>[users]</c>,
+/// <c>[peers]</c> and <c>[fastpgproxy]</c> (alias <c>[pgbouncer]</c>); <c>;</c> and <c>#</c> start comments. Every key is
 /// checked: an unknown key or a bad value is an error that names the file, line and key.
 /// </summary>
 internal static class ConfigLoader
@@ -186,10 +186,16 @@ internal static class ConfigLoader
             case null:
                 throw Error(source, lineNo, key, "key outside of a section");
             case "databases":
-                options.Databases.Add(ParseDatabase(key, value, source, lineNo));
+                options.Databases.Add(ParseDatabase(key, value, source, lineNo, options.Warnings));
                 break;
             case "users":
-                throw Error(source, lineNo, key, "the [users] section is not supported");
+                UserOptions user = ParseUser(key, value, source, lineNo);
+                if (!options.Users.TryAdd(user.Name, user))
+                {
+                    throw Error(source, lineNo, key, "user listed twice in [users]");
+                }
+
+                break;
             case "peers":
                 options.Peers.Add(ParsePeer(key, value, source, lineNo));
                 break;
@@ -326,6 +332,34 @@ internal static class ConfigLoader
                 break;
             case "max_db_connections":
                 o.MaxDbConnections = ParseInt(value, 0, 1_000_000, source, line, key);
+                break;
+            case "max_user_connections":
+                o.MaxUserConnections = ParseInt(value, 0, 1_000_000, source, line, key);
+                break;
+            case "reserve_pool_size":
+                o.ReservePoolSize = ParseInt(value, 0, 100_000, source, line, key);
+                break;
+            case "reserve_pool_timeout":
+                o.ReservePoolTimeout = ParseDuration(value, source, line, key);
+                break;
+            case "server_check_query":
+                // PgBouncer's spelling of an empty query; an empty value turns the check off.
+                o.ServerCheckQuery = value == "<empty>" ? "" : EmptyAsNull(value);
+                break;
+            case "server_check_delay":
+                o.ServerCheckDelay = ParseDuration(value, source, line, key);
+                break;
+            case "server_login_retry":
+                o.ServerLoginRetry = ParseDuration(value, source, line, key);
+                break;
+            case "server_round_robin":
+                o.ServerRoundRobin = ParseBool(value, source, line, key);
+                break;
+            case "server_reset_query_always":
+                o.ServerResetQueryAlways = ParseBool(value, source, line, key);
+                break;
+            case "application_name_add_host":
+                o.ApplicationNameAddHost = ParseBool(value, source, line, key);
                 break;
             case "server_idle_timeout":
                 o.ServerIdleTimeout = ParseDuration(value, source, line, key);
@@ -495,19 +529,23 @@ internal static class ConfigLoader
     // text says what clients would lose, an error when set.
     private static readonly Dictionary<string, string> s_pgBouncerOnly = new(StringComparer.Ordinal)
     {
-        ["application_name_add_host"] = "", ["auth_ident_file"] = "",
-        ["auth_ldap_options"] = "", ["autodb_idle_timeout"] = "", 
-        ["client_tls13_ciphers"] = "", ["client_tls_dheparams"] = "", ["client_tls_ecdhcurve"] = "", ["conffile"] = "",
-        ["disable_pqexec"] = "", ["dns_max_ttl"] = "", ["dns_nxdomain_ttl"] = "", ["dns_zone_check_period"] = "",
-        ["job_name"] = "", ["log_stats"] = "", ["max_db_client_connections"] = "", ["max_packet_size"] = "",
-        ["max_user_client_connections"] = "", ["max_user_connections"] = "", ["pkt_buf"] = "", ["query_wait_notify"] = "",
-        ["reserve_pool_size"] = "", ["reserve_pool_timeout"] = "", ["resolv_conf"] = "", ["sbuf_loopcnt"] = "",
-        ["scram_iterations"] = "", ["server_check_delay"] = "", ["server_check_query"] = "", ["server_fast_close"] = "",
-        ["server_login_retry"] = "", ["server_reset_query_always"] = "", ["server_round_robin"] = "",
-        ["server_tls13_ciphers"] = "", ["service_name"] = "", ["suspend_timeout"] = "",
-        ["syslog"] = "", ["syslog_facility"] = "", ["syslog_ident"] = "", ["tcp_defer_accept"] = "",
-        ["tcp_socket_buffer"] = "",
+        ["auth_ident_file"] = "", ["auth_ldap_options"] = "", ["autodb_idle_timeout"] = "",
+        ["client_tls13_ciphers"] = "", ["client_tls_dheparams"] = "", ["client_tls_ecdhcurve"] = "",
+        ["conffile"] = "", ["disable_pqexec"] = "", ["dns_max_ttl"] = "", ["dns_nxdomain_ttl"] = "",
+        ["dns_zone_check_period"] = "", ["job_name"] = "", ["log_stats"] = "",
+        ["max_db_client_connections"] = "", ["max_packet_size"] = "", ["max_user_client_connections"] = "",
+        ["pkt_buf"] = "", ["query_wait_notify"] = "", ["resolv_conf"] = "", ["sbuf_loopcnt"] = "",
+        ["scram_iterations"] = "", ["server_fast_close"] = "", ["server_tls13_ciphers"] = "",
+        ["service_name"] = "", ["suspend_timeout"] = "", ["syslog"] = "", ["syslog_facility"] = "",
+        ["syslog_ident"] = "", ["tcp_defer_accept"] = "", ["tcp_socket_buffer"] = "",
         ["track_extra_parameters"] = "", ["transaction_timeout"] = "", ["user"] = "",
+    };
+
+    // PgBouncer 1.25's [databases] parameters that FastPgProxy does not implement: ignored with a warning.
+    private static readonly HashSet<string> s_pgBouncerDatabaseOnly = new(StringComparer.Ordinal)
+    {
+        "application_name", "auth_dbname", "auth_query", "client_encoding", "datestyle", "load_balance_hosts",
+        "max_db_client_connections", "min_pool_size", "server_lifetime", "timezone",
     };
 
     private static TlsMode ParseTlsMode(string value, string source, int line, string key) =>
@@ -578,13 +616,14 @@ internal static class ConfigLoader
     };
 
     /// <summary>Parses a libpq-style <c>key=value key='quoted value'</c> database line.</summary>
-    private static DatabaseOptions ParseDatabase(string name, string value, string source, int line)
+    private static DatabaseOptions ParseDatabase(string name, string value, string source, int line, List<string> warnings)
     {
         string host = "127.0.0.1";
         int port = 5432;
         string? dbname = null, user = null, password = null, authUser = null;
         PoolMode? poolMode = null;
-        int? poolSize = null;
+        int? poolSize = null, reservePoolSize = null, maxDbConnections = null;
+        string? connectQuery = null;
         foreach ((string key, string item) in ReadConnPairs(value, source, line, name))
         {
             switch (key)
@@ -604,6 +643,9 @@ internal static class ConfigLoader
                 case "password":
                     password = item;
                     break;
+                case "max_db_connections":
+                    maxDbConnections = ParseInt(item, 0, 1_000_000, source, line, name + ": max_db_connections");
+                    break;
                 case "pool_mode":
                     poolMode = ParsePoolMode(item, source, line, name + ": pool_mode");
                     break;
@@ -613,12 +655,57 @@ internal static class ConfigLoader
                 case "auth_user":
                     authUser = EmptyAsNull(item);
                     break;
+                case "reserve_pool_size" or "reserve_pool":
+                    reservePoolSize = ParseInt(item, 0, 100_000, source, line, name + ": " + key);
+                    break;
+                case "connect_query":
+                    connectQuery = EmptyAsNull(item);
+                    break;
                 default:
-                    throw Error(source, line, name, $"unknown database parameter '{key}'");
+                    if (!s_pgBouncerDatabaseOnly.Contains(key))
+                    {
+                        throw Error(source, line, name, $"unknown database parameter '{key}'");
+                    }
+
+                    warnings.Add($"{source}:{line}: {name}: {key}: PgBouncer's database parameter is not implemented by FastPgProxy; ignored");
+                    break;
             }
         }
 
-        return new DatabaseOptions { Name = name, Host = host, Port = port, DatabaseName = dbname, User = user, Password = password, PoolMode = poolMode, PoolSize = poolSize, AuthUser = authUser };
+        return new DatabaseOptions
+        {
+            Name = name, Host = host, Port = port, DatabaseName = dbname, User = user, Password = password, PoolMode = poolMode, PoolSize = poolSize,
+            ReservePoolSize = reservePoolSize, ConnectQuery = connectQuery, AuthUser = authUser, MaxDbConnections = maxDbConnections,
+        };
+    }
+
+    /// <summary>Parses a <c>[users]</c> line: <c>name = pool_mode=M pool_size=N reserve_pool_size=N max_user_connections=N</c>.</summary>
+    private static UserOptions ParseUser(string name, string value, string source, int line)
+    {
+        PoolMode? poolMode = null;
+        int? poolSize = null, reservePoolSize = null, maxUserConnections = null;
+        foreach ((string key, string item) in ReadConnPairs(value, source, line, name))
+        {
+            switch (key)
+            {
+                case "pool_mode":
+                    poolMode = ParsePoolMode(item, source, line, name + ": pool_mode");
+                    break;
+                case "pool_size":
+                    poolSize = ParseInt(item, 1, 100_000, source, line, name + ": pool_size");
+                    break;
+                case "reserve_pool_size":
+                    reservePoolSize = ParseInt(item, 0, 100_000, source, line, name + ": reserve_pool_size");
+                    break;
+                case "max_user_connections":
+                    maxUserConnections = ParseInt(item, 0, 1_000_000, source, line, name + ": max_user_connections");
+                    break;
+                default:
+                    throw Error(source, line, name, $"unknown user parameter '{key}' (pool_mode, pool_size, reserve_pool_size, max_user_connections)");
+            }
+        }
+
+        return new UserOptions { Name = name, PoolMode = poolMode, PoolSize = poolSize, ReservePoolSize = reservePoolSize, MaxUserConnections = maxUserConnections };
     }
 
     /// <summary>Parses a <c>[peers]</c> line: <c>ID = host=H port=P [pool_size=N]</c>.</summary>

@@ -53,8 +53,36 @@ internal sealed class DatabaseOptions
     /// <summary>Pool size for this database; null means the global <c>default_pool_size</c>.</summary>
     public int? PoolSize { get; init; }
 
+    /// <summary>Most backends of this database over all its users; null means the global <c>max_db_connections</c> (0: no limit).</summary>
+    public int? MaxDbConnections { get; init; }
+
     /// <summary>The <c>auth_user=</c> that looks up users missing from auth_file for this database; null means the global <c>auth_user</c>.</summary>
     public string? AuthUser { get; init; }
+
+    /// <summary>Extra backends for this database's pools (<c>reserve_pool_size</c>, alias <c>reserve_pool</c>); null means the global <c>reserve_pool_size</c>.</summary>
+    public int? ReservePoolSize { get; init; }
+
+    /// <summary>A query run once on each new backend after its login, before any client uses it; its errors are logged and the backend kept. Null: none.</summary>
+    public string? ConnectQuery { get; init; }
+}
+
+/// <summary>One entry of the [users] section: settings for every pool whose backends log in as this user.</summary>
+internal sealed class UserOptions
+{
+    /// <summary>The user name (the user backends log in as).</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Pool mode of this user's pools; null means the database's or the global <c>pool_mode</c>.</summary>
+    public PoolMode? PoolMode { get; init; }
+
+    /// <summary>Pool size of this user's pools; null means the database's or the global one.</summary>
+    public int? PoolSize { get; init; }
+
+    /// <summary>Extra backends of this user's pools; null means the database's or the global <c>reserve_pool_size</c>.</summary>
+    public int? ReservePoolSize { get; init; }
+
+    /// <summary>Most backends of this user over all databases; null means the global <c>max_user_connections</c>, 0 no limit.</summary>
+    public int? MaxUserConnections { get; init; }
 }
 
 /// <summary>Everything the server needs to run; the config file is parsed into this, and tests build it directly.</summary>
@@ -180,6 +208,40 @@ internal sealed class ProxyOptions
     /// <summary>Most backends per database over all its users; 0 means no limit. Default 0.</summary>
     public int MaxDbConnections { get; set; }
 
+    /// <summary>Most backends per user (the user backends log in as) over all databases; 0 means no limit. Default 0.</summary>
+    public int MaxUserConnections { get; set; }
+
+    /// <summary>Backends a pool may open past its size for a client that has waited <see cref="ReservePoolTimeout"/>; 0 disables. Default 0.</summary>
+    public int ReservePoolSize { get; set; }
+
+    /// <summary>How long the first waiting client of a full pool waits before the reserve pool is used; zero disables it. Default 5 s.</summary>
+    public TimeSpan ReservePoolTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Run on a backend idle longer than <see cref="ServerCheckDelay"/> before a client gets it; a backend whose
+    /// check fails is closed. Null disables the check; empty sends an empty query (PgBouncer's <c>&lt;empty&gt;</c>). Default empty.
+    /// </summary>
+    public string? ServerCheckQuery { get; set; } = "";
+
+    /// <summary>A backend idle at most this long is handed out without <see cref="ServerCheckQuery"/>; zero checks every time. Default 30 s.</summary>
+    public TimeSpan ServerCheckDelay { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// After a backend login fails (other than while PostgreSQL restarts, which retries sooner), no login is
+    /// tried for this long, and a client that would wait for a pool without backends meanwhile gets the
+    /// error at once; zero retries at once. Default 15 s.
+    /// </summary>
+    public TimeSpan ServerLoginRetry { get; set; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>Idle backends are reused oldest first (round robin) instead of most recently used first. Default off.</summary>
+    public bool ServerRoundRobin { get; set; }
+
+    /// <summary>Runs <see cref="ServerResetQuery"/> in transaction mode too, after every transaction. Default off.</summary>
+    public bool ServerResetQueryAlways { get; set; }
+
+    /// <summary>Appends <c> - address:port</c> of the client to the application_name it logs in with (<c>app</c> when it sends none). Default off.</summary>
+    public bool ApplicationNameAddHost { get; set; }
+
     /// <summary>An idle backend unused this long is closed (down to min_pool_size); zero disables. Default 600 s.</summary>
     public TimeSpan ServerIdleTimeout { get; set; } = TimeSpan.FromSeconds(600);
 
@@ -287,6 +349,9 @@ internal sealed class ProxyOptions
 
     /// <summary>The [databases] section, in file order.</summary>
     public List<DatabaseOptions> Databases { get; } = new();
+
+    /// <summary>The [users] section by user name.</summary>
+    public Dictionary<string, UserOptions> Users { get; } = new(StringComparer.Ordinal);
 
     /// <summary>Where the options came from, for messages; null when built in code.</summary>
     public string? SourcePath { get; set; }

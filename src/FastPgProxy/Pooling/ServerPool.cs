@@ -25,14 +25,22 @@ namespace FastPgProxy.Pooling;
 internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInternalQueryListener, ILoopTimer
 {
     private readonly ProxyServer _proxy;
-    private readonly Stack<ServerConnection> _idle = new();
+    // Idle backends, least recently used first: taken from the end (LIFO), or with server_round_robin from
+    // the start. A list of at most pool_size entries, so taking the first is cheap and allocates nothing.
+    private readonly List<ServerConnection> _idle = new();
     private readonly List<ServerConnection> _idleScratch = new();
     private readonly LinkedList<Relay> _waiters = new();
     private readonly HashSet<ServerConnection> _all = new();
     private readonly Dictionary<ServerConnection, bool> _cooling = new();
     private readonly CancelBudget _cancels;
+    private readonly UserOptions? _userOptions;
+    private readonly InternalQueryStep _check;
+    private readonly InternalQueryStep _connectQuery;
     private ServerCredentials _credentials;
     private int _connecting;
+
+    // Backends running server_check_query before they go to a waiting client.
+    private int _checking;
     private bool _tickScheduled;
 
     // Logins that failed in a row because PostgreSQL could not be reached or was not accepting yet
@@ -40,6 +48,9 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     private int _loginFailures;
     private long _retryAt;
     private byte[]? _lastLoginError;
+
+    // A login failed for a reason other than a restart and server_login_retry has not passed yet.
+    private bool _loginLockedOut;
     private string? _lastLoginFailure;
     private RetryTimer? _retryTimer;
 
@@ -52,9 +63,14 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         User = user;
         Options = options;
         _credentials = credentials;
-        Mode = options.PoolMode ?? proxy.Options.PoolMode;
-        Size = options.PoolSize ?? proxy.Options.DefaultPoolSize;
+
+        // A [users] entry wins over the [databases] entry, which wins over the global setting (PgBouncer's order).
+        _userOptions = proxy.Options.Users.GetValueOrDefault(user);
+        Mode = _userOptions?.PoolMode ?? options.PoolMode ?? proxy.Options.PoolMode;
+        Size = _userOptions?.PoolSize ?? options.PoolSize ?? proxy.Options.DefaultPoolSize;
         _cancels = new CancelBudget(this, proxy);
+        _check = new InternalQueryStep(this, InternalQueryKind.Check);
+        _connectQuery = new InternalQueryStep(this, InternalQueryKind.ConnectQuery);
     }
 
     /// <summary>The loop that owns the pool, its backends and its clients.</summary>
@@ -74,6 +90,30 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
     /// <summary>Most backends this pool opens.</summary>
     public int Size { get; private set; }
+
+    /// <summary>Backends the pool may open past <see cref="Size"/> for a client waiting longer than reserve_pool_timeout ([users], [databases], then global; read at use, so RELOAD applies it).</summary>
+    public int ReserveSize => _userOptions?.ReservePoolSize ?? Options.ReservePoolSize ?? _proxy.Options.ReservePoolSize;
+
+    /// <summary>
+    /// Most backends a login may bring the pool to now: <see cref="Size"/>, plus <see cref="ReserveSize"/>
+    /// while the longest-waiting client has waited reserve_pool_timeout (and the pool has logged in before,
+    /// as PgBouncer's welcome message check).
+    /// </summary>
+    internal int LoginLimit
+    {
+        get
+        {
+            int reserve = ReserveSize;
+            TimeSpan timeout = _proxy.Options.ReservePoolTimeout;
+            if (reserve > 0 && timeout > TimeSpan.Zero && Welcome is not null
+                && _waiters.First is { } first && Stopwatch.GetElapsedTime(first.Value.WaitStarted) >= timeout)
+            {
+                return Size + reserve;
+            }
+
+            return Size;
+        }
+    }
 
     /// <summary>The ParameterStatus set of the first backend that logged in, sent to clients that log in while no backend is needed (transaction mode).</summary>
     public Dictionary<string, ParameterStatus>? Welcome { get; private set; }
@@ -128,21 +168,52 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     {
         Debug.Assert(Loop.InLoop);
         EnsureTick();
-        while (!Paused && _idle.TryPop(out ServerConnection? server))
+        long now = Stopwatch.GetTimestamp();
+        while (!Paused && TryTakeIdle(out ServerConnection? server))
         {
-            if (server.State == ServerState.Ready && !server.Channel.Closed)
+            if (server.State != ServerState.Ready || server.Channel.Closed)
             {
-                return server;
+                Drop(server);
+                continue;
             }
 
-            Drop(server);
+            if (_proxy.Options.ServerCheckQuery is { } checkQuery && Stopwatch.GetElapsedTime(server.LastUsed, now) >= _proxy.Options.ServerCheckDelay)
+            {
+                // Idle past server_check_delay: checked first, on this loop without waiting for the answer.
+                // The client queues below; the backend comes to it (or to whoever waits first) once the
+                // check passes, and one that fails is closed and replaced (OnStepDone).
+                _checking++;
+                server.RunInternalQuery(checkQuery, _check);
+                continue;
+            }
+
+            return server;
+        }
+
+        if (_loginLockedOut && Total == _connecting && !LoginDue)
+        {
+            // Within server_login_retry of a failed login and no backend to wait for: the cached error
+            // at once rather than a wait. Told from the loop's queue, not from inside Acquire.
+            byte[]? error = _lastLoginError;
+            string reason = $"server login has been failing, cached error: {_lastLoginFailure} (server_login_retry)";
+            Log.Info($"pool {Database}/{User}: {reason}");
+            Loop.Post(() => client.OnServerUnavailable(error, reason));
+            return null;
         }
 
         // The session's own node is reused for every wait: queueing allocates nothing.
         LinkedListNode<Relay> node = client.QueueNode;
         _waiters.AddLast(node);
         client.WaitNode = node;
-        client.WaitStarted = Stopwatch.GetTimestamp();
+        client.WaitStarted = now;
+        TimeSpan reserveTimeout = _proxy.Options.ReservePoolTimeout;
+        if (_waiters.Count == 1 && reserveTimeout > TimeSpan.Zero && ReserveSize > 0)
+        {
+            // The reserve pool opens to the head of the queue once it has waited this long; the tick would
+            // notice within a second, this notices on time.
+            Loop.Schedule(_retryTimer ??= new RetryTimer(this), now + (long)(reserveTimeout.TotalSeconds * Stopwatch.Frequency));
+        }
+
         LaunchForWaiters();
         return null;
     }
@@ -186,14 +257,25 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
 
         string resetQuery = _proxy.Options.ServerResetQuery;
-        if (reset && resetQuery.Length > 0)
+        if ((reset || _proxy.Options.ServerResetQueryAlways) && resetQuery.Length > 0)
         {
+            if (server.PreparedStatements is { Count: > 0 } && ResetDeallocates(resetQuery))
+            {
+                // Transaction mode with server_reset_query_always: the reset drops the statements the
+                // proxy prepared on this backend, so it forgets them and prepares them again when needed.
+                server.PreparedStatements = null;
+            }
+
             server.RunInternalQuery(resetQuery, this);
             return;
         }
 
         MakeAvailable(server);
     }
+
+    /// <summary>Whether a reset query drops every prepared statement (DISCARD ALL, DEALLOCATE ALL).</summary>
+    private static bool ResetDeallocates(string resetQuery) =>
+        resetQuery.Contains("discard all", StringComparison.OrdinalIgnoreCase) || resetQuery.Contains("deallocate all", StringComparison.OrdinalIgnoreCase);
 
     /// <summary>The last pending cancel of a backend completed: a backend held back for it goes on to the pool.</summary>
     internal void OnCancelsDone(ServerConnection server)
@@ -263,7 +345,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
             return;
         }
 
-        _idle.Push(server);
+        _idle.Add(server);
         server.Channel.SetHandler(this);
         if (!server.Channel.ReceivePending && !server.Channel.Closed)
         {
@@ -279,7 +361,8 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     private void LaunchForWaiters()
     {
         _cancels.ServeWaiting();
-        while (!Paused && _waiters.Count > _connecting && LoginDue && _cancels.LeavesLoginRoom && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        // Backends being opened or checked will each serve one waiter.
+        while (!Paused && _waiters.Count > _connecting + _checking && LoginDue && _cancels.LeavesLoginRoom && _proxy.Pools.TryReserveConnection(this))
         {
             Launch();
         }
@@ -287,6 +370,11 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
     private void Launch()
     {
+        if (Total >= Size)
+        {
+            Log.Warning($"pool {Database}/{User}: taking a connection from the reserve pool ({Total + 1} of {Size} + {ReserveSize})");
+        }
+
         var server = new ServerConnection(Loop, Options, Options.DatabaseName ?? Database, _credentials, _proxy.Options.ServerConnectTimeout, _proxy.ServerTls, _proxy.Options.Keepalive)
         {
             Pool = this,
@@ -299,19 +387,86 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     /// <inheritdoc/>
     public void OnServerReady(ServerConnection server)
     {
-        _connecting--;
         if (_loginFailures > 0)
         {
             Log.Info($"pool {Database}/{User}: backend login works again after {_loginFailures} failures");
             _loginFailures = 0;
+            _loginLockedOut = false;
             _lastLoginError = null;
             _lastLoginFailure = null;
         }
 
-        Welcome ??= new Dictionary<string, ParameterStatus>(server.Parameters, StringComparer.OrdinalIgnoreCase);
         _proxy.Pools.RegisterBackend(server);
         Log.Write(LogLevel.Info, $"pool {Database}/{User}: server {server.Id} logged in (pid {server.BackendPid})");
+        if (Options.ConnectQuery is { } connectQuery)
+        {
+            // Still counted as connecting: no client sees the backend before connect_query has run.
+            server.RunInternalQuery(connectQuery, _connectQuery);
+            return;
+        }
+
+        OnConnected(server);
+    }
+
+    /// <summary>A new backend is logged in (and connect_query has run): it serves the first waiter or goes idle.</summary>
+    private void OnConnected(ServerConnection server)
+    {
+        _connecting--;
+        Welcome ??= new Dictionary<string, ParameterStatus>(server.Parameters, StringComparer.OrdinalIgnoreCase);
         MakeAvailable(server);
+    }
+
+    /// <summary>The server_check_query or connect_query of <paramref name="server"/> has finished.</summary>
+    private void OnStepDone(InternalQueryKind kind, ServerConnection server, bool ok)
+    {
+        server.Channel.SetHandler(this);
+        bool usable = server.State == ServerState.Ready && !server.Channel.Closed && server.TransactionStatus == TransactionStatus.Idle;
+        if (kind == InternalQueryKind.ConnectQuery)
+        {
+            if (!ok)
+            {
+                // PgBouncer logs a failing connect_query and uses the backend all the same.
+                Log.Warning($"pool {Database}/{User}: connect_query failed on server {server.Id} (pid {server.BackendPid})");
+            }
+
+            if (usable)
+            {
+                OnConnected(server);
+                return;
+            }
+
+            _connecting--;
+        }
+        else
+        {
+            _checking--;
+            if (ok && usable)
+            {
+                MakeAvailable(server);
+                return;
+            }
+
+            Log.Warning($"pool {Database}/{User}: server_check_query failed on server {server.Id} (pid {server.BackendPid}); closing it");
+        }
+
+        Drop(server);
+        LaunchForWaiters();
+    }
+
+    /// <summary>What a query the pool runs before a backend serves a client is for.</summary>
+    private enum InternalQueryKind
+    {
+        /// <summary>server_check_query on a backend idle past server_check_delay.</summary>
+        Check,
+
+        /// <summary>connect_query on a backend that just logged in.</summary>
+        ConnectQuery,
+    }
+
+    /// <summary>Routes the end of a check or connect_query back to the pool; one instance per kind, so running one allocates nothing.</summary>
+    private sealed class InternalQueryStep(ServerPool pool, InternalQueryKind kind) : IInternalQueryListener
+    {
+        public void OnInternalQueryDone(ServerConnection server, bool ok) => pool.OnStepDone(kind, server, ok);
     }
 
     /// <inheritdoc/>
@@ -327,6 +482,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
         if (Welcome is not null && IsRestartFailure(server, errorResponse))
         {
+            _loginLockedOut = false;
             // PostgreSQL worked for this pool before and is down or starting: the clients wait while the
             // login is tried again with back-off (50 ms doubling to 1 s), until query_wait_timeout.
             _loginFailures++;
@@ -344,14 +500,32 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
 
         Log.Warning($"pool {Database}/{User}: backend login failed: {reason}");
+        TimeSpan retry = _proxy.Options.ServerLoginRetry;
+        if (retry > TimeSpan.Zero)
+        {
+            // server_login_retry: no login before it has passed, and meanwhile a client that would wait
+            // for a pool without a backend gets the cached error at once (PgBouncer's fast fail).
+            _loginFailures++;
+            _loginLockedOut = true;
+            _lastLoginError = errorResponse;
+            _lastLoginFailure = reason;
+            _retryAt = Stopwatch.GetTimestamp() + (long)(retry.TotalSeconds * Stopwatch.Frequency);
+            Loop.Schedule(_retryTimer ??= new RetryTimer(this), _retryAt);
+        }
 
-        // The first waiter gets PostgreSQL's own answer; the others keep waiting for the next attempt.
-        if (_waiters.First is { } first)
+        // The first waiter gets PostgreSQL's own answer. When PostgreSQL refused the login itself and the
+        // pool has no backend, so do the others, as PgBouncer does; otherwise they wait for the next attempt.
+        bool all = errorResponse is not null && Total == _connecting;
+        while (_waiters.First is { } first)
         {
             Relay client = first.Value;
             _waiters.RemoveFirst();
             client.WaitNode = null;
             client.OnServerUnavailable(errorResponse, reason);
+            if (!all)
+            {
+                break;
+            }
         }
 
         LaunchForWaiters();
@@ -423,34 +597,34 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
     private void RemoveIdle(ServerConnection server)
     {
-        if (!_idle.Contains(server))
+        _idle.Remove(server);
+    }
+
+    /// <summary>Takes an idle backend: the most recently used, or with server_round_robin the least recently used.</summary>
+    private bool TryTakeIdle([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out ServerConnection? server)
+    {
+        if (_idle.Count == 0)
         {
-            return;
+            server = null;
+            return false;
         }
 
-        foreach (ServerConnection idle in TakeIdle())
-        {
-            if (idle != server)
-            {
-                _idle.Push(idle);
-            }
-        }
+        int index = _proxy.Options.ServerRoundRobin ? 0 : _idle.Count - 1;
+        server = _idle[index];
+        _idle.RemoveAt(index);
+        return true;
     }
 
     /// <summary>
-    /// Empties the idle stack into a scratch list, least recently used first, for the caller to push back
-    /// what stays (in that order, so the most recently used is on top again). The list is the pool's own,
-    /// so the tick allocates nothing, and it is plain code rather than LINQ (see RuntimePreload).
+    /// Empties the idle list into a scratch list, least recently used first, for the caller to add back
+    /// what stays (in that order). The list is the pool's own, so the tick allocates nothing, and it is
+    /// plain code rather than LINQ (see RuntimePreload).
     /// </summary>
     private List<ServerConnection> TakeIdle()
     {
         _idleScratch.Clear();
-        while (_idle.TryPop(out ServerConnection? server))
-        {
-            _idleScratch.Add(server);
-        }
-
-        _idleScratch.Reverse();
+        _idleScratch.AddRange(_idle);
+        _idle.Clear();
         return _idleScratch;
     }
 
@@ -467,7 +641,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     {
         if (_all.Remove(server))
         {
-            _proxy.Pools.ReleaseDatabaseConnection(Options);
+            _proxy.Pools.ReleaseConnection(this);
             _proxy.Pools.UnregisterBackend(server);
         }
     }
@@ -500,7 +674,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
                 }
                 else
                 {
-                    _idle.Push(server);
+                    _idle.Add(server);
                 }
             }
         }
@@ -525,21 +699,41 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
 
         _cancels.ExpireWaiting(now);
-        while (LoginDue && _cancels.LeavesLoginRoom && Total < Math.Min(o.MinPoolSize, Size) && _proxy.Pools.TryReserveDatabaseConnection(Options))
+        while (LoginDue && _cancels.LeavesLoginRoom && Total < Math.Min(o.MinPoolSize, Size) && _proxy.Pools.TryReserveConnection(this))
         {
             Launch();
         }
 
         LaunchForWaiters();
+        if (!Paused && _waiters.Count > _connecting + _checking && LoginDue && _cancels.LeavesLoginRoom)
+        {
+            // Room in the pool but none under max_db_connections or max_user_connections: ask another pool
+            // of the same database or user to give up an idle backend.
+            _proxy.Pools.EvictIdleFor(this);
+        }
+
         Stats.Roll(now, (long)(o.StatsPeriod.TotalSeconds * Stopwatch.Frequency));
         Loop.Schedule(this, now + Stopwatch.Frequency);
+    }
+
+    /// <summary>Closes the least recently used idle backend, if any, for a pool that waits on a shared limit (<see cref="PoolManager.EvictIdleFor"/>).</summary>
+    public void CloseOneIdle()
+    {
+        Debug.Assert(Loop.InLoop);
+        if (_idle.Count > 0)
+        {
+            ServerConnection server = _idle[0];
+            _idle.RemoveAt(0);
+            Log.Write(LogLevel.Info, $"pool {Database}/{User}: closing idle server {server.Id} for a pool waiting on max_db_connections or max_user_connections");
+            Drop(server);
+        }
     }
 
     /// <summary>Closes every idle backend (shutdown); backends in use close with their clients.</summary>
     public void CloseIdle()
     {
         Debug.Assert(Loop.InLoop);
-        while (_idle.TryPop(out ServerConnection? server))
+        while (TryTakeIdle(out ServerConnection? server))
         {
             Drop(server);
         }
@@ -562,7 +756,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
     {
         Debug.Assert(Loop.InLoop);
         Paused = paused;
-        while (!paused && _waiters.Count > 0 && _idle.TryPop(out ServerConnection? server))
+        while (!paused && _waiters.Count > 0 && TryTakeIdle(out ServerConnection? server))
         {
             if (server.State == ServerState.Ready && !server.Channel.Closed)
             {

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Security.Cryptography;
 using FastPgProxy.Auth;
 using FastPgProxy.Cancellation;
@@ -247,6 +248,11 @@ internal sealed class LoginHandshake
         }
 
         Log.Write(LogLevel.Info, $"session {_owner.Id}: login attempt from {_owner.RemoteEndPoint}: db={database} user={user}");
+        if (_proxy.Options.ApplicationNameAddHost)
+        {
+            AddHostToApplicationName(tracked);
+        }
+
         _userKnown = _proxy.Users is { } users && users.TryGet(user, out _userSecret);
         if (!_userKnown)
         {
@@ -258,6 +264,35 @@ internal sealed class LoginHandshake
         if (_owner.JoinPool(_proxy.Pools.Get(database, credentials.User, _databaseOptions, credentials)))
         {
             BeginAuthentication();
+        }
+    }
+
+    /// <summary>
+    /// application_name_add_host: the start-up application_name (<c>app</c> when none was sent) gets
+    /// <c> - address:port</c> of the client appended, <c>[address]:port</c> for IPv6, as PgBouncer does. Only
+    /// at login: a later SET is left alone. Console logins keep theirs (peers find each other by it).
+    /// </summary>
+    private void AddHostToApplicationName(List<KeyValuePair<string, string>> tracked)
+    {
+        if (_owner.RemoteEndPoint is not { } remote)
+        {
+            return;
+        }
+
+        string address = remote.Address.IsIPv4MappedToIPv6 ? remote.Address.MapToIPv4().ToString() : remote.Address.ToString();
+        string host = remote.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 && !remote.Address.IsIPv4MappedToIPv6
+            ? $"[{address}]:{remote.Port.ToString(CultureInfo.InvariantCulture)}"
+            : $"{address}:{remote.Port.ToString(CultureInfo.InvariantCulture)}";
+        int index = tracked.FindIndex(static p => p.Key == "application_name");
+        string application = index >= 0 ? tracked[index].Value : "app";
+        var entry = new KeyValuePair<string, string>("application_name", $"{application} - {host}");
+        if (index >= 0)
+        {
+            tracked[index] = entry;
+        }
+        else
+        {
+            tracked.Add(entry);
         }
     }
 

@@ -464,17 +464,17 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
             string pidFile = Path.Combine(dir, "fastpgproxy.pid");
             string path = WriteConfig(
                 "[pgbouncer]", "listen_addr = 127.0.0.1", $"listen_port = {port}", "auth_type = trust",
-                $"logfile = {logFile}", $"pidfile = {pidFile}", "reserve_pool_size = 5",
+                $"logfile = {logFile}", $"pidfile = {pidFile}", "sbuf_loopcnt = 5",
                 "[databases]", $"* = host=127.0.0.1 port={_pg.Port}");
             using ProxyProcess proxy = ProxyProcess.Start(path);
             await proxy.WaitListeningAsync(port, ReadyTimeout);
             await proxy.WaitForLogAsync("fastpgproxy started", ReadyTimeout);
 
             Assert.Equal(proxy.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), (await File.ReadAllTextAsync(pidFile)).Trim());
-            Assert.Contains("reserve_pool_size: PgBouncer's setting is not implemented by FastPgProxy; ignored", proxy.StdErr, StringComparison.Ordinal);
+            Assert.Contains("sbuf_loopcnt: PgBouncer's setting is not implemented by FastPgProxy; ignored", proxy.StdErr, StringComparison.Ordinal);
             string logged = await File.ReadAllTextAsync(logFile);
             Assert.Contains("fastpgproxy started", logged, StringComparison.Ordinal);
-            Assert.Contains("reserve_pool_size", logged, StringComparison.Ordinal);
+            Assert.Contains("sbuf_loopcnt", logged, StringComparison.Ordinal);
 
             await proxy.SignalAsync("TERM");
             Assert.Equal(0, await proxy.WaitForExitAsync(ExitTimeout));
