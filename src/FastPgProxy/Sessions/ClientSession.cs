@@ -79,6 +79,7 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
         _login = new LoginHandshake(this, proxy);
         RemoteEndPoint = socket.RemoteEndPoint as IPEndPoint;
         IsUnixSocket = socket.AddressFamily == AddressFamily.Unix;
+        PeerUserId = IsUnixSocket ? Auth.PeerCredentials.ReadUserId(socket) : null;
         ConnectTime = DateTime.UtcNow;
     }
 
@@ -99,6 +100,9 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
 
     /// <summary>The client's address; null over the Unix socket.</summary>
     public IPEndPoint? RemoteEndPoint { get; }
+
+    /// <summary>The OS user id of a Unix socket client (SO_PEERCRED), for pg_hba's <c>peer</c>; null over TCP.</summary>
+    public uint? PeerUserId { get; }
 
     /// <summary>What logs call the client: its address and port, or <c>unix socket</c>.</summary>
     internal string ClientName => RemoteEndPoint?.ToString() ?? "unix socket";

@@ -405,8 +405,9 @@ internal sealed class LoginHandshake
         string database = _owner.Database!, user = _owner.User!;
         bool ssl = _owner.IsTls;
         System.Net.IPAddress? address = _owner.RemoteEndPoint?.Address;
-        HbaRule? rule = hba.Match(HbaConnectionType.Host, ssl, address, database, user);
-        string connection = $"host \"{(address is { IsIPv4MappedToIPv6: true } ? address.MapToIPv4() : address)}\", user \"{user}\", database \"{database}\", {(ssl ? "SSL encryption" : "no encryption")}";
+        HbaRule? rule = hba.Match(_owner.IsUnixSocket ? HbaConnectionType.Local : HbaConnectionType.Host, ssl, address, database, user);
+        string host = _owner.IsUnixSocket ? "[local]" : $"{(address is { IsIPv4MappedToIPv6: true } ? address.MapToIPv4() : address)}";
+        string connection = $"host \"{host}\", user \"{user}\", database \"{database}\", {(ssl ? "SSL encryption" : "no encryption")}";
         switch (rule?.Method)
         {
             case null:
@@ -417,8 +418,8 @@ internal sealed class LoginHandshake
                 _proxy.Stats.OnLoginFailed();
                 _owner.Fatal(SqlState.InvalidAuthorization, $"pg_hba.conf rejects connection for {connection}");
                 return false;
-            case HbaMethod.Peer:
-                // Only local lines carry peer, and no client connects over a Unix socket yet.
+            case HbaMethod.Peer when _owner.PeerUserId is not { } uid || PeerCredentials.UserName(uid) != user:
+                // Only local lines carry peer: the OS user at the other end of the socket must be the user.
                 _proxy.Stats.OnLoginFailed();
                 _owner.Fatal(SqlState.InvalidAuthorization, $"peer authentication failed for user \"{user}\"");
                 return false;
@@ -427,7 +428,7 @@ internal sealed class LoginHandshake
         Log.Debug($"session {_owner.Id}: auth_hba_file line {rule.Line} matches: {rule.Method}");
         _authType = rule.Method switch
         {
-            HbaMethod.Trust => AuthType.Trust,
+            HbaMethod.Trust or HbaMethod.Peer => AuthType.Trust,
             HbaMethod.Md5 => AuthType.Md5,
             HbaMethod.ScramSha256 => AuthType.ScramSha256,
             _ => AuthType.Cert,

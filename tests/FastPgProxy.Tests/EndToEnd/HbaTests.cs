@@ -7,7 +7,7 @@ namespace FastPgProxy.Tests.EndToEnd;
 
 /// <summary>
 /// auth_type hba: the first auth_hba_file line matching the client's connection, database and user picks
-/// the method, as PostgreSQL's pg_hba.conf does; every client is TCP, and these are plain ones from 127.0.0.1.
+/// the method, as PostgreSQL's pg_hba.conf does; TCP clients (plain, from 127.0.0.1) meet host lines and Unix socket clients local lines.
 /// </summary>
 [Collection(PostgresCollection.Name)]
 public sealed class HbaTests(PostgresFixture fixture) : IDisposable
@@ -86,6 +86,60 @@ public sealed class HbaTests(PostgresFixture fixture) : IDisposable
 
         PostgresException e = await AssertLoginFailsAsync(proxy, PostgresServer.TrustUser, Password, InvalidAuthorization);
         Assert.Equal($"no pg_hba.conf entry for host \"127.0.0.1\", user \"{PostgresServer.TrustUser}\", database \"{PostgresServer.Database}\", no encryption", e.MessageText);
+    }
+
+    /// <summary>
+    /// Over the Unix socket, local lines apply and host lines do not: peer compares the OS user at the other
+    /// end of the socket (SO_PEERCRED) with the user name; TCP clients never match a local line.
+    /// </summary>
+    [Fact]
+    public async Task Local_lines_apply_over_the_unix_socket_and_peer_checks_the_OS_user()
+    {
+        string osUser = Environment.UserName;
+        string path = Path.Combine(_dir, "hba.conf");
+        File.WriteAllText(path, $"""
+            local all {osUser} peer
+            local all {PostgresServer.OtherUser} peer
+            host all all 127.0.0.1/32 reject
+            """);
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o =>
+        {
+            o.AuthType = AuthType.Hba;
+            o.AuthHbaFile = path;
+            o.UnixSocketDir = _dir;
+
+            // Whoever logs in, the backend is the trusted test role: the OS user need not be a PostgreSQL role.
+            o.Databases[0] = ProxyHarness.Database(_pg, PostgresServer.TrustUser);
+        }, [(osUser, Password), (PostgresServer.OtherUser, Password)]);
+
+        string Socket(string user) => new NpgsqlConnectionStringBuilder
+        {
+            Host = _dir, Port = proxy.Port, Username = user, Password = Password, Database = PostgresServer.Database, Pooling = false,
+        }.ConnectionString;
+
+        await using (var c = new NpgsqlConnection(Socket(osUser)))
+        {
+            await c.OpenAsync();
+            await using var cmd = new NpgsqlCommand("SELECT current_user", c);
+            Assert.Equal(PostgresServer.TrustUser, await cmd.ExecuteScalarAsync());
+        }
+
+        await using (var c = new NpgsqlConnection(Socket(PostgresServer.OtherUser)))
+        {
+            PostgresException e = await Assert.ThrowsAsync<PostgresException>(() => c.OpenAsync());
+            Assert.Equal(InvalidAuthorization, e.SqlState);
+            Assert.Equal($"peer authentication failed for user \"{PostgresServer.OtherUser}\"", e.MessageText);
+        }
+
+        await using (var c = new NpgsqlConnection(Socket(PostgresServer.TrustUser)))
+        {
+            PostgresException e = await Assert.ThrowsAsync<PostgresException>(() => c.OpenAsync());
+            Assert.Equal($"no pg_hba.conf entry for host \"[local]\", user \"{PostgresServer.TrustUser}\", database \"{PostgresServer.Database}\", no encryption", e.MessageText);
+        }
+
+        // The same user over TCP meets the host line, not the local one.
+        PostgresException tcp = await AssertLoginFailsAsync(proxy, osUser, Password, InvalidAuthorization);
+        Assert.StartsWith("pg_hba.conf rejects connection for host \"127.0.0.1\"", tcp.MessageText, StringComparison.Ordinal);
     }
 
     [Fact]
