@@ -54,8 +54,9 @@ internal sealed record AuthLookupTarget(DatabaseOptions Database, string Databas
 /// <summary>
 /// PgBouncer's auth_query: the secret of a user missing from auth_file, read from PostgreSQL by running
 /// auth_query with the user name as <c>$1</c>, logged in as auth_user in auth_dbname. A task on the thread
-/// pool, as a forwarded cancel is, on its own connection made as a backend's is (the database entry's
-/// address, <c>server_tls_sslmode</c>, auth_user's auth_file secret); no loop waits for it. The StartupMessage
+/// pool, as a forwarded cancel is, on a connection made as a backend's is (the database entry's address,
+/// <c>server_tls_sslmode</c>, auth_user's auth_file secret) and kept for the next lookup in
+/// <see cref="AuthLookupPool"/>; no loop waits for it. The StartupMessage
 /// names only the user and the database, never a parameter of the client's (CVE-2025-12819: a client's
 /// <c>search_path</c> could otherwise pick the functions and operators auth_query runs), and the user name
 /// travels as a Bind parameter of the extended protocol, never inside the SQL text. Bounded by
@@ -118,25 +119,33 @@ internal static class AuthLookup
         TimeSpan wait = options.QueryWaitTimeout > TimeSpan.Zero ? options.QueryWaitTimeout : options.ClientLoginTimeout;
         using CancellationTokenSource cts = CancelForwarder.Deadline(options.ServerConnectTimeout + wait);
         string where = $"session {sessionId}: auth_query for user \"{user}\" (as \"{target.Credentials.User}\" in database \"{target.DatabaseName}\")";
+        AuthLookupPool pool = proxy.AuthConnections;
+        string key = AuthLookupPool.KeyOf(target);
+        AuthConnection? connection = pool.TryTake(key, options.ServerIdleTimeout);
+        bool reused = connection is not null;
         try
         {
-            System.Net.EndPoint endPoint = ServerConnection.ResolveEndPoint(target.Database);
-            using Socket socket = endPoint is UnixDomainSocketEndPoint
-                ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-                : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-            await socket.ConnectAsync(endPoint, cts.Token).ConfigureAwait(false);
-            Tls.ServerTls? tls = endPoint is not UnixDomainSocketEndPoint && proxy.ServerTls is { AsksForTls: true } serverTls ? serverTls : null;
-            await using Stream stream = await CancelForwarder.OpenAsync(socket, tls, target.Database.Host, cts.Token).ConfigureAwait(false);
-            byte[]? binding = stream is System.Net.Security.SslStream { RemoteCertificate: { } certificate }
-                && ChannelBinding.TryComputeTlsServerEndPoint(certificate, out byte[]? data) ? data : null;
+            while (true)
+            {
+                connection ??= await OpenAsync(proxy, target, cts.Token).ConfigureAwait(false);
+                try
+                {
+                    await connection.Stream.WriteAsync(WriteQuery(target.Query, user), cts.Token).ConfigureAwait(false);
+                    AuthLookupResult result = await ReadResultAsync(connection.Stream, where, cts.Token).ConfigureAwait(false);
 
-            // Only the user and the database: nothing the client sent reaches this connection.
-            KeyValuePair<string, string>[] startup = [new("user", target.Credentials.User), new("database", target.DatabaseName)];
-            await StreamLogin.LogInAsync(stream, new PasswordLogin(target.Credentials, binding), startup, Server, MaxMessageLength, cts.Token).ConfigureAwait(false);
-            await stream.WriteAsync(WriteQuery(target.Query, user), cts.Token).ConfigureAwait(false);
-            AuthLookupResult result = await ReadResultAsync(stream, where, cts.Token).ConfigureAwait(false);
-            await StreamLogin.TerminateAsync(stream, cts.Token).ConfigureAwait(false);
-            return result;
+                    // At ReadyForQuery, whatever the answer was: the next lookup may use it.
+                    pool.Return(key, connection);
+                    connection = null;
+                    return result;
+                }
+                catch (Exception e) when (reused && e is SocketException or ObjectDisposedException or IOException)
+                {
+                    // A kept connection PostgreSQL closed meanwhile (server_lifetime, a restart): once more on a new one.
+                    connection?.Dispose();
+                    connection = null;
+                    reused = false;
+                }
+            }
         }
         catch (OperationCanceledException)
         {
@@ -147,8 +156,49 @@ internal static class AuthLookup
             string sqlState = e is LoginRefusedException { SqlState: { } code } ? $" (SQLSTATE {code})" : "";
             Log.Warning($"{where} failed: {e.Message}{sqlState}");
         }
+        finally
+        {
+            connection?.Dispose();
+        }
 
         return AuthLookupResult.Failure;
+    }
+
+    /// <summary>
+    /// Connects to the target's server as a backend connection is made (address, server_tls_sslmode) and
+    /// logs in as auth_user with only <c>user</c> and <c>database</c> in the StartupMessage.
+    /// </summary>
+    private static async Task<AuthConnection> OpenAsync(ProxyServer proxy, AuthLookupTarget target, CancellationToken cancellation)
+    {
+        System.Net.EndPoint endPoint = ServerConnection.ResolveEndPoint(target.Database);
+        Socket socket = endPoint is UnixDomainSocketEndPoint
+            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+            : new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        Stream? stream = null;
+        try
+        {
+            await socket.ConnectAsync(endPoint, cancellation).ConfigureAwait(false);
+            Tls.ServerTls? tls = endPoint is not UnixDomainSocketEndPoint && proxy.ServerTls is { AsksForTls: true } serverTls ? serverTls : null;
+            stream = await CancelForwarder.OpenAsync(socket, tls, target.Database.Host, cancellation).ConfigureAwait(false);
+            byte[]? binding = stream is System.Net.Security.SslStream { RemoteCertificate: { } certificate }
+                && ChannelBinding.TryComputeTlsServerEndPoint(certificate, out byte[]? data) ? data : null;
+
+            // Only the user and the database: nothing the client sent reaches this connection.
+            KeyValuePair<string, string>[] startup = [new("user", target.Credentials.User), new("database", target.DatabaseName)];
+            await StreamLogin.LogInAsync(stream, new PasswordLogin(target.Credentials, binding), startup, Server, MaxMessageLength, cancellation).ConfigureAwait(false);
+            proxy.AuthConnections.OnOpened();
+            return new AuthConnection(socket, stream);
+        }
+        catch
+        {
+            if (stream is not null)
+            {
+                await stream.DisposeAsync().ConfigureAwait(false);
+            }
+
+            socket.Dispose();
+            throw;
+        }
     }
 
     /// <summary>

@@ -86,6 +86,9 @@ internal sealed class ProxyServer : IAsyncDisposable
         CancelGuard = new CancelGuard(options.CancelBadKeyLimit);
     }
 
+    /// <summary>auth_query connections kept open between lookups; closed at stop.</summary>
+    public AuthLookupPool AuthConnections { get; } = new();
+
     /// <summary>The Prometheus endpoint; null when metrics_port is 0.</summary>
     public MetricsEndpoint? Metrics { get; }
 
@@ -441,6 +444,7 @@ internal sealed class ProxyServer : IAsyncDisposable
             await Metrics.DisposeAsync().ConfigureAwait(false);
         }
 
+        AuthConnections.Dispose();
         foreach (Task acceptLoop in _acceptLoops)
         {
             try

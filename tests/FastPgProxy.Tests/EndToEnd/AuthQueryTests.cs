@@ -3,6 +3,7 @@ using FastPgProxy.Hosting;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 using Xunit;
+using static FastPgProxy.Tests.Infrastructure.LoginAsserts;
 
 namespace FastPgProxy.Tests.EndToEnd;
 
@@ -49,20 +50,6 @@ public sealed class AuthQueryTests(PostgresFixture fixture)
             configure?.Invoke(o);
         }, [(PostgresServer.Superuser, ""), (PostgresServer.TrustUser, FileUserPassword)]);
 
-    private static async Task AssertLogsInAsync(ProxyHarness proxy, string user, string password)
-    {
-        await using NpgsqlConnection c = await proxy.OpenAsync(user, password);
-        await using var cmd = new NpgsqlCommand("SELECT current_user", c);
-        Assert.Equal(user, await cmd.ExecuteScalarAsync());
-    }
-
-    private static async Task<PostgresException> AssertLoginFailsAsync(ProxyHarness proxy, string user, string? password, string sqlState)
-    {
-        PostgresException e = await Assert.ThrowsAsync<PostgresException>(() => proxy.OpenAsync(user, password));
-        Assert.Equal(sqlState, e.SqlState);
-        return e;
-    }
-
     [Theory]
     [InlineData("md5", "md5")]
     [InlineData("md5", "scram-sha-256")]
@@ -78,6 +65,29 @@ public sealed class AuthQueryTests(PostgresFixture fixture)
 
         // Looked up again at the next login: still the right password, from the pool's credentials too.
         await AssertLogsInAsync(proxy, role, Password);
+    }
+
+    /// <summary>
+    /// The auth_query connection is kept between lookups, as PgBouncer pools its auth_user connection: three
+    /// lookups open one connection. Once PostgreSQL ends it, the next lookup opens another and still answers.
+    /// </summary>
+    [Fact]
+    public async Task Lookups_share_one_kept_connection_and_survive_its_end()
+    {
+        string role = await CreateRoleAsync("kept", "scram-sha-256");
+        await using ProxyHarness proxy = StartWithAuthUser(AuthType.ScramSha256);
+
+        await AssertLogsInAsync(proxy, role, Password);
+        await AssertLoginFailsAsync(proxy, role, "not-the-password", InvalidPassword);
+        await AssertLogsInAsync(proxy, role, Password);
+        Assert.Equal(1, proxy.Server.AuthConnections.Opened);
+
+        // The kept connection sits idle after its last auth_query; PostgreSQL ends it.
+        long ended = await _pg.ScalarAsync<long>(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE state = 'idle' AND query LIKE '%FROM pg_authid WHERE rolname=$1%' AND pid <> pg_backend_pid()");
+        Assert.Equal(1L, ended);
+        await AssertLogsInAsync(proxy, role, Password);
+        Assert.Equal(2, proxy.Server.AuthConnections.Opened);
     }
 
     [Theory]

@@ -3,6 +3,7 @@ using FastPgProxy.Config;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 using Xunit;
+using static FastPgProxy.Tests.Infrastructure.LoginAsserts;
 
 namespace FastPgProxy.Tests.EndToEnd;
 
@@ -28,20 +29,6 @@ public sealed class AuthTests(PostgresFixture fixture)
         Start(pg, authType switch { "md5" => AuthType.Md5, "scram-sha-256" => AuthType.ScramSha256, _ => AuthType.Trust }, user, secret);
 
     /// <summary>Logs in through the proxy and checks which role PostgreSQL sees.</summary>
-    private static async Task AssertLogsInAsync(ProxyHarness proxy, string user, string? password, string expectedRole)
-    {
-        await using NpgsqlConnection c = await proxy.OpenAsync(user, password);
-        await using var cmd = new NpgsqlCommand("SELECT current_user", c);
-        Assert.Equal(expectedRole, await cmd.ExecuteScalarAsync());
-    }
-
-    private static async Task<PostgresException> AssertLoginFailsAsync(ProxyHarness proxy, string user, string? password, string sqlState)
-    {
-        PostgresException e = await Assert.ThrowsAsync<PostgresException>(() => proxy.OpenAsync(user, password));
-        Assert.Equal(sqlState, e.SqlState);
-        return e;
-    }
-
     private async Task<string> StoredSecretAsync(string role)
     {
         string? stored = await _pg.ScalarAsync<string>($"SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'");

@@ -2,6 +2,7 @@ using FastPgProxy.Config;
 using FastPgProxy.Tests.Infrastructure;
 using Npgsql;
 using Xunit;
+using static FastPgProxy.Tests.Infrastructure.LoginAsserts;
 
 namespace FastPgProxy.Tests.EndToEnd;
 
@@ -32,20 +33,6 @@ public sealed class HbaTests(PostgresFixture fixture) : IDisposable
             o.AuthType = AuthType.Hba;
             o.AuthHbaFile = path;
         }, [(PostgresServer.TrustUser, Password), (PostgresServer.OtherUser, Password)]);
-    }
-
-    private static async Task AssertLogsInAsync(ProxyHarness proxy, string user, string? password)
-    {
-        await using NpgsqlConnection c = await proxy.OpenAsync(user, password);
-        await using var cmd = new NpgsqlCommand("SELECT current_user", c);
-        Assert.Equal(user, await cmd.ExecuteScalarAsync());
-    }
-
-    private static async Task<PostgresException> AssertLoginFailsAsync(ProxyHarness proxy, string user, string? password, string sqlState)
-    {
-        PostgresException e = await Assert.ThrowsAsync<PostgresException>(() => proxy.OpenAsync(user, password));
-        Assert.Equal(sqlState, e.SqlState);
-        return e;
     }
 
     [Fact]
