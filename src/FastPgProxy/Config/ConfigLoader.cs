@@ -189,7 +189,7 @@ internal static class ConfigLoader
                 options.Databases.Add(ParseDatabase(key, value, source, lineNo, options.Warnings));
                 break;
             case "users":
-                UserOptions user = ParseUser(key, value, source, lineNo);
+                UserOptions user = ParseUser(key, value, source, lineNo, options.Warnings);
                 if (!options.Users.TryAdd(user.Name, user))
                 {
                     throw Error(source, lineNo, key, "user listed twice in [users]");
@@ -680,7 +680,7 @@ internal static class ConfigLoader
     }
 
     /// <summary>Parses a <c>[users]</c> line: <c>name = pool_mode=M pool_size=N reserve_pool_size=N max_user_connections=N</c>.</summary>
-    private static UserOptions ParseUser(string name, string value, string source, int line)
+    private static UserOptions ParseUser(string name, string value, string source, int line, List<string> warnings)
     {
         PoolMode? poolMode = null;
         int? poolSize = null, reservePoolSize = null, maxUserConnections = null;
@@ -700,6 +700,11 @@ internal static class ConfigLoader
                 case "max_user_connections":
                     maxUserConnections = ParseInt(item, 0, 1_000_000, source, line, name + ": max_user_connections");
                     break;
+                case "max_user_client_connections":
+                    warnings.Add($"{source}:{line}: {name}: {key}: PgBouncer's user parameter is not implemented by FastPgProxy; ignored");
+                    break;
+                case "query_timeout" or "idle_transaction_timeout" or "client_idle_timeout" or "transaction_timeout":
+                    throw Error(source, line, name, $"{key}: PgBouncer's per-user {key} is not implemented by FastPgProxy, and this user's sessions rely on it; set the global {key} instead");
                 default:
                     throw Error(source, line, name, $"unknown user parameter '{key}' (pool_mode, pool_size, reserve_pool_size, max_user_connections)");
             }

@@ -100,7 +100,8 @@ public class PoolingConfigTests
     [InlineData("[users]\nalice = pool_mode=sometimes", "x.ini:4: alice: pool_mode: invalid value 'sometimes'")]
     [InlineData("[users]\nalice = max_user_connections=-1", "x.ini:4: alice: max_user_connections: invalid value '-1'")]
     [InlineData("[users]\nalice = pool_size=0", "x.ini:4: alice: pool_size: invalid value '0'")]
-    [InlineData("[users]\nalice = query_timeout=5", "x.ini:4: alice: unknown user parameter 'query_timeout'")]
+    [InlineData("[users]\nalice = query_timeout=5", "x.ini:4: alice: query_timeout: PgBouncer's per-user query_timeout is not implemented")]
+    [InlineData("[users]\nalice = colour=blue", "x.ini:4: alice: unknown user parameter 'colour'")]
     [InlineData("[users]\nalice = pool_mode", "x.ini:4: alice: expected key=value near 'pool_mode'")]
     [InlineData("[users]\nalice = pool_size=2\nalice = pool_size=3", "x.ini:5: alice: user listed twice in [users]")]
     public void Bad_values_name_file_line_and_key(string line, string expected)
