@@ -28,13 +28,19 @@ internal sealed class ProxyHarness : IAsyncDisposable
     public int Port => Server.Port;
 
     /// <summary>
-    /// The options every in-process proxy starts from: 127.0.0.1 on a free port, no Unix socket, trust, two loop threads,
+    /// The options every in-process proxy starts from: 127.0.0.1 on a free port, no Unix socket, trust, two loop threads, no connection logging,
     /// default_pool_size 100 and one <c>*</c> database entry: <see cref="Database"/> for <paramref name="pg"/>,
     /// or, without a server, an entry with the default host and port for tests that never log in.
     /// </summary>
     public static ProxyOptions Options(PostgresServer? pg = null)
     {
-        var options = new ProxyOptions { ListenAddress = "127.0.0.1", ListenPort = 0, UnixSocketDir = null, AuthType = AuthType.Trust, LoopThreads = 2, DefaultPoolSize = 100 };
+        var options = new ProxyOptions
+        {
+            ListenAddress = "127.0.0.1", ListenPort = 0, UnixSocketDir = null, AuthType = AuthType.Trust, LoopThreads = 2, DefaultPoolSize = 100,
+
+            // A line per login, per close and per error sent would bury the test output; the executable's tests cover them.
+            LogConnections = false, LogDisconnections = false, LogPoolerErrors = false,
+        };
         options.Databases.Add(pg is null ? new DatabaseOptions { Name = "*" } : Database(pg));
         return options;
     }
