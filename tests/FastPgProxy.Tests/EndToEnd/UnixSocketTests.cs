@@ -218,6 +218,20 @@ public sealed class UnixSocketTests(PostgresFixture fixture) : IDisposable
         Assert.Contains("127.0.0.1:" + Text(proxy.Port), proxy.Server.ListenNames, StringComparison.Ordinal);
     }
 
+    /// <summary>listen_backlog is the listen(2) backlog: the kernel shows it as the listening socket's Send-Q (ss -lnt).</summary>
+    [Fact]
+    public async Task Listen_backlog_is_the_backlog_the_kernel_keeps()
+    {
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, o => o.ListenBacklog = 77);
+        (int code, string output, string error) = await ProcessRunner.RunAsync("ss", ["-ltnH", $"sport = :{Text(proxy.Port)}"], Patience);
+        Assert.True(code == 0, error);
+
+        // State, Recv-Q, Send-Q (the backlog), local address, peer address.
+        string[] columns = output.Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal("LISTEN", columns[0]);
+        Assert.Equal("77", columns[2]);
+    }
+
     [Fact]
     public void Nothing_to_listen_on_is_an_error_naming_both_keys()
     {
