@@ -192,12 +192,7 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
 
         if (_loginLockedOut && Total == _connecting && !LoginDue)
         {
-            // Within server_login_retry of a failed login and no backend to wait for: the cached error
-            // at once rather than a wait. Told from the loop's queue, not from inside Acquire.
-            byte[]? error = _lastLoginError;
-            string reason = $"server login has been failing, cached error: {_lastLoginFailure} (server_login_retry)";
-            Log.Info($"pool {Database}/{User}: {reason}");
-            Loop.Post(() => client.OnServerUnavailable(error, reason));
+            FailLockedOut(client);
             return null;
         }
 
@@ -271,6 +266,19 @@ internal sealed class ServerPool : IServerLoginListener, IChannelHandler, IInter
         }
 
         MakeAvailable(server);
+    }
+
+    /// <summary>
+    /// Within server_login_retry of a failed login and no backend to wait for: the client gets the cached
+    /// error at once rather than a wait, told from the loop's queue, not from inside Acquire. A method of its
+    /// own, so that Acquire's hot path allocates no closure (a lambda capturing a parameter makes one at entry).
+    /// </summary>
+    private void FailLockedOut(Relay client)
+    {
+        byte[]? error = _lastLoginError;
+        string reason = $"server login has been failing, cached error: {_lastLoginFailure} (server_login_retry)";
+        Log.Info($"pool {Database}/{User}: {reason}");
+        Loop.Post(() => client.OnServerUnavailable(error, reason));
     }
 
     /// <summary>Whether a reset query drops every prepared statement (DISCARD ALL, DEALLOCATE ALL).</summary>
