@@ -72,11 +72,7 @@ internal sealed class ProxyServer : IAsyncDisposable
             }
             catch
             {
-                foreach (Listener listener in _listeners)
-                {
-                    listener.Close();
-                }
-
+                StopListening();
                 throw;
             }
         }

@@ -171,7 +171,7 @@ internal sealed partial class ClientSession
         if (from is null || !PeerCancel.TryParse(packet, out int hops, out System.Net.IPAddress client, out int pid, out ReadOnlySpan<byte> key))
         {
             stats.OnMalformed();
-            Log.Info($"forwarded cancel from {RemoteEndPoint} refused: {(from is null ? "not a configured peer" : "malformed")}");
+            Log.Info($"forwarded cancel from {ClientName} refused: {(from is null ? "not a configured peer" : "malformed")}");
             CloseCancelSocket();
             return;
         }
@@ -207,7 +207,7 @@ internal sealed partial class ClientSession
         if (_proxy.Peers.Find(owner) is not { } peer)
         {
             _proxy.CancelStats.OnPeerUnreachable();
-            Log.Info($"cancel from {RemoteEndPoint} for session {pid}: its peer {owner} is not in [peers]");
+            Log.Info($"cancel from {ClientName} for session {pid}: its peer {owner} is not in [peers]");
             CloseCancelSocket();
             return;
         }

@@ -46,7 +46,7 @@ internal sealed partial class ClientSession
     {
         if (State == SessionState.Active && _client.ReceivePending && !ClientMidMessage && _relay!.IdleBetweenTransactions)
         {
-            Log.Write(LogLevel.Info, $"client {RemoteEndPoint} session {Id}: idle longer than client_idle_timeout, closing");
+            Log.Write(LogLevel.Info, $"client {ClientName} session {Id}: idle longer than client_idle_timeout, closing");
             Fatal(SqlState.ProtocolViolation, "client_idle_timeout");
         }
     }
@@ -56,7 +56,7 @@ internal sealed partial class ClientSession
         if (State == SessionState.Active && _client.ReceivePending && ClientMidMessage)
         {
             // Half a message may sit on the backend: it cannot go back to the pool, and Close drops it.
-            Log.Warning($"client {RemoteEndPoint} session {Id}: message not finished within client_message_timeout, closing");
+            Log.Warning($"client {ClientName} session {Id}: message not finished within client_message_timeout, closing");
             Fatal(SqlState.ProtocolViolation, "incomplete message from client within client_message_timeout");
         }
     }

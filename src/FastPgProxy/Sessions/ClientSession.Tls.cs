@@ -68,7 +68,7 @@ internal sealed partial class ClientSession
         if (error != SocketError.Success)
         {
             _proxy.Stats.OnLoginFailed();
-            Log.Info($"client {RemoteEndPoint}: TLS handshake failed: {tlsChannel.FailureReason ?? error.ToString()}");
+            Log.Info($"client {ClientName}: TLS handshake failed: {tlsChannel.FailureReason ?? error.ToString()}");
             Close();
             return;
         }

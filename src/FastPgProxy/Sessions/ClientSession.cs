@@ -168,7 +168,7 @@ internal sealed partial class ClientSession : IChannelHandler, ILoopTimer, ILoop
 
         if (State < SessionState.Active)
         {
-            Log.Info($"client {RemoteEndPoint} closed: no login within client_login_timeout");
+            Log.Info($"client {ClientName} closed: no login within client_login_timeout");
             Close();
         }
     }

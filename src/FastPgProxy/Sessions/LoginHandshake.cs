@@ -235,7 +235,7 @@ internal sealed class LoginHandshake
             // The admin console is a virtual database on the proxy's own listener: no pool, no backend.
             _owner.MarkAdminConsole();
             _userKnown = _proxy.Users is { } consoleUsers && consoleUsers.TryGet(user, out _userSecret);
-            Log.Write(LogLevel.Info, $"session {_owner.Id}: admin console login attempt from {_owner.RemoteEndPoint}: user={user}");
+            Log.Write(LogLevel.Info, $"session {_owner.Id}: admin console login attempt from {_owner.ClientName}: user={user}");
             BeginAuthentication();
             return;
         }
@@ -247,7 +247,7 @@ internal sealed class LoginHandshake
             return;
         }
 
-        Log.Write(LogLevel.Info, $"session {_owner.Id}: login attempt from {_owner.RemoteEndPoint}: db={database} user={user}");
+        Log.Write(LogLevel.Info, $"session {_owner.Id}: login attempt from {_owner.ClientName}: db={database} user={user}");
         if (_proxy.Options.ApplicationNameAddHost)
         {
             AddHostToApplicationName(tracked);

@@ -117,7 +117,7 @@ internal sealed partial class Relay
         int written = tracker.AnswerLocalPrepare(window.Slice(0, batch), _session.RentOut(), out RunRefusal? refusal);
         if (refusal is not null)
         {
-            Log.Warning($"client {_session.RemoteEndPoint} session {_session.Id}: {refusal.Message}");
+            Log.Warning($"client {_session.ClientName} session {_session.Id}: {refusal.Message}");
         }
 
         _client.Consume(batch);

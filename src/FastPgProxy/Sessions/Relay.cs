@@ -428,7 +428,7 @@ internal sealed partial class Relay : IChannelHandler, IInternalQueryListener
     /// <summary>A message type PostgreSQL does not take from a client after login: FATAL 08P01 to the sender, as PostgreSQL says it.</summary>
     private void FatalForeignMessage(byte type)
     {
-        Log.Warning($"client {_session.RemoteEndPoint} session {_session.Id}: invalid frontend message type {type}");
+        Log.Warning($"client {_session.ClientName} session {_session.Id}: invalid frontend message type {type}");
         _session.Fatal(SqlState.ProtocolViolation, $"invalid frontend message type {type}");
     }
 
