@@ -170,13 +170,24 @@ public sealed class AuthQueryTests(PostgresFixture fixture)
     public async Task A_bad_auth_query_fails_the_login_with_an_error_and_a_log_line(string query, string logged)
     {
         string role = await CreateRoleAsync("badquery", "md5");
+        string log = await LoggedDuringAsync(async () =>
+        {
+            await using ProxyHarness proxy = StartWithAuthUser(AuthType.Md5, o => o.AuthQuery = query);
+            PostgresException e = await AssertLoginFailsAsync(proxy, role, Password, InvalidAuthorization);
+            Assert.Equal($"authentication failed for user \"{role}\": the user could not be looked up", e.MessageText);
+        });
+        Assert.Contains($"auth_query for user \"{role}\"", log, StringComparison.Ordinal);
+        Assert.Contains(logged, log, StringComparison.Ordinal);
+    }
+
+    /// <summary>What the proxy logged while <paramref name="run"/> ran (the log also goes to a scratch logfile meanwhile).</summary>
+    private static async Task<string> LoggedDuringAsync(Func<Task> run)
+    {
         string logFile = Path.GetTempFileName();
         try
         {
             Log.SetFile(logFile);
-            await using ProxyHarness proxy = StartWithAuthUser(AuthType.Md5, o => o.AuthQuery = query);
-            PostgresException e = await AssertLoginFailsAsync(proxy, role, Password, InvalidAuthorization);
-            Assert.Equal($"authentication failed for user \"{role}\": the user could not be looked up", e.MessageText);
+            await run();
         }
         finally
         {
@@ -185,18 +196,15 @@ public sealed class AuthQueryTests(PostgresFixture fixture)
 
         string log = await File.ReadAllTextAsync(logFile);
         File.Delete(logFile);
-        Assert.Contains($"auth_query for user \"{role}\"", log, StringComparison.Ordinal);
-        Assert.Contains(logged, log, StringComparison.Ordinal);
+        return log;
     }
 
     [Fact]
     public async Task An_unreachable_auth_database_fails_the_login_with_an_error_and_a_log_line()
     {
         string role = await CreateRoleAsync("unreachable", "md5");
-        string logFile = Path.GetTempFileName();
-        try
+        string log = await LoggedDuringAsync(async () =>
         {
-            Log.SetFile(logFile);
             await using ProxyHarness proxy = StartWithAuthUser(AuthType.Md5, o =>
             {
                 o.AuthDbname = "down";
@@ -204,14 +212,7 @@ public sealed class AuthQueryTests(PostgresFixture fixture)
             });
             PostgresException e = await AssertLoginFailsAsync(proxy, role, Password, InvalidAuthorization);
             Assert.Equal($"authentication failed for user \"{role}\": the user could not be looked up", e.MessageText);
-        }
-        finally
-        {
-            Log.SetFile(null);
-        }
-
-        string log = await File.ReadAllTextAsync(logFile);
-        File.Delete(logFile);
+        });
         Assert.Contains($"auth_query for user \"{role}\" (as \"postgres\" in database \"down\") failed", log, StringComparison.Ordinal);
     }
 

@@ -29,6 +29,30 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         return path;
     }
 
+    /// <summary>
+    /// Starts the executable on 127.0.0.1 at a free port, without a Unix socket, with auth_type trust, the
+    /// given extra settings and every database on the test server; returns once it listens.
+    /// </summary>
+    private async Task<(ProxyProcess Proxy, int Port)> StartTrustAsync(params string[] settings)
+    {
+        int port = NetUtil.GetFreeTcpPort();
+        string path = WriteConfig(
+            ["[fastpgproxy]", "listen_addr = 127.0.0.1", $"listen_port = {port}", "unix_socket_dir =", "auth_type = trust", .. settings,
+             "[databases]", $"* = host=127.0.0.1 port={_pg.Port}"]);
+        ProxyProcess proxy = ProxyProcess.Start(path);
+        try
+        {
+            await proxy.WaitListeningAsync(port, ReadyTimeout);
+        }
+        catch
+        {
+            proxy.Dispose();
+            throw;
+        }
+
+        return (proxy, port);
+    }
+
     private static Task<(int ExitCode, string StdOut, string StdErr)> RunToExitAsync(string configPath) =>
         ProxyProcess.RunToExitAsync(configPath, ConfigErrorTimeout);
 
@@ -160,12 +184,8 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     [Fact]
     public async Task SIGINT_lets_running_transactions_finish_and_closes_each_client_after_its_own()
     {
-        int port = NetUtil.GetFreeTcpPort();
-        string path = WriteConfig(
-            "[fastpgproxy]", "listen_addr = 127.0.0.1", $"listen_port = {port}", "unix_socket_dir =", "auth_type = trust",
-            "pool_mode = transaction", "[databases]", $"* = host=127.0.0.1 port={_pg.Port}");
-        using ProxyProcess proxy = ProxyProcess.Start(path);
-        await proxy.WaitListeningAsync(port, ReadyTimeout);
+        (ProxyProcess started, int port) = await StartTrustAsync("pool_mode = transaction");
+        using ProxyProcess proxy = started;
         string connectionString = new NpgsqlConnectionStringBuilder(_pg.ConnectionString(port: port)) { CommandTimeout = 60 }.ConnectionString;
         await using var busy = new NpgsqlConnection(connectionString);
         await using var idle = new NpgsqlConnection(connectionString);
@@ -199,12 +219,8 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     [Fact]
     public async Task SIGINT_terminates_a_transaction_still_open_after_shutdown_wait_timeout()
     {
-        int port = NetUtil.GetFreeTcpPort();
-        string path = WriteConfig(
-            "[fastpgproxy]", "listen_addr = 127.0.0.1", $"listen_port = {port}", "unix_socket_dir =", "auth_type = trust",
-            "shutdown_wait_timeout = 1", "[databases]", $"* = host=127.0.0.1 port={_pg.Port}");
-        using ProxyProcess proxy = ProxyProcess.Start(path);
-        await proxy.WaitListeningAsync(port, ReadyTimeout);
+        (ProxyProcess started, int port) = await StartTrustAsync("shutdown_wait_timeout = 1");
+        using ProxyProcess proxy = started;
         await using var client = new NpgsqlConnection(_pg.ConnectionString(port: port));
         await client.OpenAsync();
         await using NpgsqlTransaction transaction = await client.BeginTransactionAsync();
@@ -395,13 +411,9 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     public async Task A_pooled_transaction_allocates_nothing_in_the_proxy()
     {
         const int transactions = 4000, batches = 5;
-        int port = NetUtil.GetFreeTcpPort();
-        string path = WriteConfig(
-            "[fastpgproxy]", "listen_addr = 127.0.0.1", $"listen_port = {port}", "unix_socket_dir =", "auth_type = trust",
-            "pool_mode = transaction", "default_pool_size = 1", $"admin_users = {PostgresServer.Superuser}",
-            "log_connections = 0", "log_disconnections = 0", "[databases]", $"* = host=127.0.0.1 port={_pg.Port}");
-        using ProxyProcess proxy = ProxyProcess.Start(path);
-        await proxy.WaitListeningAsync(port, ReadyTimeout);
+        (ProxyProcess started, int port) = await StartTrustAsync(
+            "pool_mode = transaction", "default_pool_size = 1", $"admin_users = {PostgresServer.Superuser}", "log_connections = 0", "log_disconnections = 0");
+        using ProxyProcess proxy = started;
         var consoleBuilder = new NpgsqlConnectionStringBuilder(_pg.ConnectionString(port: port)) { Database = "fastpgproxy" };
         await using var console = new NpgsqlConnection(consoleBuilder.ConnectionString + ";Server Compatibility Mode=NoTypeLoading");
         await console.OpenAsync();
