@@ -6,7 +6,7 @@
 # CPU each proxy process spent per transaction. Every pgbench run lasts `seconds` (default 15).
 # The cancel and cancel-lb scenarios measure query cancel latency instead.
 #
-# Scenarios, always run in this order; the default is all of them. All but cancel and cancel-lb use
+# Scenarios, always run in this order; the default is all of them but scale. All but cancel and cancel-lb use
 # pgbench -S
 # (one SELECT by primary key per transaction) on scale 10:
 #
@@ -29,6 +29,10 @@
 #              with TLS to PostgreSQL too (server_tls_sslmode = require)
 #   tls-connect  as connect over TLS, the same way: a TLS handshake per transaction between
 #              pgbench and its target (the proxies keep their TLS backends in the pool)
+#   scale      -S -c 64 -j 4, transaction pooling: FastPgProxy with 1, 2 and 4 loops (SCALE_LOOPS),
+#              a fresh instance for each loop count, next to PgBouncer (one thread) and direct, in one
+#              table. Not run by default (name it): on a machine with few cores it cannot show
+#              scaling, and it adds a run per loop count; see README.md for placement on 8+ cores
 #
 # TLS. The scenarios above tls are plain on every leg: PostgreSQL runs with ssl = off until the first
 # TLS scenario, and both proxies are configured with client_tls_sslmode = disable and
@@ -50,6 +54,30 @@
 #
 # PgBouncer: the executable PGBOUNCER names when set (a path or a command name), else pgbouncer on
 # PATH, else /usr/sbin/pgbouncer; the script prints which one and its version.
+#
+# Under each pgbench table, per proxy: its user and system CPU per transaction (the two parts of the
+# table's CPU column, /proc/PID/stat) and its context switches per transaction (voluntary and
+# nonvoluntary, summed over /proc/PID/task/*/status, read before and after the run).
+#
+# Options, from the environment; unset or empty leaves the run as without them:
+#
+#   LOOPS=N          loop_threads = N in every FastPgProxy but the scale scenario's (unset: the
+#                    proxy's default, the processor count it may run on, at most 4)
+#   SOCKET_THREADS=N socket_threads = N in every FastPgProxy (unset: the proxy's default, half the
+#                    loops, at least one)
+#   SCALE_LOOPS="1 2 4"  the scale scenario's loop counts, one fresh FastPgProxy each
+#   PG_CPUS=LIST, PGBENCH_CPUS=LIST, PROXY_CPUS=LIST
+#                    taskset -c LIST (e.g. 0-3 or 4,5) on the start of PostgreSQL (pg_ctl start: the
+#                    postmaster and every backend inherit it), of pgbench and CancelLatency, and of
+#                    FastPgProxy and PgBouncer (not HAProxy). Unset: no pinning
+#   STRACE=1         after each pgbench scenario's runs, one more run of STRACE_SECONDS (default 3)
+#                    per proxy with strace -c -f attached to the proxy process (all its threads),
+#                    detached when pgbench is done; under the table, system calls per transaction of
+#                    that run: recvfrom (and the share that failed, EAGAIN), sendto, epoll_wait
+#                    (epoll_pwait included) and all. strace slows the proxy down: its tps and CPU are
+#                    not in the table. Skipped, with a message, when strace is not installed
+#
+# The header above the tables prints the loop settings, the placement and whether strace ran.
 #
 # Everything it starts (PostgreSQL, proxies, HAProxy, temp files) is stopped and removed on exit, also
 # on error or Ctrl-C. Exits 1 when FastPgProxy could not be benchmarked in every scenario.
@@ -75,7 +103,9 @@ readonly start_timeout=30
 
 # Scenarios: pool mode, clients, pgbench threads, pgbench flags, and a note printed under the table.
 # TLS scenarios come last: PostgreSQL turns ssl on before the first of them and keeps it on.
-readonly all_scenarios=(session tx16 tx64 tx256 extended prepared connect cancel cancel-lb tls tls-connect)
+readonly all_scenarios=(session tx16 tx64 tx256 extended prepared connect scale cancel cancel-lb tls tls-connect)
+# Run only when named.
+readonly named_only_scenarios=" scale "
 declare -A scen_mode=() scen_clients=() scen_threads=() scen_flags=() scen_note=() scen_tls=()
 
 # define_scenario NAME MODE CLIENTS THREADS FLAGS [NOTE]
@@ -95,6 +125,9 @@ define_scenario extended transaction 16  2 "-S -M extended"
 define_scenario prepared transaction 16  2 "-S -M prepared"
 define_scenario connect  transaction 16  2 "-S -C" \
     "pgbench -C connects one client at a time per thread, holding up that thread's other clients; avg latency includes connecting, p99 (per-transaction log) starts after the client's own connection"
+# A fresh FastPgProxy per loop count of SCALE_LOOPS; PgBouncer is the transaction-mode one.
+define_scenario scale    transaction 64  4 "-S" \
+    "FastPgProxy: a fresh instance per loop count (loop_threads; socket_threads at SOCKET_THREADS or the default, half the loops); PgBouncer runs on one thread"
 # Not pgbench: runs after the other plain scenarios, on the transaction-mode proxies they left running.
 define_scenario cancel   transaction 1   1 ""
 readonly cancel_delay_ms=50
@@ -114,7 +147,24 @@ is_cancel() { [ "$1" = cancel ] || [ "$1" = cancel-lb ]; }
 
 # scen_targets SCENARIO: the targets of SCENARIO, in table order.
 scen_targets() {
-    if [ "$1" = cancel-lb ]; then echo "fastpgproxy lb"; else echo "direct fastpgproxy pgbouncer"; fi
+    local n
+    case "$1" in
+        cancel-lb) echo "fastpgproxy lb" ;;
+        scale)
+            printf 'direct'
+            for n in $scale_loops; do printf ' fastpgproxy-%s' "$n"; done
+            printf ' pgbouncer\n'
+            ;;
+        *) echo "direct fastpgproxy pgbouncer" ;;
+    esac
+}
+
+# fastpgproxy_targets SCENARIO: the FastPgProxy targets of SCENARIO (scale has one per loop count).
+fastpgproxy_targets() {
+    local key
+    for key in $(scen_targets "$1"); do
+        case "$key" in fastpgproxy | fastpgproxy-*) echo "$key" ;; esac
+    done
 }
 
 # proxy_set SCENARIO: the proxy pair a scenario runs on, its pool mode with "-tls" for the TLS ones.
@@ -131,7 +181,9 @@ usage() {
     {
         echo "usage: $0 [seconds] [scenario...]"
         echo "  seconds: per pgbench run, a positive whole number (default 15)"
-        echo "  scenarios: ${all_scenarios[*]} (default all; see the top of $0)"
+        echo "  scenarios: ${all_scenarios[*]} (default all but${named_only_scenarios% }; see the top of $0)"
+        echo "  environment: PGBOUNCER, HAPROXY, LOOPS, SOCKET_THREADS, SCALE_LOOPS, PG_CPUS, PGBENCH_CPUS,"
+        echo "    PROXY_CPUS, STRACE=1, STRACE_SECONDS (see the top of $0)"
     } >&"$(( status == 0 ? 1 : 2 ))"
     exit "$status"
 }
@@ -151,7 +203,9 @@ done
 # The order is fixed, so each proxy starts once per pool mode (and TLS) whatever order they were named in.
 scenarios=()
 for s in "${all_scenarios[@]}"; do
-    if [ $# -eq 0 ] || [ -n "${wanted[$s]:-}" ]; then scenarios+=("$s"); fi
+    if { [ $# -eq 0 ] && [[ "$named_only_scenarios" != *" $s "* ]]; } || [ -n "${wanted[$s]:-}" ]; then
+        scenarios+=("$s")
+    fi
 done
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
@@ -160,6 +214,51 @@ unset PGPASSWORD PGSERVICE PGSERVICEFILE PGPASSFILE PGSSLMODE PGOPTIONS
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+# Options from the environment (see the top), checked before anything starts.
+positive_int() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
+loops="${LOOPS:-}"
+[ -z "$loops" ] || positive_int "$loops" || die "LOOPS=$loops: expected a positive whole number (loop_threads)"
+socket_threads="${SOCKET_THREADS:-}"
+[ -z "$socket_threads" ] || positive_int "$socket_threads" \
+    || die "SOCKET_THREADS=$socket_threads: expected a positive whole number (socket_threads)"
+scale_loops="${SCALE_LOOPS:-1 2 4}"
+for n in $scale_loops; do
+    positive_int "$n" || die "SCALE_LOOPS=$scale_loops: expected positive whole numbers, e.g. \"1 2 4\""
+done
+[ -n "${scale_loops// /}" ] || die "SCALE_LOOPS is blank"
+strace=""
+strace_seconds="${STRACE_SECONDS:-3}"
+positive_int "$strace_seconds" || die "STRACE_SECONDS=$strace_seconds: expected a positive whole number"
+strace_skipped=""
+case "${STRACE:-}" in
+    "" | 0) ;;
+    1)
+        strace="$(command -v strace 2>/dev/null || true)"
+        if [ -z "$strace" ]; then
+            strace_skipped="STRACE=1: skipped, strace not installed (apt-get install strace)"
+            log "note: $strace_skipped"
+        fi
+        ;;
+    *) die "STRACE=${STRACE}: expected 1 (or 0, or unset)" ;;
+esac
+# taskset -c prefixes for the three kinds of process; empty: not pinned.
+pin_pg=()
+pin_pgbench=()
+pin_proxy=()
+# pin_to ARRAY VARIABLE: ARRAY becomes "taskset -c LIST" when the environment VARIABLE holds LIST.
+pin_to() {
+    local -n pin_to_out="$1"
+    local list="${!2:-}" taskset
+    [ -n "$list" ] || return 0
+    taskset="$(command -v taskset 2>/dev/null)" || die "$2=$list needs taskset (apt-get install util-linux)"
+    [[ "$list" =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] || die "$2=$list: expected a CPU list such as 0-3 or 4,5"
+    "$taskset" -c "$list" true 2>/dev/null || die "$2=$list: taskset -c $list fails here (CPUs 0-$(( $(nproc --all) - 1 )))"
+    pin_to_out=("$taskset" -c "$list")
+}
+pin_to pin_pg PG_CPUS
+pin_to pin_pgbench PGBENCH_CPUS
+pin_to pin_proxy PROXY_CPUS
 
 # Prints the last lines of a log file, indented, to stderr.
 show_tail() { [ -s "$1" ] && tail -n "${2:-15}" "$1" | sed 's/^/    | /' >&2 || true; }
@@ -272,20 +371,46 @@ wait_until_answers() {
     return 1
 }
 
-# Clock ticks (user + system) the process has used so far: fields 14 and 15 of
-# /proc/PID/stat, counted after the ")" that closes the command name (which may hold spaces).
+# Clock ticks the process has used so far, user and system: fields 14 and 15 of /proc/PID/stat
+# (every thread, ended ones included), counted after the ")" that closes the command name (which
+# may hold spaces).
 cpu_ticks() {
     local stat rest
     stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
     rest="${stat##*) }"
     local -a f
     read -r -a f <<< "$rest"
-    echo $(( f[11] + f[12] ))
+    echo "${f[11]} ${f[12]}"
+}
+
+# ctx_switches PID: one line per thread of PID so far: thread id, voluntary and nonvoluntary context
+# switches (/proc/PID/task/TID/status; /proc/PID/status counts the main thread only).
+ctx_switches() {
+    local status tid
+    [ -d "/proc/$1/task" ] || return 1
+    for status in /proc/"$1"/task/*/status; do
+        tid="${status%/status}"
+        tid="${tid##*/}"
+        # A thread that ends between the glob and the read prints nothing.
+        awk -v tid="$tid" '/^voluntary_ctxt_switches:/ { v = $2 } /^nonvoluntary_ctxt_switches:/ { n = $2 }
+            END { if (v != "") print tid, v, n }' "$status" 2>/dev/null || true
+    done
+}
+
+# ctx_delta BEFORE AFTER: the voluntary and nonvoluntary context switches between two ctx_switches
+# readings, and the number of threads in AFTER. A thread started in between counts from zero; one
+# that ended in between is missed (the kernel keeps no total of the ended threads' switches).
+ctx_delta() {
+    [ -n "$1" ] && [ -n "$2" ] || return 1
+    awk 'NR == FNR { v[$1] = $2; n[$1] = $3; next } { dv += $2 - v[$1]; dn += $3 - n[$1]; t++ }
+        END { print dv + 0, dn + 0, t + 0 }' <(printf '%s\n' "$1") <(printf '%s\n' "$2")
 }
 
 work=""
 pg_data=""
 pg_started=false
+# The strace process of a STRACE=1 run while it is attached.
+strace_pid=""
 
 # Proxies, keyed "target/set" (set: the pool mode, with "-tls" for the TLS scenarios' pair): state
 # (pending, ok, failed, skipped, stopped), the reason when not ok, process id while running (the
@@ -302,6 +427,7 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     local id pidfile
+    stop_strace
     for id in "${!proxy_pid[@]}"; do
         stop_pid "${proxy_pid[$id]}"
     done
@@ -389,11 +515,11 @@ full_page_writes = off
 log_min_messages = warning
 CONF
     pg_started=true
-    as_pg 90 "$bindir/pg_ctl" start -D "$pg_data" -l "$dir/postgresql.log" -w -t 60 \
+    as_pg 90 "${pin_pg[@]}" "$bindir/pg_ctl" start -D "$pg_data" -l "$dir/postgresql.log" -w -t 60 \
         >/dev/null 2>&1 || { show_tail "$dir/postgresql.log"; die "PostgreSQL did not start"; }
 
     log "initialising pgbench tables (scale $scale)"
-    bounded 600 "$pgbench" -i -s "$scale" -q -h "$host" -p "$pg_port" -U postgres postgres \
+    bounded 600 "${pin_pgbench[@]}" "$pgbench" -i -s "$scale" -q -h "$host" -p "$pg_port" -U postgres postgres \
         >"$work/pgbench-init.log" 2>&1 || { show_tail "$work/pgbench-init.log"; die "pgbench -i failed"; }
 }
 
@@ -476,9 +602,20 @@ INI
 # set_label SET: "transaction pooling", or "transaction pooling, TLS".
 set_label() { printf '%s pooling%s\n' "${1%-tls}" "$([ "$1" = "${1%-tls}" ] || echo ', TLS')"; }
 
-# start_fastpgproxy SET
+# fastpgproxy_threads [LOOPS]: FastPgProxy's loop_threads (LOOPS, else the LOOPS option) and
+# socket_threads (the SOCKET_THREADS option) lines, each only when set.
+fastpgproxy_threads() {
+    local n="${1:-$loops}"
+    [ -z "$n" ] || echo "loop_threads = $n"
+    [ -z "$socket_threads" ] || echo "socket_threads = $socket_threads"
+}
+
+# start_fastpgproxy SET [LOOPS]: the FastPgProxy of SET, or with LOOPS the scale scenario's one with
+# loop_threads = LOOPS (target fastpgproxy-LOOPS).
 start_fastpgproxy() {
-    local set="$1" id="fastpgproxy/$1" dir="$work/fastpgproxy-$1" port pid
+    local set="$1" n="${2:-}" key=fastpgproxy port pid
+    [ -z "$n" ] || key="fastpgproxy-$n"
+    local id="$key/$set" dir="$work/$key-$set"
     if [ -n "$build_note" ]; then
         proxy_note[$id]="$build_note"
         return 1
@@ -489,9 +626,11 @@ start_fastpgproxy() {
         proxy_ini fastpgproxy "$set" "$port"
         # SHOW MEMORY, read before and after each run, needs a console user.
         echo "stats_users = postgres"
+        fastpgproxy_threads "$n"
     } >"$dir/fastpgproxy.ini"
-    log "starting FastPgProxy ($(set_label "$set")) on port $port"
-    .bench/bin/fastpgproxy --config "$dir/fastpgproxy.ini" </dev/null >"$dir/fastpgproxy.log" 2>&1 &
+    log "starting FastPgProxy ($(set_label "$set")${n:+, loop_threads = $n}) on port $port"
+    # taskset (PROXY_CPUS) execs the proxy: $! is the proxy's own pid.
+    "${pin_proxy[@]}" .bench/bin/fastpgproxy --config "$dir/fastpgproxy.ini" </dev/null >"$dir/fastpgproxy.log" 2>&1 &
     pid=$!
     proxy_pid[$id]="$pid"
     if ! wait_until_answers "$port" "$pid"; then
@@ -509,6 +648,7 @@ start_fastpgproxy() {
         return 1
     fi
     proxy_port[$id]="$port"
+    log "FastPgProxy answers on port $port, pid $pid"
 }
 
 # start_pgbouncer SET
@@ -531,7 +671,7 @@ start_pgbouncer() {
     } >"$dir/pgbouncer.ini"
     is_root && chown -R postgres: "$dir"
     log "starting PgBouncer $pgbouncer_version ($(set_label "$set")) on port $port"
-    if ! as_pg 30 "$pgbouncer" -d -q "$dir/pgbouncer.ini" >"$dir/start.log" 2>&1; then
+    if ! as_pg 30 "${pin_proxy[@]}" "$pgbouncer" -d -q "$dir/pgbouncer.ini" >"$dir/start.log" 2>&1; then
         show_tail "$dir/start.log"
         show_tail "$dir/pgbouncer.log"
         proxy_note[$id]="did not start"
@@ -545,6 +685,7 @@ start_pgbouncer() {
     fi
     proxy_pid[$id]="$bouncer_pid"
     proxy_port[$id]="$port"
+    log "PgBouncer answers on port $port, pid $bouncer_pid"
 }
 
 # ensure_proxy TARGET SET: starts TARGET of SET the first time it is needed. Fails when it could
@@ -608,13 +749,14 @@ start_lb() {
         {
             proxy_ini fastpgproxy transaction "$port"
             echo "stats_users = postgres"
+            fastpgproxy_threads
             echo "peer_id = $i"
             echo
             echo "[peers]"
             printf '%s' "$peers"
         } >"$dir/fastpgproxy-$i.ini"
         log "starting FastPgProxy instance $i of $lb_instances (transaction pooling, peer_id $i) on port $port"
-        .bench/bin/fastpgproxy --config "$dir/fastpgproxy-$i.ini" </dev/null >"$dir/fastpgproxy-$i.log" 2>&1 &
+        "${pin_proxy[@]}" .bench/bin/fastpgproxy --config "$dir/fastpgproxy-$i.ini" </dev/null >"$dir/fastpgproxy-$i.log" 2>&1 &
         pid=$!
         lb_pids+=("$pid")
         if ! wait_until_answers "$port" "$pid"; then
@@ -685,6 +827,10 @@ stop_lb() {
 # Runs. Results are keyed "scenario/target".
 
 declare -A state=() tps=() latency=() p99=() txns=() cpu_us=() run_alloc=() note=() allocated=()
+# Per proxy run, per transaction: user and system CPU µs, voluntary and nonvoluntary context switches
+# ("v n threads"); and the STRACE=1 run's system calls ("txns recvfrom recvfrom-errors% sendto
+# epoll_wait all"), or why there are none.
+declare -A user_us=() sys_us=() ctx=() syscalls=() strace_note=()
 # The cancel scenarios' results, keyed "scenario/target".
 declare -A cancel_median=() cancel_p99=() cancel_max=()
 
@@ -713,25 +859,43 @@ fastpgproxy_allocated() {
         -F ' ' -Atc 'SHOW MEMORY' 2>/dev/null | awk '$1 == "allocated_bytes" { print $2; found = 1 } END { exit !found }'
 }
 
+# pgbench_command ARRAY SCENARIO SECONDS: ARRAY becomes the pgbench command line of SCENARIO for a
+# run of SECONDS (placement and TLS environment included), without target and log options.
+pgbench_command() {
+    # The caller's array must not be named like this reference.
+    local -n pgbench_command_out="$1"
+    local scen="$2" secs="$3"
+    local -a flags
+    read -r -a flags <<< "${scen_flags[$scen]}"
+    pgbench_command_out=("${pin_pgbench[@]}")
+    # Plain scenarios keep libpq's default (prefer), which every plain target refuses.
+    [ -z "${scen_tls[$scen]}" ] || pgbench_command_out+=(env PGSSLMODE=require)
+    pgbench_command_out+=("$pgbench" "${flags[@]}" -c "${scen_clients[$scen]}" -j "${scen_threads[$scen]}" -T "$secs" -n)
+}
+
 # bench SCENARIO TARGET PORT PID: one pgbench run of SCENARIO against PORT; records tps, latency
-# and transactions and, when PID names a proxy process, its CPU time per transaction (and for
-# FastPgProxy, its managed allocations during the run).
+# and transactions and, when PID names a proxy process, its CPU time and context switches per
+# transaction (and for FastPgProxy, its managed allocations during the run).
 bench() {
     local scen="$1" key="$2" port="$3" proc="$4" id="$1/$2"
     local out="$work/runs/$1-$2.out" txlog="$work/runs/$1-$2.tx" before="" after="" rc=0
-    local alloc_before="" alloc_after=""
-    local -a flags tls_env=()
-    read -r -a flags <<< "${scen_flags[$scen]}"
-    local -a args=("${flags[@]}" -c "${scen_clients[$scen]}" -j "${scen_threads[$scen]}" -T "$seconds" -n)
-    # Plain scenarios keep libpq's default (prefer), which every plain target refuses.
-    [ -z "${scen_tls[$scen]}" ] || tls_env=(env PGSSLMODE=require)
-    log "$scen: ${tls_env[*]:+${tls_env[*]} }pgbench ${args[*]} against ${label[$key]} (port $port)"
-    if [ "$key" = fastpgproxy ]; then alloc_before="$(fastpgproxy_allocated "$port")" || alloc_before=""; fi
-    if [ -n "$proc" ]; then before="$(cpu_ticks "$proc")" || before=""; fi
-    bounded $((seconds + 120)) "${tls_env[@]}" "$pgbench" "${args[@]}" --log --log-prefix="$txlog" \
+    local alloc_before="" alloc_after="" ctx_before="" ctx_after="" is_fpp=""
+    local -a cmd
+    pgbench_command cmd "$scen" "$seconds"
+    [[ "$key" != fastpgproxy* ]] || is_fpp=1
+    log "$scen: ${cmd[*]/#"$pgbench"/pgbench} against ${label[$key]} (port $port)"
+    if [ -n "$is_fpp" ]; then alloc_before="$(fastpgproxy_allocated "$port")" || alloc_before=""; fi
+    if [ -n "$proc" ]; then
+        before="$(cpu_ticks "$proc")" || before=""
+        ctx_before="$(ctx_switches "$proc")" || ctx_before=""
+    fi
+    bounded $((seconds + 120)) "${cmd[@]}" --log --log-prefix="$txlog" \
         -U postgres -h "$host" -p "$port" postgres >"$out" 2>&1 || rc=$?
-    if [ -n "$proc" ]; then after="$(cpu_ticks "$proc")" || after=""; fi
-    if [ "$key" = fastpgproxy ]; then alloc_after="$(fastpgproxy_allocated "$port")" || alloc_after=""; fi
+    if [ -n "$proc" ]; then
+        after="$(cpu_ticks "$proc")" || after=""
+        ctx_after="$(ctx_switches "$proc")" || ctx_after=""
+    fi
+    if [ -n "$is_fpp" ]; then alloc_after="$(fastpgproxy_allocated "$port")" || alloc_after=""; fi
     if [ "$rc" -eq 124 ]; then
         note[$id]="pgbench did not finish within $((seconds + 120))s"
         return 1
@@ -752,9 +916,15 @@ bench() {
     fi
     p99[$id]="$(p99_ms "$txlog")" || p99[$id]=""
     if [ -n "$before" ] && [ -n "$after" ]; then
-        cpu_us[$id]="$(awk -v t="$((after - before))" -v hz="$clk_tck" -v n="${txns[$id]}" \
-            'BEGIN { printf "%.1f", t / hz * 1e6 / n }')"
+        local -a b a
+        read -r -a b <<< "$before"
+        read -r -a a <<< "$after"
+        # Per transaction in µs: user, system, and their sum (the table's column).
+        read -r "user_us[$id]" "sys_us[$id]" "cpu_us[$id]" < <(awk -v u="$((a[0] - b[0]))" -v s="$((a[1] - b[1]))" \
+            -v hz="$clk_tck" -v n="${txns[$id]}" 'BEGIN { f = 1e6 / hz / n; printf "%.1f %.1f %.1f\n", u * f, s * f, (u + s) * f }')
     fi
+    local switches
+    if switches="$(ctx_delta "$ctx_before" "$ctx_after")"; then ctx[$id]="$switches"; fi
     if [ -n "$alloc_before" ] && [ -n "$alloc_after" ]; then
         run_alloc[$id]="$((alloc_after - alloc_before))"
     fi
@@ -770,7 +940,7 @@ bench_cancel() {
         return 1
     fi
     log "$1: $cancels cancels after ${cancel_delay_ms} ms against ${label[$key]} (port $port)"
-    bounded $((60 + cancels)) .bench/cancel-latency/CancelLatency --count "$cancels" --delay-ms "$cancel_delay_ms" \
+    bounded $((60 + cancels)) "${pin_pgbench[@]}" .bench/cancel-latency/CancelLatency --count "$cancels" --delay-ms "$cancel_delay_ms" \
         --connection "Host=$host;Port=$port;Username=postgres;Database=postgres;Timeout=15" </dev/null >"$out" 2>&1 || rc=$?
     if [ "$rc" -eq 124 ]; then
         note[$id]="CancelLatency did not finish within $((60 + cancels))s"
@@ -792,6 +962,55 @@ bench_cancel() {
     state[$id]=ok
 }
 
+# stop_strace: stops the strace run under way, if any. SIGTERM makes strace detach from every thread
+# and write its summary; after 10 s SIGKILL (the kernel then detaches the tracees itself).
+stop_strace() {
+    [ -n "$strace_pid" ] || return 0
+    stop_pid "$strace_pid"
+    wait "$strace_pid" 2>/dev/null || true
+    strace_pid=""
+}
+
+# strace_run SCENARIO TARGET PORT PID: with STRACE=1, one more pgbench run of SCENARIO, of
+# strace_seconds, against PORT with strace -c -f attached to PID (all its threads); records the
+# system calls per transaction of that run, or in strace_note why there are none.
+strace_run() {
+    local scen="$1" key="$2" port="$3" proc="$4" id="$1/$2"
+    local out="$work/runs/$1-$2.strace-pgbench" sum="$work/runs/$1-$2.strace" err="$work/runs/$1-$2.strace-err"
+    local deadline rc=0 n
+    local -a cmd
+    [ -n "$strace" ] || return 0
+    pgbench_command cmd "$scen" "$strace_seconds"
+    log "$scen: strace -c -f -p $proc (${label[$key]}) during a ${strace_seconds}s run"
+    "$strace" -c -f -p "$proc" -o "$sum" </dev/null 2>"$err" &
+    strace_pid=$!
+    # strace says "Process N attached" once it holds every thread.
+    deadline=$((SECONDS + start_timeout))
+    until grep -q 'attached' "$err" 2>/dev/null; do
+        if ! kill -0 "$strace_pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+            stop_strace
+            strace_note[$id]="strace did not attach: $(head -n 1 "$err" | cut -c 1-200)"
+            return 1
+        fi
+        sleep 0.1
+    done
+    bounded $((strace_seconds + 120)) "${cmd[@]}" -U postgres -h "$host" -p "$port" postgres >"$out" 2>&1 || rc=$?
+    stop_strace
+    n="$(awk -F': *' '/^number of transactions actually processed:/ { split($2, n, "/"); print n[1] + 0 }' "$out")"
+    if [ "$rc" -ne 0 ] || [ -z "$n" ] || [ "$n" -eq 0 ]; then
+        strace_note[$id]="pgbench under strace: exit status $rc, $(pgbench_error "$out")"
+        return 1
+    fi
+    # strace -c: "% time seconds usecs/call calls [errors] syscall", then a "total" line.
+    syscalls[$id]="$(awk -v n="$n" '$1 ~ /^[0-9.]+$/ && (NF == 5 || NF == 6) { c[$NF] += $4; if (NF == 6) e[$NF] += $5 }
+        END {
+            if (c["total"] == 0) exit 1
+            ep = c["epoll_wait"] + c["epoll_pwait"] + c["epoll_pwait2"]
+            printf "%d %.2f %.0f %.2f %.2f %.2f", n, c["recvfrom"] / n, c["recvfrom"] ? 100 * e["recvfrom"] / c["recvfrom"] : 0,
+                c["sendto"] / n, ep / n, c["total"] / n
+        }' "$sum")" || { syscalls[$id]=""; strace_note[$id]="no summary from strace -c"; return 1; }
+}
+
 # run_target SCENARIO TARGET: starts the target's proxy when needed and benchmarks it, recording
 # the outcome.
 run_target() {
@@ -811,6 +1030,18 @@ run_target() {
         stop_lb
     elif [ "$key" = direct ]; then
         "$runner" "$scen" "$key" "$pg_port" "" || true
+    elif [[ "$key" == fastpgproxy-* ]]; then
+        # scale: a fresh FastPgProxy for this loop count, stopped after its run (and its strace run,
+        # which cannot wait for the end of the scenario as the other proxies' do).
+        local sid="$key/$set"
+        if start_fastpgproxy "$set" "${key#fastpgproxy-}"; then
+            "$runner" "$scen" "$key" "${proxy_port[$sid]}" "${proxy_pid[$sid]}" || true
+            if [ "${state[$id]}" = ok ]; then strace_run "$scen" "$key" "${proxy_port[$sid]}" "${proxy_pid[$sid]}" || true; fi
+        else
+            note[$id]="${proxy_note[$sid]}"
+        fi
+        stop_pid "${proxy_pid[$sid]:-}"
+        proxy_pid[$sid]=""
     elif ensure_proxy "$key" "$set"; then
         "$runner" "$scen" "$key" "${proxy_port[$key/$set]}" "${proxy_pid[$key/$set]}" || true
     else
@@ -891,7 +1122,7 @@ print_table() {
     # "µs" takes two bytes and printf pads bytes: one more for that heading.
     printf "${fmt/\%17s/%18s}" target tps "avg latency ms" "p99 latency ms" "proxy CPU µs/txn" "tps vs direct" "tps vs pgbouncer"
     printf '%s\n' "---------------------+------------+----------------+----------------+-------------------+---------------+-----------------"
-    for key in direct fastpgproxy pgbouncer; do
+    for key in $(scen_targets "$scen"); do
         id="$scen/$key"
         if [ "${state[$id]}" = ok ]; then
             # shellcheck disable=SC2059
@@ -903,9 +1134,59 @@ print_table() {
         fi
     done
     print_notes "$scen"
-    if [ -n "${run_alloc[$scen/fastpgproxy]:-}" ]; then
-        awk -v a="${run_alloc[$scen/fastpgproxy]}" -v n="${txns[$scen/fastpgproxy]}" 'BEGIN {
-            printf "  FastPgProxy managed allocations during the run (SHOW MEMORY allocated_bytes before and after): %d bytes over %d transactions = %.1f bytes/txn\n", a, n, a / n }'
+    for key in $(fastpgproxy_targets "$scen"); do
+        id="$scen/$key"
+        [ -n "${run_alloc[$id]:-}" ] || continue
+        awk -v who="${label[$key]}" -v a="${run_alloc[$id]}" -v n="${txns[$id]}" 'BEGIN {
+            printf "  %s managed allocations during the run (SHOW MEMORY allocated_bytes before and after): %d bytes over %d transactions = %.1f bytes/txn\n", who, a, n, a / n }'
+    done
+    proxy_lines "$scen"
+}
+
+# proxy_lines SCENARIO: under a pgbench table, each proxy's CPU split and context switches per
+# transaction, and with STRACE=1 its system calls per transaction.
+proxy_lines() {
+    local scen="$1" key id
+    local -a c sc
+    for key in $(scen_targets "$scen"); do
+        id="$scen/$key"
+        [ "$key" != direct ] && [ "${state[$id]}" = ok ] || continue
+        if [ -n "${user_us[$id]:-}" ]; then
+            printf '  %s per transaction: user %s µs + system %s µs' "${label[$key]}" "${user_us[$id]}" "${sys_us[$id]}"
+            if [ -n "${ctx[$id]:-}" ]; then
+                read -r -a c <<< "${ctx[$id]}"
+                awk -v v="${c[0]}" -v nv="${c[1]}" -v t="${c[2]}" -v n="${txns[$id]}" 'BEGIN {
+                    printf ", %.2f context switches (%.2f voluntary + %.2f nonvoluntary, %d thread%s)", (v + nv) / n, v / n, nv / n, t, t == 1 ? "" : "s" }'
+            fi
+            echo
+        fi
+        if [ -n "${syscalls[$id]:-}" ]; then
+            read -r -a sc <<< "${syscalls[$id]}"
+            printf '  %s system calls per transaction (strace -c -f, a %ss run of %s transactions): recvfrom %s (%s%% failed: EAGAIN), sendto %s, epoll_wait %s, all %s\n' \
+                "${label[$key]}" "$strace_seconds" "${sc[0]}" "${sc[1]}" "${sc[2]}" "${sc[3]}" "${sc[4]}" "${sc[5]}"
+        elif [ -n "${strace_note[$id]:-}" ]; then
+            echo "  ${label[$key]} under strace: ${strace_note[$id]}"
+        fi
+    done
+}
+
+# print_header: the settings the tables depend on beyond their own headers: FastPgProxy's threads,
+# the placement, strace.
+print_header() {
+    printf 'FastPgProxy: loop_threads = %s, socket_threads = %s\n' \
+        "${loops:-the default (the processor count it may run on, at most 4)}" \
+        "${socket_threads:-the default (half the loops, at least 1)}"
+    printf 'Placement: '
+    if [ ${#pin_pg[@]} -eq 0 ] && [ ${#pin_pgbench[@]} -eq 0 ] && [ ${#pin_proxy[@]} -eq 0 ]; then
+        printf 'none (no taskset), %s CPUs\n' "$(nproc)"
+    else
+        printf 'PostgreSQL on CPUs %s, pgbench on CPUs %s, proxies on CPUs %s (taskset -c), of %s CPUs\n' "${PG_CPUS:-any}" \
+            "${PGBENCH_CPUS:-any}" "${PROXY_CPUS:-any}" "$(nproc)"
+    fi
+    if [ -n "$strace" ]; then
+        echo "strace: on, one ${strace_seconds}s pgbench run per proxy after each scenario's runs (not in the tables' tps and CPU)"
+    elif [ -n "$strace_skipped" ]; then
+        printf '%s\n' "$strace_skipped"
     fi
 }
 
@@ -915,7 +1196,7 @@ alloc_line() {
     local set="$1" s n=0 extra="start-up and logins"
     [ -n "${allocated[$set]:-}" ] || return 0
     for s in "${scenarios[@]}"; do
-        if [ "$(proxy_set "$s")" = "$set" ] && [ "${state[$s/fastpgproxy]}" = ok ]; then
+        if [ "$(proxy_set "$s")" = "$set" ] && [ "${state[$s/fastpgproxy]:-}" = ok ]; then
             # The cancel scenarios' cancels are not transactions, but their allocations are in the total.
             if is_cancel "$s"; then extra="start-up, logins and the cancel runs"; continue; fi
             n=$((n + ${txns[$s/fastpgproxy]}))
@@ -978,6 +1259,9 @@ fi
 
 declare -A label=([direct]="PostgreSQL (direct)" [fastpgproxy]="FastPgProxy" [pgbouncer]="PgBouncer"
     [lb]="HAProxy, 3 instances")
+for n in $scale_loops; do
+    label[fastpgproxy-$n]="FastPgProxy $n loop$([ "$n" -eq 1 ] || echo s)"
+done
 for set in session transaction transaction-tls; do
     proxy_state[fastpgproxy/$set]=pending
     proxy_state[pgbouncer/$set]=pending
@@ -1031,17 +1315,31 @@ for scen in "${scenarios[@]}"; do
     for target in $(scen_targets "$scen"); do
         run_target "$scen" "$target"
     done
+    # STRACE=1: each proxy's run under strace after the normal ones (scale's FastPgProxy instances had
+    # theirs before they stopped).
+    if [ -n "$strace" ] && ! is_cancel "$scen"; then
+        for target in fastpgproxy pgbouncer; do
+            id="$target/$set"
+            if [ "${state[$scen/$target]:-}" = ok ] && [ -n "${proxy_pid[$id]:-}" ]; then
+                strace_run "$scen" "$target" "${proxy_port[$id]}" "${proxy_pid[$id]}" || true
+            fi
+        done
+    fi
 done
 stop_proxies "$current_set"
 
-[ -z "$pgbouncer" ] || printf '\nPgBouncer: %s, version %s\n' "$pgbouncer" "$pgbouncer_version"
+echo
+[ -z "$pgbouncer" ] || printf 'PgBouncer: %s, version %s\n' "$pgbouncer" "$pgbouncer_version"
 [ -z "$haproxy_version" ] || printf 'HAProxy: %s, version %s\n' "$haproxy" "$haproxy_version"
+print_header
 
 all_ok=true
 for i in "${!scenarios[@]}"; do
     scen="${scenarios[$i]}"
     print_table "$scen"
-    [ "${state[$scen/fastpgproxy]}" = ok ] || all_ok=false
+    for target in $(fastpgproxy_targets "$scen"); do
+        [ "${state[$scen/$target]}" = ok ] || all_ok=false
+    done
     # Each proxy pair's allocation line follows its last table.
     next="${scenarios[$((i + 1))]:-}"
     if [ -z "$next" ] || [ "$(proxy_set "$next")" != "$(proxy_set "$scen")" ]; then
