@@ -76,6 +76,9 @@
 #                    that run: recvfrom (and the share that failed, EAGAIN), sendto, epoll_wait
 #                    (epoll_pwait included) and all. strace slows the proxy down: its tps and CPU are
 #                    not in the table. Skipped, with a message, when strace is not installed
+#   PERF_MAP=1       FastPgProxy (only it, not the build) runs with DOTNET_PerfMapEnabled=1 and
+#                    DOTNET_EnableWriteXorExecute=0, so that perf record -g -p PID (the PID is logged
+#                    when it answers) resolves JIT-compiled frames; see perf/README.md
 #
 # The header above the tables prints the loop settings, the placement and whether strace ran.
 #
@@ -183,7 +186,7 @@ usage() {
         echo "  seconds: per pgbench run, a positive whole number (default 15)"
         echo "  scenarios: ${all_scenarios[*]} (default all but${named_only_scenarios% }; see the top of $0)"
         echo "  environment: PGBOUNCER, HAPROXY, LOOPS, SOCKET_THREADS, SCALE_LOOPS, PG_CPUS, PGBENCH_CPUS,"
-        echo "    PROXY_CPUS, STRACE=1, STRACE_SECONDS (see the top of $0)"
+        echo "    PROXY_CPUS, STRACE=1, STRACE_SECONDS, PERF_MAP=1 (see the top of $0)"
     } >&"$(( status == 0 ? 1 : 2 ))"
     exit "$status"
 }
@@ -259,6 +262,13 @@ pin_to() {
 pin_to pin_pg PG_CPUS
 pin_to pin_pgbench PGBENCH_CPUS
 pin_to pin_proxy PROXY_CPUS
+# FastPgProxy's extra environment; PERF_MAP=1 writes /tmp/perf-PID.map for perf.
+fpp_env=()
+case "${PERF_MAP:-}" in
+    "" | 0) ;;
+    1) fpp_env=(env DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0) ;;
+    *) die "PERF_MAP=${PERF_MAP}: expected 1 (or 0, or unset)" ;;
+esac
 
 # Prints the last lines of a log file, indented, to stderr.
 show_tail() { [ -s "$1" ] && tail -n "${2:-15}" "$1" | sed 's/^/    | /' >&2 || true; }
@@ -629,8 +639,8 @@ start_fastpgproxy() {
         fastpgproxy_threads "$n"
     } >"$dir/fastpgproxy.ini"
     log "starting FastPgProxy ($(set_label "$set")${n:+, loop_threads = $n}) on port $port"
-    # taskset (PROXY_CPUS) execs the proxy: $! is the proxy's own pid.
-    "${pin_proxy[@]}" .bench/bin/fastpgproxy --config "$dir/fastpgproxy.ini" </dev/null >"$dir/fastpgproxy.log" 2>&1 &
+    # taskset (PROXY_CPUS) and env (PERF_MAP) exec the proxy: $! is the proxy's own pid.
+    "${pin_proxy[@]}" "${fpp_env[@]}" .bench/bin/fastpgproxy --config "$dir/fastpgproxy.ini" </dev/null >"$dir/fastpgproxy.log" 2>&1 &
     pid=$!
     proxy_pid[$id]="$pid"
     if ! wait_until_answers "$port" "$pid"; then
@@ -756,7 +766,7 @@ start_lb() {
             printf '%s' "$peers"
         } >"$dir/fastpgproxy-$i.ini"
         log "starting FastPgProxy instance $i of $lb_instances (transaction pooling, peer_id $i) on port $port"
-        "${pin_proxy[@]}" .bench/bin/fastpgproxy --config "$dir/fastpgproxy-$i.ini" </dev/null >"$dir/fastpgproxy-$i.log" 2>&1 &
+        "${pin_proxy[@]}" "${fpp_env[@]}" .bench/bin/fastpgproxy --config "$dir/fastpgproxy-$i.ini" </dev/null >"$dir/fastpgproxy-$i.log" 2>&1 &
         pid=$!
         lb_pids+=("$pid")
         if ! wait_until_answers "$port" "$pid"; then
@@ -1183,6 +1193,7 @@ print_header() {
         printf 'PostgreSQL on CPUs %s, pgbench on CPUs %s, proxies on CPUs %s (taskset -c), of %s CPUs\n' "${PG_CPUS:-any}" \
             "${PGBENCH_CPUS:-any}" "${PROXY_CPUS:-any}" "$(nproc)"
     fi
+    [ ${#fpp_env[@]} -eq 0 ] || echo "FastPgProxy ran with DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0 (PERF_MAP=1)"
     if [ -n "$strace" ]; then
         echo "strace: on, one ${strace_seconds}s pgbench run per proxy after each scenario's runs (not in the tables' tps and CPU)"
     elif [ -n "$strace_skipped" ]; then
