@@ -128,9 +128,9 @@ define_scenario extended transaction 16  2 "-S -M extended"
 define_scenario prepared transaction 16  2 "-S -M prepared"
 define_scenario connect  transaction 16  2 "-S -C" \
     "pgbench -C connects one client at a time per thread, holding up that thread's other clients; avg latency includes connecting, p99 (per-transaction log) starts after the client's own connection"
-# A fresh FastPgProxy per loop count of SCALE_LOOPS; PgBouncer is the transaction-mode one.
-define_scenario scale    transaction 64  4 "-S" \
-    "FastPgProxy: a fresh instance per loop count (loop_threads; socket_threads at SOCKET_THREADS or the default, half the loops); PgBouncer runs on one thread"
+# A fresh FastPgProxy per loop count of SCALE_LOOPS; PgBouncer is the transaction-mode one. The note
+# (socket threads per loop count) is written once the options are read.
+define_scenario scale    transaction 64  4 "-S"
 # Not pgbench: runs after the other plain scenarios, on the transaction-mode proxies they left running.
 define_scenario cancel   transaction 1   1 ""
 readonly cancel_delay_ms=50
@@ -230,6 +230,14 @@ for n in $scale_loops; do
     positive_int "$n" || die "SCALE_LOOPS=$scale_loops: expected positive whole numbers, e.g. \"1 2 4\""
 done
 [ -n "${scale_loops// /}" ] || die "SCALE_LOOPS is blank"
+# socket_threads as FastPgProxy takes it: SOCKET_THREADS, else half the loops, at least one.
+scale_sockets=""
+for n in $scale_loops; do
+    scale_sockets+="${scale_sockets:+, }${socket_threads:-$(( n / 2 > 1 ? n / 2 : 1 ))}"
+done
+scale_sockets_why="the default: half the loops, at least 1"
+[ -z "$socket_threads" ] || scale_sockets_why="SOCKET_THREADS"
+scen_note[scale]="a fresh FastPgProxy per loop count (loop_threads ${scale_loops// /, }) with socket_threads ${scale_sockets} (${scale_sockets_why}); PgBouncer runs on one thread"
 strace=""
 strace_seconds="${STRACE_SECONDS:-3}"
 positive_int "$strace_seconds" || die "STRACE_SECONDS=$strace_seconds: expected a positive whole number"
@@ -257,6 +265,7 @@ pin_to() {
     taskset="$(command -v taskset 2>/dev/null)" || die "$2=$list needs taskset (apt-get install util-linux)"
     [[ "$list" =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] || die "$2=$list: expected a CPU list such as 0-3 or 4,5"
     "$taskset" -c "$list" true 2>/dev/null || die "$2=$list: taskset -c $list fails here (CPUs 0-$(( $(nproc --all) - 1 )))"
+    # shellcheck disable=SC2034 # a reference to the caller's array
     pin_to_out=("$taskset" -c "$list")
 }
 pin_to pin_pg PG_CPUS
@@ -1160,7 +1169,7 @@ proxy_lines() {
     local -a c sc
     for key in $(scen_targets "$scen"); do
         id="$scen/$key"
-        [ "$key" != direct ] && [ "${state[$id]}" = ok ] || continue
+        if [ "$key" = direct ] || [ "${state[$id]}" != ok ]; then continue; fi
         if [ -n "${user_us[$id]:-}" ]; then
             printf '  %s per transaction: user %s µs + system %s µs' "${label[$key]}" "${user_us[$id]}" "${sys_us[$id]}"
             if [ -n "${ctx[$id]:-}" ]; then
@@ -1183,8 +1192,10 @@ proxy_lines() {
 # print_header: the settings the tables depend on beyond their own headers: FastPgProxy's threads,
 # the placement, strace.
 print_header() {
-    printf 'FastPgProxy: loop_threads = %s, socket_threads = %s\n' \
-        "${loops:-the default (the processor count it may run on, at most 4)}" \
+    local s scale_run=""
+    for s in "${scenarios[@]}"; do [ "$s" != scale ] || scale_run=" (scale: ${scale_loops// /, })"; done
+    printf 'FastPgProxy: loop_threads = %s%s, socket_threads = %s\n' \
+        "${loops:-the default (the processor count it may run on, at most 4)}" "$scale_run" \
         "${socket_threads:-the default (half the loops, at least 1)}"
     printf 'Placement: '
     if [ ${#pin_pg[@]} -eq 0 ] && [ ${#pin_pgbench[@]} -eq 0 ] && [ ${#pin_proxy[@]} -eq 0 ]; then
