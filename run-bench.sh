@@ -237,7 +237,8 @@ for n in $scale_loops; do
 done
 scale_sockets_why="the default: half the loops, at least 1"
 [ -z "$socket_threads" ] || scale_sockets_why="SOCKET_THREADS"
-scen_note[scale]="a fresh FastPgProxy per loop count (loop_threads ${scale_loops// /, }) with socket_threads ${scale_sockets} (${scale_sockets_why}); PgBouncer runs on one thread"
+scen_note[scale]="a fresh FastPgProxy per loop count (loop_threads ${scale_loops// /, })"
+scen_note[scale]+=" with socket_threads ${scale_sockets} (${scale_sockets_why}); PgBouncer runs on one thread"
 strace=""
 strace_seconds="${STRACE_SECONDS:-3}"
 positive_int "$strace_seconds" || die "STRACE_SECONDS=$strace_seconds: expected a positive whole number"
@@ -889,7 +890,8 @@ pgbench_command() {
     pgbench_command_out=("${pin_pgbench[@]}")
     # Plain scenarios keep libpq's default (prefer), which every plain target refuses.
     [ -z "${scen_tls[$scen]}" ] || pgbench_command_out+=(env PGSSLMODE=require)
-    pgbench_command_out+=("$pgbench" "${flags[@]}" -c "${scen_clients[$scen]}" -j "${scen_threads[$scen]}" -T "$secs" -n)
+    pgbench_command_out+=("$pgbench" "${flags[@]}" -c "${scen_clients[$scen]}" -j "${scen_threads[$scen]}"
+        -T "$secs" -n)
 }
 
 # bench SCENARIO TARGET PORT PID: one pgbench run of SCENARIO against PORT; records tps, latency
@@ -1055,7 +1057,9 @@ run_target() {
         local sid="$key/$set"
         if start_fastpgproxy "$set" "${key#fastpgproxy-}"; then
             "$runner" "$scen" "$key" "${proxy_port[$sid]}" "${proxy_pid[$sid]}" || true
-            if [ "${state[$id]}" = ok ]; then strace_run "$scen" "$key" "${proxy_port[$sid]}" "${proxy_pid[$sid]}" || true; fi
+            if [ "${state[$id]}" = ok ]; then
+                strace_run "$scen" "$key" "${proxy_port[$sid]}" "${proxy_pid[$sid]}" || true
+            fi
         else
             note[$id]="${proxy_note[$sid]}"
         fi
@@ -1181,8 +1185,10 @@ proxy_lines() {
         fi
         if [ -n "${syscalls[$id]:-}" ]; then
             read -r -a sc <<< "${syscalls[$id]}"
-            printf '  %s system calls per transaction (strace -c -f, a %ss run of %s transactions): recvfrom %s (%s%% failed: EAGAIN), sendto %s, epoll_wait %s, all %s\n' \
-                "${label[$key]}" "$strace_seconds" "${sc[0]}" "${sc[1]}" "${sc[2]}" "${sc[3]}" "${sc[4]}" "${sc[5]}"
+            printf '  %s system calls per transaction (strace -c -f, a %ss run of %s transactions):' \
+                "${label[$key]}" "$strace_seconds" "${sc[0]}"
+            printf ' recvfrom %s (%s%% failed: EAGAIN), sendto %s, epoll_wait %s, all %s\n' \
+                "${sc[1]}" "${sc[2]}" "${sc[3]}" "${sc[4]}" "${sc[5]}"
         elif [ -n "${strace_note[$id]:-}" ]; then
             echo "  ${label[$key]} under strace: ${strace_note[$id]}"
         fi

@@ -51,7 +51,8 @@ git worktree add --detach -q "$work/before" "$before"
 git worktree add --detach -q "$work/after" "$after"
 
 settings=""
-for var in PGBOUNCER HAPROXY LOOPS SOCKET_THREADS SCALE_LOOPS PG_CPUS PGBENCH_CPUS PROXY_CPUS STRACE STRACE_SECONDS PERF_MAP; do
+for var in PGBOUNCER HAPROXY LOOPS SOCKET_THREADS SCALE_LOOPS PG_CPUS PGBENCH_CPUS PROXY_CPUS \
+    STRACE STRACE_SECONDS PERF_MAP; do
     [ -z "${!var:-}" ] || settings+=" $var=${!var}"
 done
 echo "=== run-bench.sh ${bench_args[*]}, $rounds rounds; environment:${settings:- no run-bench.sh options}"
