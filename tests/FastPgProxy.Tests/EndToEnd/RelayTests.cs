@@ -182,6 +182,30 @@ public sealed class RelayTests(PostgresFixture fixture) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_client_that_reads_slowly_gets_every_byte_of_a_large_result()
+    {
+        // About 11 MB of rows while the client stops reading now and then: the proxy's sends to it meet a
+        // full socket buffer, write part of a run and finish it when there is room again.
+        await using NpgsqlConnection c = await _proxy.OpenAsync();
+        await using var cmd = new NpgsqlCommand("SELECT g, repeat(lpad(g::text, 10, '0'), 28) FROM generate_series(1, 40000) g", c);
+        await using NpgsqlDataReader r = await cmd.ExecuteReaderAsync();
+        int n = 0;
+        while (await r.ReadAsync())
+        {
+            n++;
+            if (n % 10_000 == 1)
+            {
+                await Task.Delay(300);
+            }
+
+            Assert.Equal(n, r.GetInt32(0));
+            Assert.Equal(string.Concat(Enumerable.Repeat(n.ToString("D10", System.Globalization.CultureInfo.InvariantCulture), 28)), r.GetString(1));
+        }
+
+        Assert.Equal(40_000, n);
+    }
+
+    [Fact]
     public async Task Large_parameter_reaches_the_server()
     {
         await using NpgsqlConnection c = await _proxy.OpenAsync();
