@@ -43,16 +43,16 @@ internal sealed class LoopSocketArgs : SocketAsyncEventArgs, ILoopWork
 /// zero copy), and the caller keeps that buffer alive until <see cref="IChannelHandler.OnSend"/>.
 /// Connecting and the socket itself are this class's own, outside the contract.
 /// </summary>
-internal sealed class SocketChannel : ClientChannel
+internal sealed class SocketChannel : ClientChannel, ILoopWork
 {
     private readonly LoopSocketArgs _receiveArgs;
     private readonly LoopSocketArgs _sendArgs;
     private bool _probing;
     private int _sendEnd;
 
-    // The last send finished inside Send (a synchronous write took it all, or failed): its completion
-    // was posted only to report it on the loop, and the arguments carry no transfer.
-    private bool _sentInline;
+    // How the last send that finished inside Send (a synchronous write took it all, or failed) ended;
+    // the channel itself is then posted to the loop to report it (Execute).
+    private SocketError _inlineSendResult;
 
     // Readiness reports in a row that found nothing to read (see Complete); reset by every read that brings bytes.
     private int _emptyWakes;
@@ -213,9 +213,16 @@ internal sealed class SocketChannel : ClientChannel
     /// <summary>Reports a send that finished inside <see cref="Send"/> as the loop's next item.</summary>
     private void CompleteSendOnLoop(SocketError error)
     {
-        _sendArgs.SocketError = error;
-        _sentInline = true;
-        Loop.Post(_sendArgs);
+        _inlineSendResult = error;
+        Loop.Post(this);
+    }
+
+    /// <summary>Reports on the loop a send that finished inside <see cref="Send"/>.</summary>
+    void ILoopWork.Execute()
+    {
+        Debug.Assert(Loop.InLoop && SendPending);
+        SendPending = false;
+        Handler.OnSend(this, Closed ? SocketError.OperationAborted : _inlineSendResult);
     }
 
     private void StartSend()
@@ -318,11 +325,7 @@ internal sealed class SocketChannel : ClientChannel
                 Handler.OnReceive(this, bytes, error);
                 break;
             case ChannelOperation.Send:
-                if (_sentInline)
-                {
-                    _sentInline = false;
-                }
-                else if (error == SocketError.Success && !Closed && args.Offset + args.BytesTransferred < _sendEnd)
+                if (error == SocketError.Success && !Closed && args.Offset + args.BytesTransferred < _sendEnd)
                 {
                     // A short write: send the rest from where the kernel stopped.
                     int next = args.Offset + args.BytesTransferred;
