@@ -62,6 +62,7 @@ internal sealed class EventLoop : IDisposable
         Index = index;
         InlineExecution = inlineExecution;
         Buffers = new BufferPool(bufferSize, maxRetained: 1024);
+        Random = new LoopRandom();
         _thread = new Thread(Run) { IsBackground = true, Name = $"fpp-loop-{index}" };
     }
 
@@ -73,6 +74,9 @@ internal sealed class EventLoop : IDisposable
 
     /// <summary>Buffers owned by this loop; only its owner rents and returns them.</summary>
     public BufferPool Buffers { get; }
+
+    /// <summary>Random bytes for the logins on this loop; only its owner draws from it.</summary>
+    public LoopRandom Random { get; }
 
     /// <summary>Whether the caller is the loop's current owner.</summary>
     public bool InLoop => Volatile.Read(ref _owner) == Environment.CurrentManagedThreadId;

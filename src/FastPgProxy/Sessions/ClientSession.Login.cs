@@ -1,4 +1,3 @@
-using System.Security.Cryptography;
 using FastPgProxy.Cancellation;
 using FastPgProxy.Net;
 using FastPgProxy.Pooling;
@@ -33,9 +32,9 @@ internal sealed partial class ClientSession
         User = user;
         Database = database;
         byte[] secret = new byte[keyLength];
-        RandomNumberGenerator.Fill(secret);
+        Loop.Random.Fill(secret);
         Volatile.Write(ref _secret, secret);
-        Id = _proxy.Sessions.Add(this);
+        Id = _proxy.Sessions.Add(this, Loop.Random);
         return Id != 0;
     }
 

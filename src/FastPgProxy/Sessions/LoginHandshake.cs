@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Security.Cryptography;
 using FastPgProxy.Auth;
 using FastPgProxy.Cancellation;
 using FastPgProxy.Config;
@@ -381,7 +380,7 @@ internal sealed class LoginHandshake
         else
         {
             _md5Salt = new byte[Md5Auth.SaltLength];
-            RandomNumberGenerator.Fill(_md5Salt);
+            _owner.Loop.Random.Fill(_md5Salt);
             _authStage = AuthStage.Md5;
             writer.WriteAuthentication(AuthRequest.Md5Password, _md5Salt);
         }

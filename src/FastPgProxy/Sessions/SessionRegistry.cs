@@ -1,13 +1,13 @@
 using System.Collections.Concurrent;
 using System.Diagnostics.CodeAnalysis;
-using System.Security.Cryptography;
+using FastPgProxy.Net;
 
 namespace FastPgProxy.Sessions;
 
 /// <summary>
 /// The live client sessions by proxy session id: the pid clients see in BackendKeyData. Lookups are O(1)
 /// from any thread (the cancel path runs on whichever loop accepted the cancel connection). Ids are
-/// positive int32 values drawn from <see cref="RandomNumberGenerator"/>, never one a live session holds.
+/// positive int32 values drawn from the login loop's <see cref="LoopRandom"/>, never one a live session holds.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -58,13 +58,13 @@ internal sealed class SessionRegistry
     /// use (only possible with <c>peer_id</c>, whose instances hold at most <see cref="LocalIdCapacity"/>
     /// sessions).
     /// </summary>
-    public int Add(ClientSession session)
+    public int Add(ClientSession session, LoopRandom random)
     {
         if (_peerId == 0)
         {
             while (true)
             {
-                int id = RandomNumberGenerator.GetInt32(1, int.MaxValue);
+                int id = random.NextInt32(1, int.MaxValue);
                 if (_sessions.TryAdd(id, session))
                 {
                     return id;
@@ -73,7 +73,7 @@ internal sealed class SessionRegistry
         }
 
         // A random start, then the next free number: bounded however full the instance is.
-        int start = RandomNumberGenerator.GetInt32(0, LocalIdCapacity);
+        int start = random.NextInt32(0, LocalIdCapacity);
         for (int i = 0; i < LocalIdCapacity; i++)
         {
             int local = ((start + i) % LocalIdCapacity) + 1;

@@ -1,4 +1,5 @@
 using FastPgProxy.Config;
+using FastPgProxy.Net;
 using FastPgProxy.Sessions;
 using Xunit;
 
@@ -7,6 +8,8 @@ namespace FastPgProxy.Tests.Sessions;
 /// <summary>Session ids with and without <c>peer_id</c>: the layout, uniqueness and the limit of an instance.</summary>
 public class SessionRegistryTests
 {
+    private readonly LoopRandom _random = new();
+
     [Fact]
     public void Without_a_peer_id_ids_are_positive_and_distinct()
     {
@@ -14,7 +17,7 @@ public class SessionRegistryTests
         var ids = new HashSet<int>();
         for (int i = 0; i < 1000; i++)
         {
-            int id = registry.Add(null!);
+            int id = registry.Add(null!, _random);
             Assert.True(id > 0);
             Assert.True(ids.Add(id));
         }
@@ -29,7 +32,7 @@ public class SessionRegistryTests
         var registry = new SessionRegistry(peerId);
         for (int i = 0; i < 1000; i++)
         {
-            int id = registry.Add(null!);
+            int id = registry.Add(null!, _random);
             Assert.True(id > 0, $"id {id} is not a positive pid");
             Assert.Equal(peerId, SessionRegistry.PeerOf(id));
             Assert.InRange(id & SessionRegistry.LocalIdCapacity, 1, SessionRegistry.LocalIdCapacity);
@@ -43,15 +46,15 @@ public class SessionRegistryTests
         var ids = new HashSet<int>();
         for (int i = 0; i < SessionRegistry.LocalIdCapacity; i++)
         {
-            Assert.True(ids.Add(registry.Add(null!)));
+            Assert.True(ids.Add(registry.Add(null!, _random)));
         }
 
         Assert.DoesNotContain(0, ids);
-        Assert.Equal(0, registry.Add(null!));
+        Assert.Equal(0, registry.Add(null!, _random));
 
         int freed = ids.First();
         registry.Remove(freed);
-        Assert.Equal(freed, registry.Add(null!));
+        Assert.Equal(freed, registry.Add(null!, _random));
     }
 
     [Theory]
