@@ -74,6 +74,9 @@ internal sealed class EventLoop : IDisposable
     /// <summary>Buffers owned by this loop; only its owner rents and returns them.</summary>
     public BufferPool Buffers { get; }
 
+    /// <summary>Send arguments lent to this loop's channels while a send is in flight; owner only.</summary>
+    public SendArgsPool SendArgs { get; } = new(maxRetained: 1024);
+
     /// <summary>Whether the caller is the loop's current owner.</summary>
     public bool InLoop => Volatile.Read(ref _owner) == Environment.CurrentManagedThreadId;
 
