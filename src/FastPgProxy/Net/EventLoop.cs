@@ -78,6 +78,9 @@ internal sealed class EventLoop : IDisposable
     /// <summary>Random bytes for the logins on this loop; only its owner draws from it.</summary>
     public LoopRandom Random { get; }
 
+    /// <summary>Send arguments lent to this loop's channels while a send is in flight; owner only.</summary>
+    public SendArgsPool SendArgs { get; } = new(maxRetained: 1024);
+
     /// <summary>Whether the caller is the loop's current owner.</summary>
     public bool InLoop => Volatile.Read(ref _owner) == Environment.CurrentManagedThreadId;
 

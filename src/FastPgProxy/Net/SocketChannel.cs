@@ -21,10 +21,17 @@ internal enum ChannelOperation
 /// </summary>
 internal sealed class LoopSocketArgs : SocketAsyncEventArgs, ILoopWork
 {
-    private readonly SocketChannel _channel;
+    private SocketChannel _channel;
 
     /// <summary>Creates arguments bound to one channel.</summary>
     public LoopSocketArgs(SocketChannel channel) : base(unsafeSuppressExecutionContextFlow: true) => _channel = channel;
+
+    /// <summary>The channel whose operation this is; send arguments change channels through the loop's <see cref="SendArgsPool"/>.</summary>
+    public SocketChannel Channel
+    {
+        get => _channel;
+        set => _channel = value;
+    }
 
     /// <summary>What the pending operation is.</summary>
     public ChannelOperation Operation { get; set; }
@@ -46,7 +53,8 @@ internal sealed class LoopSocketArgs : SocketAsyncEventArgs, ILoopWork
 internal sealed class SocketChannel : ClientChannel, ILoopWork
 {
     private readonly LoopSocketArgs _receiveArgs;
-    private readonly LoopSocketArgs _sendArgs;
+    // Rented from the loop's SendArgsPool only for what a synchronous write left (a full socket buffer), until its OnSend: an idle channel holds none.
+    private LoopSocketArgs? _sendArgs;
     private bool _probing;
     private int _sendEnd;
 
@@ -74,7 +82,6 @@ internal sealed class SocketChannel : ClientChannel, ILoopWork
     {
         Socket = socket;
         _receiveArgs = new LoopSocketArgs(this) { Operation = ChannelOperation.Receive };
-        _sendArgs = new LoopSocketArgs(this) { Operation = ChannelOperation.Send };
     }
 
     /// <summary>
@@ -202,8 +209,9 @@ internal sealed class SocketChannel : ClientChannel, ILoopWork
         if (error is SocketError.Success or SocketError.WouldBlock)
         {
             // The kernel took part or none of it: the rest waits for room, asynchronously.
+            _sendArgs = Loop.SendArgs.Rent(this);
             _sendArgs.SetBuffer(buffer, offset + sent, count - sent);
-            StartSend();
+            StartSend(_sendArgs);
             return;
         }
 
@@ -225,22 +233,22 @@ internal sealed class SocketChannel : ClientChannel, ILoopWork
         Handler.OnSend(this, Closed ? SocketError.OperationAborted : _inlineSendResult);
     }
 
-    private void StartSend()
+    private void StartSend(LoopSocketArgs args)
     {
         bool pending;
         try
         {
-            pending = Socket!.SendAsync(_sendArgs);
+            pending = Socket!.SendAsync(args);
         }
         catch (ObjectDisposedException)
         {
-            _sendArgs.SocketError = SocketError.OperationAborted;
+            args.SocketError = SocketError.OperationAborted;
             pending = false;
         }
 
         if (!pending)
         {
-            Loop.Post(_sendArgs);
+            Loop.Post(args);
         }
     }
 
@@ -330,12 +338,22 @@ internal sealed class SocketChannel : ClientChannel, ILoopWork
                     // A short write: send the rest from where the kernel stopped.
                     int next = args.Offset + args.BytesTransferred;
                     args.SetBuffer(next, _sendEnd - next);
-                    StartSend();
+                    StartSend(args);
                     return;
                 }
 
                 SendPending = false;
-                _sendArgs.SetBuffer(null, 0, 0);
+                _sendArgs = null;
+                args.SetBuffer(null, 0, 0);
+                if (error == SocketError.Success)
+                {
+                    Loop.SendArgs.Return(args);
+                }
+                else
+                {
+                    args.Dispose();
+                }
+
                 Handler.OnSend(this, Closed ? SocketError.OperationAborted : error);
                 break;
         }
@@ -376,6 +394,5 @@ internal sealed class SocketChannel : ClientChannel, ILoopWork
         Debug.Assert(Closed && Quiescent);
         ReleaseBuffer();
         _receiveArgs.Dispose();
-        _sendArgs.Dispose();
     }
 }

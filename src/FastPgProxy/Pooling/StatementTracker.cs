@@ -34,7 +34,9 @@ internal sealed partial class StatementTracker
     private const int StatementOverhead = 96;
 
     private readonly ProxyServer _proxy;
-    private readonly Dictionary<string, ClientStatement> _statements = new(StringComparer.Ordinal);
+    // Created with the client's first named statement: most clients never name one, and an idle client's
+    // tracker then holds no map.
+    private Dictionary<string, ClientStatement>? _statements;
     private long _statementBytes;
     private readonly Queue<byte> _replyActions = new();
     private byte[]? _rewriteBuffer;
@@ -91,7 +93,7 @@ internal sealed partial class StatementTracker
             }
 
             ReadOnlySpan<byte> name = MessageFramer.ReadCString(window.Slice(pos + MessageFramer.HeaderLength, total - MessageFramer.HeaderLength));
-            if (name.IsEmpty || _statements.ContainsKey(Encoding.UTF8.GetString(name)))
+            if (name.IsEmpty || _statements?.ContainsKey(Encoding.UTF8.GetString(name)) == true)
             {
                 return 0;
             }
@@ -149,7 +151,7 @@ internal sealed partial class StatementTracker
     {
         Config.ProxyOptions options = _proxy.Options;
         ReadOnlySpan<byte> name = MessageFramer.ReadCString(body);
-        if (replaced is null && _statements.Count >= options.MaxClientPreparedStatements)
+        if (replaced is null && (_statements?.Count ?? 0) >= options.MaxClientPreparedStatements)
         {
             return new RunRefusal(SqlState.ProgramLimitExceeded, "too many prepared statements",
                 $"The proxy keeps at most {options.MaxClientPreparedStatements} prepared statements per client (max_client_prepared_statements); deallocate some first.");
@@ -170,7 +172,7 @@ internal sealed partial class StatementTracker
     private void AddStatement(string name, ClientStatement statement)
     {
         RemoveStatement(name);
-        _statements[name] = statement;
+        (_statements ??= new(StringComparer.Ordinal))[name] = statement;
         long cost = StatementCost(Encoding.UTF8.GetByteCount(name), statement.ParseTail.Length);
         _statementBytes += cost;
         _proxy.Stats.OnClientStatementBytes(cost);
@@ -178,7 +180,7 @@ internal sealed partial class StatementTracker
 
     private void RemoveStatement(string name)
     {
-        if (_statements.Remove(name, out ClientStatement? old))
+        if (_statements is not null && _statements.Remove(name, out ClientStatement? old))
         {
             long cost = StatementCost(Encoding.UTF8.GetByteCount(name), old.ParseTail.Length);
             _statementBytes -= cost;
@@ -189,8 +191,7 @@ internal sealed partial class StatementTracker
     /// <summary>Forgets every statement of the client (the session ended): nothing of it stays in the proxy.</summary>
     public void ForgetStatements()
     {
-        _statements.Clear();
-        _statements.TrimExcess();
+        _statements = null;
         _proxy.Stats.OnClientStatementBytes(-_statementBytes);
         _proxy.OnClientMemoryFreed(_statementBytes);
         _statementBytes = 0;
@@ -253,7 +254,7 @@ internal sealed partial class StatementTracker
             return null;
         }
 
-        return _statements.TryGetValue(Encoding.UTF8.GetString(name), out ClientStatement? statement) ? statement : null;
+        return _statements is not null && _statements.TryGetValue(Encoding.UTF8.GetString(name), out ClientStatement? statement) ? statement : null;
     }
 
     /// <summary>Whether <paramref name="message"/> is a Close of a statement (not of a portal).</summary>
@@ -280,7 +281,7 @@ internal sealed partial class StatementTracker
 
         if (nameEnd > 0)
         {
-            statement = _statements.GetValueOrDefault(Encoding.UTF8.GetString(body.Slice(portalEnd + 1, nameEnd)));
+            statement = _statements?.GetValueOrDefault(Encoding.UTF8.GetString(body.Slice(portalEnd + 1, nameEnd)));
             headLength = MessageFramer.HeaderLength + portalEnd + 1 + nameEnd + 1;
         }
 

@@ -66,6 +66,10 @@ internal sealed partial class ClientSession
     internal bool JoinPool(ServerPool pool)
     {
         _relay = new Relay(this, pool);
+
+        // Keep the pool's copies of the names, not this client's: two strings less per logged-in client.
+        User = string.Equals(User, pool.User, StringComparison.Ordinal) ? pool.User : User;
+        Database = string.Equals(Database, pool.Database, StringComparison.Ordinal) ? pool.Database : Database;
         if (pool.Loop != Loop)
         {
             MoveTo(pool.Loop);

@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using FastPgProxy.Cancellation;
 using FastPgProxy.Hosting;
 using FastPgProxy.Pooling;
@@ -14,7 +15,9 @@ namespace FastPgProxy.Sessions;
 internal sealed partial class Relay
 {
     private bool _cancelPendingRequest;
-    private MessageFramer _swallowFramer;
+    // Framing of the request being swallowed; boxed at the first swallowed cancel, so an idle relay does not
+    // carry a framer it has never used.
+    private StrongBox<MessageFramer>? _swallowFramer;
 
     /// <summary>A cancel of the client's running request, on the session's loop; <paramref name="cancelConnection"/> (a client's cancel connection) is closed when done.</summary>
     public void Cancel(IDisposable? cancelConnection)
@@ -68,10 +71,11 @@ internal sealed partial class Relay
     /// </summary>
     private void SwallowCancelledRequest()
     {
+        ref MessageFramer framer = ref (_swallowFramer ??= new()).Value;
         while (true)
         {
             Span<byte> window = _client.Window;
-            FrameStatus status = _swallowFramer.Scan(window, MessageTypeSet.All, Loop.Buffers.BufferSize, out int passThrough, out int length);
+            FrameStatus status = framer.Scan(window, MessageTypeSet.All, Loop.Buffers.BufferSize, out int passThrough, out int length);
             _client.Consume(passThrough);
             if (status == FrameStatus.Invalid)
             {
@@ -84,7 +88,7 @@ internal sealed partial class Relay
                 _client.Consume(length);
             }
 
-            if (_swallowFramer.AtBoundary && _swallowFramer.LastType is (byte)FrontendMessage.Query or (byte)'S')
+            if (framer.AtBoundary && framer.LastType is (byte)FrontendMessage.Query or (byte)'S')
             {
                 break;
             }
@@ -96,7 +100,7 @@ internal sealed partial class Relay
             }
         }
 
-        _swallowFramer.Reset();
+        framer.Reset();
         _cancelPendingRequest = false;
         if (_server is not null)
         {
