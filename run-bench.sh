@@ -70,6 +70,10 @@
 #                    taskset -c LIST (e.g. 0-3 or 4,5) on the start of PostgreSQL (pg_ctl start: the
 #                    postmaster and every backend inherit it), of pgbench and CancelLatency, and of
 #                    FastPgProxy and PgBouncer (not HAProxy). Unset: no pinning
+#   WARMUP=S         before each measured pgbench run against a proxy (FastPgProxy and PgBouncer
+#                    alike), an unmeasured run of the same command for S seconds (default 3), so that
+#                    the table shows the steady state and not FastPgProxy's JIT compiling the paths
+#                    the scenario takes for the first time. WARMUP=0 measures them cold
 #   STRACE=1         after each pgbench scenario's runs, one more run of STRACE_SECONDS (default 3)
 #                    per proxy with strace -c -f attached to the proxy process (all its threads),
 #                    detached when pgbench is done; under the table, system calls per transaction of
@@ -186,7 +190,7 @@ usage() {
         echo "  seconds: per pgbench run, a positive whole number (default 15)"
         echo "  scenarios: ${all_scenarios[*]} (default all but${named_only_scenarios% }; see the top of $0)"
         echo "  environment: PGBOUNCER, HAPROXY, LOOPS, SOCKET_THREADS, SCALE_LOOPS, PG_CPUS, PGBENCH_CPUS,"
-        echo "    PROXY_CPUS, STRACE=1, STRACE_SECONDS, PERF_MAP=1 (see the top of $0)"
+        echo "    PROXY_CPUS, WARMUP, STRACE=1, STRACE_SECONDS, PERF_MAP=1 (see the top of $0)"
     } >&"$(( status == 0 ? 1 : 2 ))"
     exit "$status"
 }
@@ -239,6 +243,8 @@ scale_sockets_why="the default: half the loops, at least 1"
 [ -z "$socket_threads" ] || scale_sockets_why="SOCKET_THREADS"
 scen_note[scale]="a fresh FastPgProxy per loop count (loop_threads ${scale_loops// /, })"
 scen_note[scale]+=" with socket_threads ${scale_sockets} (${scale_sockets_why}); PgBouncer runs on one thread"
+warmup="${WARMUP:-3}"
+[[ "$warmup" =~ ^[0-9]+$ ]] || die "WARMUP=$warmup: expected a whole number of seconds (0: no warm-up)"
 strace=""
 strace_seconds="${STRACE_SECONDS:-3}"
 positive_int "$strace_seconds" || die "STRACE_SECONDS=$strace_seconds: expected a positive whole number"
@@ -905,6 +911,11 @@ bench() {
     pgbench_command cmd "$scen" "$seconds"
     [[ "$key" != fastpgproxy* ]] || is_fpp=1
     log "$scen: ${cmd[*]/#"$pgbench"/pgbench} against ${label[$key]} (port $port)"
+    if [ -n "$proc" ] && [ "$warmup" -gt 0 ]; then
+        local -a warm
+        pgbench_command warm "$scen" "$warmup"
+        bounded $((warmup + 60)) "${warm[@]}" -U postgres -h "$host" -p "$port" postgres >/dev/null 2>&1 || true
+    fi
     if [ -n "$is_fpp" ]; then alloc_before="$(fastpgproxy_allocated "$port")" || alloc_before=""; fi
     if [ -n "$proc" ]; then
         before="$(cpu_ticks "$proc")" || before=""
@@ -1209,6 +1220,11 @@ print_header() {
     else
         printf 'PostgreSQL on CPUs %s, pgbench on CPUs %s, proxies on CPUs %s (taskset -c), of %s CPUs\n' "${PG_CPUS:-any}" \
             "${PGBENCH_CPUS:-any}" "${PROXY_CPUS:-any}" "$(nproc)"
+    fi
+    if [ "$warmup" -gt 0 ]; then
+        echo "Warm-up: an unmeasured ${warmup}s run of the same pgbench command before each measured run against a proxy (WARMUP)"
+    else
+        echo "Warm-up: none (WARMUP=0): FastPgProxy's first run of each path includes its JIT compilation"
     fi
     [ ${#fpp_env[@]} -eq 0 ] || echo "FastPgProxy ran with DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0 (PERF_MAP=1)"
     if [ -n "$strace" ]; then
