@@ -93,7 +93,7 @@ internal sealed partial class StatementTracker
             }
 
             ReadOnlySpan<byte> name = MessageFramer.ReadCString(window.Slice(pos + MessageFramer.HeaderLength, total - MessageFramer.HeaderLength));
-            if (name.IsEmpty || _statements?.ContainsKey(Encoding.UTF8.GetString(name)) == true)
+            if (name.IsEmpty || FindStatement(name) is not null)
             {
                 return 0;
             }
@@ -254,7 +254,25 @@ internal sealed partial class StatementTracker
             return null;
         }
 
-        return _statements is not null && _statements.TryGetValue(Encoding.UTF8.GetString(name), out ClientStatement? statement) ? statement : null;
+        return FindStatement(name);
+    }
+
+    /// <summary>
+    /// The client's statement named by the UTF-8 bytes <paramref name="name"/>, or null; looked up without
+    /// making a string of the name (this runs for every Bind of a named statement).
+    /// </summary>
+    private ClientStatement? FindStatement(ReadOnlySpan<byte> name)
+    {
+        if (_statements is null)
+        {
+            return null;
+        }
+
+        // UTF-8 never decodes to more UTF-16 units than it has bytes (an invalid byte becomes one U+FFFD,
+        // as Encoding.UTF8.GetString, which made the keys, replaces it).
+        Span<char> chars = name.Length <= 256 ? stackalloc char[name.Length] : new char[name.Length];
+        int length = Encoding.UTF8.GetChars(name, chars);
+        return _statements.GetAlternateLookup<ReadOnlySpan<char>>().TryGetValue(chars[..length], out ClientStatement? statement) ? statement : null;
     }
 
     /// <summary>Whether <paramref name="message"/> is a Close of a statement (not of a portal).</summary>
@@ -281,7 +299,7 @@ internal sealed partial class StatementTracker
 
         if (nameEnd > 0)
         {
-            statement = _statements?.GetValueOrDefault(Encoding.UTF8.GetString(body.Slice(portalEnd + 1, nameEnd)));
+            statement = FindStatement(body.Slice(portalEnd + 1, nameEnd));
             headLength = MessageFramer.HeaderLength + portalEnd + 1 + nameEnd + 1;
         }
 

@@ -407,8 +407,10 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
     /// Two clients take turns on one backend, so every transaction goes through the pool. The quietest of
     /// five batches counts: what every transaction allocates shows in all of them.
     /// </summary>
-    [Fact]
-    public async Task A_pooled_transaction_allocates_nothing_in_the_proxy()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_pooled_transaction_allocates_nothing_in_the_proxy(bool prepared)
     {
         const int transactions = 4000, batches = 5;
         (ProxyProcess started, int port) = await StartTrustAsync(
@@ -423,6 +425,13 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         await second.OpenAsync();
         await using var firstQuery = new NpgsqlCommand("SELECT 1", first);
         await using var secondQuery = new NpgsqlCommand("SELECT 2", second);
+        if (prepared)
+        {
+            // Named prepared statements in transaction mode: every Bind is looked up in the client's statements.
+            await firstQuery.PrepareAsync();
+            await secondQuery.PrepareAsync();
+        }
+
         async Task RunAsync(int count)
         {
             for (int i = 0; i < count; i++)
