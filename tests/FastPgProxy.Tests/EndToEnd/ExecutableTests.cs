@@ -346,6 +346,9 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
         string path = WriteConfig([.. lines]);
         using ProxyProcess proxy = ProxyProcess.Start(path);
         await proxy.WaitListeningAsync(port, ReadyTimeout);
+
+        // The port accepts from the listen on; the pidfile is written just before "started" is logged.
+        await proxy.WaitForLogAsync("fastpgproxy started", ReadyTimeout);
         Assert.DoesNotContain("ERROR", proxy.StdErr, StringComparison.Ordinal);
         Assert.True(File.Exists($"/var/run/postgresql/.s.PGSQL.{port}"));
         Assert.Equal(proxy.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), File.ReadAllText(Path.Combine(_dir, "pgbouncer.pid")).Trim());
@@ -547,7 +550,8 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
 
             Assert.Equal(proxy.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), (await File.ReadAllTextAsync(pidFile)).Trim());
             Assert.Contains("sbuf_loopcnt: PgBouncer's setting is not implemented by FastPgProxy; ignored", proxy.StdErr, StringComparison.Ordinal);
-            string logged = await File.ReadAllTextAsync(logFile);
+            // A line goes to stderr first and then to the logfile.
+            string logged = await WaitForFileContainingAsync(logFile, "fastpgproxy started", ReadyTimeout);
             Assert.Contains("fastpgproxy started", logged, StringComparison.Ordinal);
             Assert.Contains("sbuf_loopcnt", logged, StringComparison.Ordinal);
 
@@ -715,6 +719,22 @@ public sealed class ExecutableTests(PostgresFixture fixture) : IDisposable
             $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()") == 0)
         {
             Assert.True(deadline.Elapsed < ReadyTimeout, $"query {marker} did not start");
+            await Task.Delay(20);
+        }
+    }
+
+    /// <summary>The text of <paramref name="path"/> once it contains <paramref name="text"/>, or as it is when <paramref name="timeout"/> has passed.</summary>
+    private static async Task<string> WaitForFileContainingAsync(string path, string text, TimeSpan timeout)
+    {
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            string content = File.Exists(path) ? await File.ReadAllTextAsync(path) : "";
+            if (content.Contains(text, StringComparison.Ordinal) || waited.Elapsed > timeout)
+            {
+                return content;
+            }
+
             await Task.Delay(20);
         }
     }
