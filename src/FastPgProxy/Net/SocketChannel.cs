@@ -21,26 +21,20 @@ internal enum ChannelOperation
 /// </summary>
 internal sealed class LoopSocketArgs : SocketAsyncEventArgs, ILoopWork
 {
-    private SocketChannel _channel;
-
     /// <summary>Creates arguments bound to one channel.</summary>
-    public LoopSocketArgs(SocketChannel channel) : base(unsafeSuppressExecutionContextFlow: true) => _channel = channel;
+    public LoopSocketArgs(SocketChannel channel) : base(unsafeSuppressExecutionContextFlow: true) => Channel = channel;
 
     /// <summary>The channel whose operation this is; send arguments change channels through the loop's <see cref="SendArgsPool"/>.</summary>
-    public SocketChannel Channel
-    {
-        get => _channel;
-        set => _channel = value;
-    }
+    public SocketChannel Channel { get; set; }
 
     /// <summary>What the pending operation is.</summary>
     public ChannelOperation Operation { get; set; }
 
     /// <inheritdoc/>
-    protected override void OnCompleted(SocketAsyncEventArgs e) => _channel.Loop.Post(this);
+    protected override void OnCompleted(SocketAsyncEventArgs e) => Channel.Loop.Post(this);
 
     /// <summary>Runs the completion on the loop.</summary>
-    public void Execute() => _channel.Complete(this);
+    public void Execute() => Channel.Complete(this);
 }
 
 /// <summary>
@@ -52,9 +46,9 @@ internal sealed class LoopSocketArgs : SocketAsyncEventArgs, ILoopWork
 /// </summary>
 internal sealed class SocketChannel : ClientChannel, ILoopWork
 {
+    // Send arguments are rented from the loop's SendArgsPool only for what a synchronous write left (a full
+    // socket buffer), until its OnSend: an idle channel holds none.
     private readonly LoopSocketArgs _receiveArgs;
-    // Rented from the loop's SendArgsPool only for what a synchronous write left (a full socket buffer), until its OnSend: an idle channel holds none.
-    private LoopSocketArgs? _sendArgs;
     private bool _probing;
     private int _sendEnd;
 
@@ -182,12 +176,7 @@ internal sealed class SocketChannel : ClientChannel, ILoopWork
         Debug.Assert(Loop.InLoop && !SendPending && Socket is not null);
         SendPending = true;
         _sendEnd = offset + count;
-        Socket socket = Socket!;
-        if (socket.Blocking)
-        {
-            socket.Blocking = false;
-        }
-
+        Socket socket = NonBlockingSocket();
         int sent;
         SocketError error;
         try
@@ -209,9 +198,9 @@ internal sealed class SocketChannel : ClientChannel, ILoopWork
         if (error is SocketError.Success or SocketError.WouldBlock)
         {
             // The kernel took part or none of it: the rest waits for room, asynchronously.
-            _sendArgs = Loop.SendArgs.Rent(this);
-            _sendArgs.SetBuffer(buffer, offset + sent, count - sent);
-            StartSend(_sendArgs);
+            LoopSocketArgs args = Loop.SendArgs.Rent(this);
+            args.SetBuffer(buffer, offset + sent, count - sent);
+            StartSend(args);
             return;
         }
 
@@ -343,7 +332,6 @@ internal sealed class SocketChannel : ClientChannel, ILoopWork
                 }
 
                 SendPending = false;
-                _sendArgs = null;
                 args.SetBuffer(null, 0, 0);
                 if (error == SocketError.Success)
                 {
@@ -366,12 +354,7 @@ internal sealed class SocketChannel : ClientChannel, ILoopWork
     /// </summary>
     private bool ReadNow()
     {
-        Socket socket = Socket!;
-        if (socket.Blocking)
-        {
-            socket.Blocking = false;
-        }
-
+        Socket socket = NonBlockingSocket();
         int bytes = socket.Receive(Buffer!, End, Buffer!.Length - End, SocketFlags.None, out SocketError error);
         if (error == SocketError.WouldBlock)
         {
@@ -383,6 +366,18 @@ internal sealed class SocketChannel : ClientChannel, ILoopWork
         End += bytes;
         Handler.OnReceive(this, bytes, error);
         return true;
+    }
+
+    /// <summary>The socket, switched to non-blocking for synchronous calls the first time (asynchronous ones never block).</summary>
+    private Socket NonBlockingSocket()
+    {
+        Socket socket = Socket!;
+        if (socket.Blocking)
+        {
+            socket.Blocking = false;
+        }
+
+        return socket;
     }
 
     /// <inheritdoc/>
