@@ -262,7 +262,6 @@ internal sealed class ProxyServer : IAsyncDisposable
     private async Task AcceptLoopAsync(Listener listener)
     {
         DescriptorReserve reserve = _reserve!;
-        using var acceptor = new InlineAcceptor(listener.Socket);
         int failures = 0;
         TimeSpan backOff = FirstBackOff;
         while (!_stopping.IsCancellationRequested)
@@ -283,7 +282,7 @@ internal sealed class ProxyServer : IAsyncDisposable
             Socket socket;
             try
             {
-                socket = await acceptor.AcceptAsync().ConfigureAwait(false);
+                socket = await listener.Socket.AcceptAsync(_stopping.Token).ConfigureAwait(false);
             }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException || Volatile.Read(ref _listening) == 0)
             {
