@@ -137,14 +137,15 @@ public sealed class CancelTimeoutTests(PostgresFixture fixture, ITestOutputHelpe
     [InlineData(false)]
     public async Task Client_idle_timeout_closes_a_silent_client_but_not_one_that_keeps_asking_or_sits_in_a_transaction(bool transactionMode)
     {
-        await using ProxyHarness proxy = ProxyHarness.Start(_pg, transactionMode ? PoolMode.Transaction : PoolMode.Session, poolSize: 4, o => o.ClientIdleTimeout = TimeSpan.FromSeconds(1));
+        await using ProxyHarness proxy = ProxyHarness.Start(_pg, transactionMode ? PoolMode.Transaction : PoolMode.Session, poolSize: 4, o => o.ClientIdleTimeout = TimeSpan.FromSeconds(2));
         using RawClient silent = await RawClient.ConnectAsync(proxy);
         using RawClient busy = await RawClient.ConnectAsync(proxy);
         using RawClient inTransaction = await RawClient.ConnectAsync(proxy);
         Assert.Null((await inTransaction.QueryAsync("BEGIN; SELECT 1", Patience)).SqlState);
 
-        // The busy client asks every 300 ms for 3 s, three timeouts long: it stays.
-        for (int i = 0; i < 10; i++)
+        // The busy client asks every 300 ms for 6 s, three timeouts long: it stays. (A 2 s timeout leaves a
+        // loaded machine 1.7 s of slack between two of its queries; with 1 s the full suite's load closed it.)
+        for (int i = 0; i < 20; i++)
         {
             Assert.Null((await busy.QueryAsync("SELECT 1", Patience)).SqlState);
             await Task.Delay(300);
